@@ -1,0 +1,40 @@
+# fe2nn: `make test` and `make demo` set themselves up on a fresh clone.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.fe2nn-installed
+
+# Python 3.12: python3.12 on PATH (if it really runs), else pyenv's 3.12.
+PYTHON312 := $(shell if python3.12 --version >/dev/null 2>&1; then command -v python3.12; \
+	else ls -d $$HOME/.pyenv/versions/3.12.*/bin/python3.12 2>/dev/null | sort -V | tail -n 1; fi)
+
+.PHONY: venv test demo demo-validate bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if [ -z "$(PYTHON312)" ]; then \
+	    echo "error: Python 3.12 not found (need python3.12 on PATH or pyenv's 3.12.x)"; exit 1; fi; \
+	  echo "creating $(VENV) with $(PYTHON312)"; \
+	  $(PYTHON312) -m venv $(VENV) || exit 1; \
+	fi
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dolfinx,test]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/mpirun -n 2 $(VENV)/bin/fe2nn solve demos/plate_hole_rno.toml
+
+demo-validate: $(STAMP)
+	$(VENV)/bin/fe2nn validate demos/validate_small.toml
+
+bench: $(STAMP)
+	mkdir -p results
+	$(PY) benchmarks/macro_j2.py --out results/macro_j2.json
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,175 @@
+"""TOML configs -> validated dataclasses; every user error becomes one clear line.
+
+Each config section is a dataclass.  Field metadata may carry ``doc`` (what is
+expected, used in messages) and ``check`` (a callable returning an error string
+or None).  :func:`parse` checks for unknown keys (with a "did you mean"), missing
+keys, types and checks, recursing into nested dataclasses, and raises
+:class:`fe2nn.errors.UserError` naming the file and the dotted key.
+
+Example::
+
+    @dataclass
+    class Material:
+        E: float = field(metadata=dict(doc="Young's modulus [Pa]", check=positive))
+        nu: float = field(default=0.3, metadata=dict(check=in_range(-1, 0.5, closed=False)))
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from fe2nn.errors import UserError
+
+
+# -- file loading ------------------------------------------------------------------------
+def load_toml(path: str | os.PathLike) -> dict:
+    """Read a TOML file; a missing/unreadable/invalid file is a UserError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found")
+    try:
+        with open(p, "rb") as fh:
+            return tomllib.load(fh)
+    except PermissionError:
+        raise UserError(f"{p}: config file is not readable") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{p}: invalid TOML ({err})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: config file is not UTF-8 text") from None
+
+
+# -- reusable checks ---------------------------------------------------------------------
+def positive(v) -> Optional[str]:
+    return None if v > 0 else "must be > 0"
+
+
+def non_negative(v) -> Optional[str]:
+    return None if v >= 0 else "must be >= 0"
+
+
+def in_range(lo: float, hi: float, closed: bool = True) -> Callable[[Any], Optional[str]]:
+    def check(v):
+        ok = lo <= v <= hi if closed else lo < v < hi
+        br = "[]" if closed else "()"
+        return None if ok else f"must lie in {br[0]}{lo}, {hi}{br[1]}"
+
+    return check
+
+
+def one_of(*choices) -> Callable[[Any], Optional[str]]:
+    def check(v):
+        return None if v in choices else f"must be one of {', '.join(map(repr, choices))}"
+
+    return check
+
+
+# -- parsing -----------------------------------------------------------------------------
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {float: "a number", int: "an integer", str: "a string", bool: "true/false", dict: "a table"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value, tp, key: str, file: str):
+    origin = typing.get_origin(tp)
+    bad = UserError(f"{file}: key '{key}' must be {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        for a in args:
+            try:
+                return _convert(value, a, key, file)
+            except UserError:
+                continue
+        raise bad
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return parse(tp, value, file, key)
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise bad
+        (arg,) = typing.get_args(tp)[:1] or (Any,)
+        out = [_convert(v, arg, f"{key}[{i}]", file) for i, v in enumerate(value)]
+        return out if origin is list else tuple(out)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    return value
+
+
+def parse(cls, data: dict, file: str = "<config>", where: str = ""):
+    """Build dataclass ``cls`` from ``data``; raise UserError on any problem."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{where}." if where else ""
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise UserError(
+                f"{file}: unknown key '{prefix}{key}'{hint}; expected one of: {', '.join(fields)}"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        key = prefix + name
+        doc = f.metadata.get("doc")
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise UserError(f"{file}: missing key '{key}'" + (f" ({doc})" if doc else ""))
+            continue
+        value = _convert(data[name], hints[name], key, file)
+        check = f.metadata.get("check")
+        if check is not None and value is not None:
+            msg = check(value)
+            if msg:
+                raise UserError(f"{file}: key '{key}' = {data[name]!r} {msg}" + (f" ({doc})" if doc else ""))
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    post = getattr(obj, "validate", None)
+    if callable(post):
+        try:
+            post()
+        except ValueError as err:
+            raise UserError(f"{file}: {prefix.rstrip('.') or 'config'}: {err}") from None
+    return obj
+
+
+def resolve_path(base_file: str | os.PathLike, path: str) -> Path:
+    """Interpret ``path`` relative to the directory of the config file."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (Path(base_file).resolve().parent / p)

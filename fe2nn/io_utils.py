@@ -1,0 +1,47 @@
+"""Output helpers: atomic writes (temporary name, then rename) and rank-0 printing."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it to ``path`` only on success.
+
+    A failure leaves neither a half-written ``path`` nor the temporary file.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def rank0_print(*args, comm=None, **kwargs) -> None:
+    """print() on MPI rank 0 only (flushes)."""
+    if comm is None:
+        try:
+            from mpi4py import MPI
+
+            comm = MPI.COMM_WORLD
+        except Exception:  # pragma: no cover
+            comm = None
+    if comm is None or comm.rank == 0:
+        print(*args, **kwargs, flush=True)

@@ -1,0 +1,98 @@
+"""The one batched constitutive interface between the scales.
+
+Every law that maps strain history to stress -- elastic, J2, a single crystal,
+a Taylor or FFT polycrystal RVE, the RNO surrogate -- is a :class:`Material`:
+
+    state = material.initial_state(n)
+    stress, tangent, new_state = material.update(strain, dt, state)
+
+* ``strain``: total small strain at the end of the increment, Mandel notation,
+  torch float64 tensor of shape (n, 6) [-].
+* ``dt``: increment duration [s] (> 0; rate-independent laws ignore it).
+* ``state``: a dict of tensors, every entry with leading dimension n.  The
+  material never mutates it; ``update`` returns a new dict.  The caller owns
+  it: it keeps the last converged state and passes it to every trial
+  ``update`` of the next increment, commits the returned one on convergence
+  and simply drops it on a cut-back (rollback is free).  Laws that need the
+  previous strain (rates, increments) keep it in their state under ``"strain"``.
+* ``stress``: Cauchy stress (n, 6) [Pa], Mandel.
+* ``tangent``: consistent algorithmic tangent d(stress)/d(strain) (n, 6, 6)
+  [Pa], Mandel.
+
+A material that cannot complete an increment (local Newton or RVE solver not
+converged) raises :class:`MaterialConvergenceError`; it never returns NaN.
+After each ``update`` a material may publish diagnostics in ``material.info``
+(a dict of tensors with leading dimension n, e.g. ``"hill_mandel"`` or
+``"iterations"``).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+
+State = Dict[str, torch.Tensor]
+Response = Tuple[torch.Tensor, torch.Tensor, State]
+
+
+class MaterialConvergenceError(RuntimeError):
+    """An increment could not be completed; the caller should cut back.
+
+    ``failed`` holds a boolean mask (n,) of the points that failed, when known.
+    """
+
+    def __init__(self, message: str, failed: torch.Tensor | None = None):
+        super().__init__(message)
+        self.failed = failed
+
+
+class Material(abc.ABC):
+    """Batched small-strain constitutive law (see module docstring)."""
+
+    #: torch dtype and device the material computes in
+    dtype: torch.dtype = torch.float64
+    device: torch.device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.info: Dict[str, torch.Tensor] = {}
+
+    @abc.abstractmethod
+    def initial_state(self, n: int) -> State:
+        """State of n virgin points."""
+
+    @abc.abstractmethod
+    def update(self, strain: torch.Tensor, dt: float, state: State) -> Response:
+        """Stress (n,6), tangent (n,6,6) and new state at total strain ``strain``."""
+
+    # -- helpers shared by all materials -------------------------------------------------
+    def as_tensor(self, x) -> torch.Tensor:
+        """Convert an array-like to this material's dtype/device (no copy when possible)."""
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        return torch.as_tensor(x, dtype=self.dtype, device=self.device)
+
+    @property
+    def state_names(self) -> Tuple[str, ...]:
+        """Names of the state entries (from a 1-point initial state)."""
+        return tuple(self.initial_state(1).keys())
+
+
+def take_state(state: State, index) -> State:
+    """Sub-state of the points selected by ``index`` (mask or indices)."""
+    return {k: v[index] for k, v in state.items()}
+
+
+def put_state(state: State, index, sub: State) -> State:
+    """Copy of ``state`` with the points ``index`` replaced by ``sub``."""
+    out = {k: v.clone() for k, v in state.items()}
+    for k in out:
+        out[k][index] = sub[k]
+    return out
+
+
+def concat_states(states) -> State:
+    """Concatenate states along the point dimension."""
+    states = list(states)
+    return {k: torch.cat([s[k] for s in states], dim=0) for k in states[0]}
