@@ -8,7 +8,9 @@ a Taylor or FFT polycrystal RVE, the RNO surrogate -- is a :class:`Material`:
 
 * ``strain``: total small strain at the end of the increment, Mandel notation,
   torch float64 tensor of shape (n, 6) [-].
-* ``dt``: increment duration [s] (> 0; rate-independent laws ignore it).
+* ``dt``: increment duration [s] (> 0; rate-independent laws ignore it): a
+  float, or a tensor of shape (n,) when points advance with different steps
+  (dataset generation batches paths with non-uniform steps).
 * ``state``: a dict of tensors, every entry with leading dimension n.  The
   material never mutates it; ``update`` returns a new dict.  The caller owns
   it: it keeps the last converged state and passes it to every trial
@@ -23,7 +25,9 @@ A material that cannot complete an increment (local Newton or RVE solver not
 converged) raises :class:`MaterialConvergenceError`; it never returns NaN.
 After each ``update`` a material may publish diagnostics in ``material.info``
 (a dict of tensors with leading dimension n, e.g. ``"hill_mandel"`` or
-``"iterations"``).
+``"iterations"``).  A law with plasticity keeps the accumulated equivalent
+plastic strain [-] as the (n,) state entry ``"p"`` (RVEs: its volume average),
+which the macro solver writes as an output field.
 """
 from __future__ import annotations
 
@@ -67,6 +71,14 @@ class Material(abc.ABC):
         """Stress (n,6), tangent (n,6,6) and new state at total strain ``strain``."""
 
     # -- helpers shared by all materials -------------------------------------------------
+    def as_dt(self, dt, n: int) -> torch.Tensor:
+        """Time increment(s) as a tensor of shape (n,) [s]; must be > 0."""
+        t = self.as_tensor(dt)
+        t = t.expand(n) if t.ndim == 0 else t
+        if t.shape != (n,):
+            raise ValueError(f"dt must be a scalar or have shape ({n},), got {tuple(t.shape)}")
+        return t
+
     def as_tensor(self, x) -> torch.Tensor:
         """Convert an array-like to this material's dtype/device (no copy when possible)."""
         if isinstance(x, np.ndarray):
