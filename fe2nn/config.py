@@ -139,7 +139,7 @@ def parse(cls, data: dict, file: str = "<config>", where: str = ""):
     prefix = f"{where}." if where else ""
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise UserError(
                 f"{file}: unknown key '{prefix}{key}'{hint}; expected one of: {', '.join(fields)}"
