@@ -1,0 +1,259 @@
+"""Recurrent neural operator (RNO) for history-dependent small-strain constitutive laws.
+
+After Liu, Ocegueda, Trautner, Stuart & Bhattacharya, J. Mech. Phys. Solids (2023),
+"Learning macroscopic internal variables and history dependence from microscopic models".
+With k internal variables xi (dimensionless), explicit-Euler time stepping:
+
+    xi_n    = xi_{n-1} + (dt_n / t_s) * G(eps_n / e_s, xi_{n-1}),        xi_0 = 0
+    sigma_n = s_s * F(eps_n / e_s, (eps_n - eps_{n-1}) / (dt_n r_s), xi_n)
+
+F and G are MLPs with a smooth activation.  **F uses the updated xi_n** (as in the
+paper), so xi_n depends on eps_n and the consistent tangent contains the path
+d sigma/d xi_n . d xi_n/d eps_n besides the direct strain term and the rate term
+(1/dt_n) d sigma/d rate; :meth:`RNO.step_with_tangent` differentiates the whole step.
+
+Normalization (stored with the model, SI units): strain scale e_s [-], strain-rate
+scale r_s [1/s], stress scale s_s [Pa] and time scale t_s = e_s / r_s [s] -- the time
+the strain takes to change by e_s at the typical rate, so that G's rate is O(1) when
+the internal variables change by O(1) over such a strain change.
+
+Shapes: strain (..., 6) Mandel, dt (...) [s], xi (..., k).  Everything is batched;
+:meth:`RNO.rollout` loops over time steps only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+#: smooth activations (the tangent must be smooth)
+ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
+
+
+@dataclass
+class RNOArch:
+    """Architecture of an RNO: ``k`` internal variables, MLP widths and activation."""
+
+    k: int = 2
+    f_hidden: List[int] = field(default_factory=lambda: [128, 128])
+    g_hidden: List[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "silu"
+    strain_dim: int = 6
+
+    def validate(self) -> None:
+        if self.k < 0:
+            raise ValueError(f"k (number of internal variables) must be >= 0, got {self.k}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.strain_dim != 6:
+            raise ValueError(f"strain dimension must be 6 (Mandel), got {self.strain_dim}")
+        if any(w <= 0 for w in list(self.f_hidden) + list(self.g_hidden)):
+            raise ValueError("hidden layer widths must be > 0")
+
+    def f_sizes(self) -> List[int]:
+        """Layer sizes of F: [2*6 + k, hidden..., 6]."""
+        return [2 * self.strain_dim + self.k, *self.f_hidden, self.strain_dim]
+
+    def g_sizes(self) -> List[int]:
+        """Layer sizes of G: [6 + k, hidden..., k] (empty when k == 0)."""
+        return [self.strain_dim + self.k, *self.g_hidden, self.k] if self.k > 0 else []
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["f_layers"], d["g_layers"] = self.f_sizes(), self.g_sizes()
+        return d
+
+
+def _mlp(sizes: List[int], activation: str) -> nn.Sequential:
+    layers: List[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+def _activation_derivative(act: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Elementwise derivative of a smooth activation at z."""
+    if isinstance(act, nn.SiLU):
+        sg = torch.sigmoid(z)
+        return sg * (1.0 + z * (1.0 - sg))
+    if isinstance(act, nn.Tanh):
+        return 1.0 - torch.tanh(z) ** 2
+    if isinstance(act, nn.GELU):
+        return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    if isinstance(act, nn.Softplus):
+        return torch.sigmoid(z)
+    raise TypeError(f"no derivative for activation {type(act).__name__}")
+
+
+def _mlp_jvp(mlp: nn.Sequential, x: torch.Tensor, dx: torch.Tensor):
+    """Values (n, out) and directional derivatives (n, m, out) of an MLP.
+
+    x (n, in), dx (n, m, in): m tangent directions per point (features last, so that
+    each linear layer is one plain matrix product).
+    """
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            x = layer(x)
+            dx = dx @ layer.weight.T
+        else:
+            dx = _activation_derivative(layer, x)[:, None, :] * dx
+            x = layer(x)
+    return x, dx
+
+
+class RNO(nn.Module):
+    """The recurrent neural operator (see module docstring)."""
+
+    def __init__(self, arch: RNOArch, strain_scale: float = 1e-2, rate_scale: float = 1e-3,
+                 stress_scale: float = 1e8):
+        super().__init__()
+        arch.validate()
+        for name, v in (("strain_scale", strain_scale), ("rate_scale", rate_scale), ("stress_scale", stress_scale)):
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {v}")
+        self.arch = arch
+        self.k = arch.k
+        self.F = _mlp(arch.f_sizes(), arch.activation)
+        self.G = _mlp(arch.g_sizes(), arch.activation) if arch.k > 0 else None
+        self.register_buffer("scales", torch.tensor([strain_scale, rate_scale, stress_scale], dtype=torch.float64))
+
+    # -- normalization ------------------------------------------------------------------
+    @property
+    def strain_scale(self) -> float:
+        return float(self.scales[0])
+
+    @property
+    def rate_scale(self) -> float:
+        return float(self.scales[1])
+
+    @property
+    def stress_scale(self) -> float:
+        return float(self.scales[2])
+
+    @property
+    def time_scale(self) -> float:
+        """t_s = e_s / r_s [s]."""
+        return self.strain_scale / self.rate_scale
+
+    def normalization(self) -> dict:
+        return {"strain_scale": self.strain_scale, "rate_scale": self.rate_scale,
+                "stress_scale": self.stress_scale, "time_scale": self.time_scale}
+
+    # -- one time step -------------------------------------------------------------------
+    def step(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
+             xi_prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One increment: (stress (...,6) [Pa], xi_n (...,k)) from eps_n, eps_{n-1}, dt_n, xi_{n-1}."""
+        s = self.scales.to(strain.dtype)
+        e = strain / s[0]
+        dtn = dt[..., None]
+        r = (strain - prev_strain) / (dtn * s[1])
+        if self.G is not None:
+            xi = xi_prev + (dtn * (s[1] / s[0])) * self.G(torch.cat([e, xi_prev], dim=-1))
+        else:
+            xi = xi_prev
+        stress = self.F(torch.cat([e, r, xi], dim=-1)) * s[2]
+        return stress, xi
+
+    def step_with_tangent(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
+                          xi_prev: torch.Tensor, chunk: int = 16384):
+        """Stress (n,6), consistent tangent d sigma_n/d eps_n (n,6,6) [Pa] and xi_n (n,k).
+
+        Exact forward-mode differentiation of :meth:`step`: the Jacobian w.r.t. the 6
+        strain components is propagated through both MLPs alongside the values (in
+        chunks of ``chunk`` points to bound memory).  It includes the direct strain
+        term, the rate term (1/dt) dF/d(rate) and the path dF/d(xi_n) . d(xi_n)/d(eps_n).
+        """
+        n = strain.shape[0]
+        if n > chunk:
+            outs = [self.step_with_tangent(strain[i:i + chunk], prev_strain[i:i + chunk], dt[i:i + chunk],
+                                           xi_prev[i:i + chunk], chunk) for i in range(0, n, chunk)]
+            return tuple(torch.cat([o[j] for o in outs]) for j in range(3))
+        s = self.scales.to(strain.dtype)
+        eye = torch.eye(6, dtype=strain.dtype, device=strain.device)
+        e = strain / s[0]
+        # derivative layout (n, 6 directions, features)
+        de = (eye / s[0]).expand(n, 6, 6)
+        dtn = dt[..., None]
+        r = (strain - prev_strain) / (dtn * s[1])
+        dr = eye / (dtn * s[1])[..., None]
+        if self.G is not None:
+            c = dtn * (s[1] / s[0])
+            g, dg = _mlp_jvp(self.G, torch.cat([e, xi_prev], -1),
+                             torch.cat([de, strain.new_zeros(n, 6, self.k)], 2))
+            xi, dxi = xi_prev + c * g, c[..., None] * dg
+        else:
+            xi, dxi = xi_prev, strain.new_zeros(n, 6, 0)
+        f, df = _mlp_jvp(self.F, torch.cat([e, r, xi], -1), torch.cat([de, dr, dxi], 2))
+        return f * s[2], df.transpose(1, 2) * s[2], xi
+
+    # -- whole trajectories -------------------------------------------------------------
+    def rollout(self, strain: torch.Tensor, time: torch.Tensor, return_xi: bool = False):
+        """Stress along whole paths.
+
+        strain (B, T+1, 6) with strain[:, 0] the initial state, time (B, T+1) [s]
+        increasing.  Returns stress (B, T, 6) at increments 1..T (and xi (B, T, k)).
+        """
+        B, T1, _ = strain.shape
+        xi = strain.new_zeros(B, self.k)
+        dts = time[:, 1:] - time[:, :-1]
+        out, xis = [], []
+        for n in range(1, T1):
+            sig, xi = self.step(strain[:, n], strain[:, n - 1], dts[:, n - 1], xi)
+            out.append(sig)
+            if return_xi:
+                xis.append(xi)
+        stress = torch.stack(out, dim=1) if out else strain.new_zeros(B, 0, 6)
+        if return_xi:
+            return stress, (torch.stack(xis, dim=1) if xis else strain.new_zeros(B, 0, self.k))
+        return stress
+
+
+def relative_l2(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
+    """Relative L2 error per path: ||pred - target|| / ||target|| over (T, 6); shape (B,)."""
+    num = ((pred - target) ** 2).sum(dim=(-2, -1))
+    den = (target ** 2).sum(dim=(-2, -1))
+    return torch.sqrt(num / (den + eps))
+
+
+def refine_path(strain: torch.Tensor, time: torch.Tensor, factor: int):
+    """Linear-in-time interpolation with ``factor`` sub-steps per increment.
+
+    Returns (strain (B, factor*T+1, 6), time (B, factor*T+1)); the original points are
+    every ``factor``-th row.
+    """
+    if factor == 1:
+        return strain, time
+    w = torch.arange(factor, dtype=strain.dtype, device=strain.device) / factor  # (f,)
+    s0, s1 = strain[:, :-1], strain[:, 1:]
+    t0, t1 = time[:, :-1], time[:, 1:]
+    fs = s0[:, :, None] + w[None, None, :, None] * (s1 - s0)[:, :, None]  # (B,T,f,6)
+    ft = t0[:, :, None] + w[None, None, :] * (t1 - t0)[:, :, None]
+    B, T = s0.shape[:2]
+    fs = torch.cat([fs.reshape(B, T * factor, 6), strain[:, -1:]], dim=1)
+    ft = torch.cat([ft.reshape(B, T * factor), time[:, -1:]], dim=1)
+    return fs, ft
+
+
+def rollout_at_dt_factor(model: RNO, strain: torch.Tensor, time: torch.Tensor, factor: float):
+    """Run the model at step size dt*factor and return (pred, target index).
+
+    factor = 1/m (m integer): the model runs on an m-times finer linear-in-time
+    interpolation of the path; predictions are compared at the original points.
+    factor = m: the path is coarsened to every m-th point (exact targets there).
+    Returns pred (B, T', 6) and the indices (T',) into the original 1..T rows.
+    """
+    if factor >= 1:
+        m = int(round(factor))
+        idx = torch.arange(m, strain.shape[1], m, device=strain.device)
+        full = torch.cat([idx.new_zeros(1), idx])
+        pred = model.rollout(strain[:, full], time[:, full])
+        return pred, idx - 1
+    m = int(round(1.0 / factor))
+    fs, ft = refine_path(strain, time, m)
+    pred = model.rollout(fs, ft)[:, m - 1::m]
+    return pred, torch.arange(strain.shape[1] - 1, device=strain.device)
