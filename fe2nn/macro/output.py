@@ -1,0 +1,165 @@
+"""Results of a macro run: VTX fields (ParaView), steps.csv and a force-displacement plot.
+
+Layout of the output directory::
+
+    displacement.bp/   VTX (ADIOS2): displacement u [m]
+    fields.bp/         VTX: cell-averaged stress [Pa] (3x3), von Mises stress [Pa],
+                       equivalent plastic strain p [-] (when the material has it)
+    steps.csv          one row per converged step
+    force_displacement.png
+
+The .bp directories are written into a hidden temporary directory and moved into
+place when the run ends; the CSV and PNG are replaced atomically.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import ufl
+from dolfinx import fem, la
+from mpi4py import MPI
+
+from fe2nn.io_utils import atomic_path
+from fe2nn.macro.quadrature import mandel_to_tensor
+
+CSV_COLUMNS = ["step", "time", "load_factor", "u_x", "u_y", "u_z", "reaction_x", "reaction_y", "reaction_z",
+               "iterations", "residual", "wall_time"]
+
+
+class CellAverages:
+    """Cell averages (exact L2 projection onto DG0) of quadrature fields: stress, von Mises, p."""
+
+    def __init__(self, solver):
+        qf = solver.qf
+        mesh = qf.mesh
+        self.solver = solver
+        self.T = fem.functionspace(mesh, ("DG", 0, (3, 3)))
+        self.S = fem.functionspace(mesh, ("DG", 0))
+        self.stress = fem.Function(self.T, name="stress")
+        self.von_mises = fem.Function(self.S, name="von_mises")
+        tau, w = ufl.TestFunction(self.T), ufl.TestFunction(self.S)
+        self._L_sig = fem.form(ufl.inner(mandel_to_tensor(qf.stress), tau) * qf.dx)
+        one = fem.Constant(mesh, np.float64(1.0))
+        self._vol = self._assemble(fem.form(one * w * qf.dx))
+        self.has_p = "p" in solver.state
+        if self.has_p:
+            self.p_q = fem.Function(qf.space(()))
+            self.p = fem.Function(self.S, name="p")
+            self._L_p = fem.form(self.p_q * w * qf.dx)
+
+    @staticmethod
+    def _assemble(form) -> np.ndarray:
+        vec = fem.assemble_vector(form)
+        vec.scatter_reverse(la.InsertMode.add)
+        vec.scatter_forward()
+        return vec.array.copy()
+
+    def update(self) -> None:
+        vol = self._vol
+        sig = self._assemble(self._L_sig).reshape(-1, 9) / vol[:, None]
+        self.stress.x.array[:] = sig.reshape(-1)
+        s = sig.reshape(-1, 3, 3)
+        dev = s - np.trace(s, axis1=1, axis2=2)[:, None, None] * np.eye(3) / 3.0
+        self.von_mises.x.array[:] = np.sqrt(1.5 * np.einsum("nij,nij->n", dev, dev))
+        if self.has_p:
+            p = self.solver.state["p"].detach().cpu().numpy()
+            self.solver.qf.assign(self.p_q, p)
+            self.p.x.array[:] = self._assemble(self._L_p) / vol
+
+    @property
+    def functions(self):
+        return [self.stress, self.von_mises] + ([self.p] if self.has_p else [])
+
+
+class OutputWriter:
+    """Writes one output directory of a macro run (collective over the solver's communicator)."""
+
+    def __init__(self, directory, solver, vtx: bool = True, plot: bool = True):
+        self.dir = Path(directory)
+        self.solver, self.comm = solver, solver.comm
+        self.plot = plot
+        self.rows: List[list] = []
+        tmp = None
+        if self.comm.rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = str(self.dir / f".vtx.tmp{os.getpid()}")
+            Path(tmp).mkdir()
+        self.tmp = Path(self.comm.bcast(tmp, root=0))
+        self.writers = []
+        self.cells = None
+        if vtx:
+            from dolfinx.io import VTXWriter
+
+            self.cells = CellAverages(solver)
+            self.writers = [
+                ("displacement.bp", VTXWriter(self.comm, self.tmp / "displacement.bp", [solver.u], engine="BP4")),
+                ("fields.bp", VTXWriter(self.comm, self.tmp / "fields.bp", self.cells.functions, engine="BP4")),
+            ]
+            self._write_fields(0.0)
+
+    def _write_fields(self, t: float) -> None:
+        self.cells.update()
+        for _, w in self.writers:
+            w.write(t)
+
+    def write_step(self, rec, fields: bool = True) -> None:
+        self.rows.append([rec.step, rec.time, rec.factor, *rec.displacement, *rec.reaction, rec.iterations,
+                          rec.residuals[-1], rec.wall_time])
+        if fields and self.writers:
+            self._write_fields(rec.time)
+        self._write_csv()
+
+    def _write_csv(self) -> None:
+        if self.comm.rank != 0:
+            return
+        buf = io.StringIO()
+        wr = csv.writer(buf)
+        wr.writerow(CSV_COLUMNS)
+        for r in self.rows:
+            wr.writerow([r[0]] + [f"{x:.17g}" for x in r[1:9]] + [r[9], f"{r[10]:.6e}", f"{r[11]:.6f}"])
+        with atomic_path(self.dir / "steps.csv") as tmp:
+            tmp.write_text(buf.getvalue())
+
+    def _write_plot(self) -> None:
+        if not self.rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        data = np.array([r[3:9] for r in self.rows], dtype=float)
+        u, R = np.vstack([np.zeros(3), data[:, :3]]), np.vstack([np.zeros(3), data[:, 3:]])
+        i = int(np.argmax(np.abs(R).max(axis=0)))
+        axis = "xyz"[i]
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.plot(u[:, i], R[:, i], "o-", ms=3)
+        ax.set_xlabel(f"mean displacement u_{axis} on '{self.solver.reaction_boundary}' [m]")
+        ax.set_ylabel(f"reaction force R_{axis} [N]")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        with atomic_path(self.dir / "force_displacement.png") as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+        plt.close(fig)
+
+    def close(self, records=None) -> None:
+        for _, w in self.writers:
+            w.close()
+        self.comm.barrier()
+        if self.comm.rank == 0:
+            for name, _ in self.writers:
+                final = self.dir / name
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(self.tmp / name, final)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if self.plot and self.solver.reaction_boundary is not None:
+                self._write_plot()
+        self.comm.barrier()

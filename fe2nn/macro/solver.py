@@ -1,0 +1,429 @@
+"""Incremental Newton solver with the consistent tangent, state commit/rollback and cut-backs.
+
+Per Newton iteration: one Expression evaluation of the strain at all owned
+quadrature points, one batched ``material.update`` from the last converged
+state, stress/tangent written into quadrature Functions, assembly of the
+residual ``F_int - lambda F_ext`` and of the Jacobian (both forms compiled
+once), one linear solve (MUMPS, or CG + GAMG with rigid-body near-null space).
+
+Convergence: the force residual on the free dofs ``|R_free|`` [N] falls below
+``atol`` or ``rtol * max(|F_int|, lambda |F_ext|)``, after the prescribed
+displacements have been applied exactly.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import ufl
+from dolfinx import fem
+from dolfinx.fem import petsc as fpetsc
+from mpi4py import MPI
+from petsc4py import PETSc
+
+from fe2nn.errors import SolverError
+from fe2nn.io_utils import rank0_print
+from fe2nn.macro.loading import LoadTable
+from fe2nn.macro.problem import Problem
+from fe2nn.macro.quadrature import QuadratureFields, mandel_strain
+from fe2nn.materials.base import MaterialConvergenceError
+
+_counter = itertools.count()
+
+
+class StepFailed(Exception):
+    """A load step did not converge (the driver cuts the step back)."""
+
+
+@dataclass
+class StepRecord:
+    """One converged load step."""
+
+    step: int
+    time: float  # [s]
+    factor: float  # load factor [-]
+    dt: float  # [s]
+    displacement: np.ndarray  # mean displacement (3,) on the reaction boundary [m]
+    reaction: np.ndarray  # reaction force (3,) on the reaction boundary [N]
+    iterations: int
+    residuals: List[float]  # |R_free| per iteration [N]
+    wall_time: float  # [s]
+    timings: Dict[str, float] = field(default_factory=dict)  # constitutive / assembly / solve [s]
+    cutbacks: int = 0
+
+
+@dataclass
+class Result:
+    steps: List[StepRecord]
+    solver: "NewtonSolver"
+
+    @property
+    def reactions(self) -> np.ndarray:
+        return np.array([s.reaction for s in self.steps])
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.array([s.time for s in self.steps])
+
+
+def default_petsc_options(kind: str) -> Dict[str, object]:
+    if kind == "direct":
+        return {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
+    return {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": 1e-10, "ksp_atol": 1e-30, "ksp_max_it": 1000,
+            "pc_gamg_coarse_eq_limit": 1000, "mg_levels_ksp_type": "chebyshev", "mg_levels_pc_type": "jacobi",
+            "mg_levels_esteig_ksp_type": "cg", "ksp_error_if_not_converged": True}
+
+
+class NewtonSolver:
+    """Owns the displacement, the quadrature fields, the PETSc objects and the material state.
+
+    ``linear_solver``: "direct" (MUMPS), "iterative" (CG + GAMG) or "auto"
+    (direct up to 150,000 dofs).  ``petsc_options`` override the defaults.
+    ``reaction``: tagged surface whose reaction force and mean displacement are reported.
+    """
+
+    def __init__(self, problem: Problem, rtol: float = 1e-8, atol: float = 1e-10, max_iterations: int = 25,
+                 linear_solver: str = "auto", petsc_options: Optional[Dict[str, object]] = None,
+                 reaction=None):
+        self.problem = problem
+        self.material = problem.material
+        self.rtol, self.atol, self.max_iterations = rtol, atol, max_iterations
+        mesh = problem.mesh.mesh
+        self.comm = mesh.comm
+        self.V = fem.functionspace(mesh, ("Lagrange", problem.degree, (3,)))
+        self.u = fem.Function(self.V, name="displacement")
+        self.du = fem.Function(self.V)
+        self.qf = QuadratureFields(self.u, problem.quadrature_degree)
+        v, w = ufl.TestFunction(self.V), ufl.TrialFunction(self.V)
+        dx = self.qf.dx
+        self.F_form = fem.form(ufl.inner(self.qf.stress, mandel_strain(v)) * dx)
+        self.J_form = fem.form(ufl.inner(ufl.dot(self.qf.tangent, mandel_strain(w)), mandel_strain(v)) * dx)
+        imap = self.V.dofmap.index_map
+        self.bs = self.V.dofmap.index_map_bs
+        self.n_owned = imap.size_local * self.bs
+        self.n_dofs = imap.size_global * self.bs
+        self._setup_bcs()
+        self._setup_external(v)
+        self._setup_reaction(reaction)
+        self.A = fpetsc.create_matrix(self.J_form)
+        self.b = fpetsc.create_vector(self.V)
+        self._setup_ksp(linear_solver, petsc_options or {})
+        self.state = self.material.initial_state(self.qf.n_points)
+        self.trial_state = self.state
+        self.u_committed = self.u.x.array.copy()
+        self.f_int = np.zeros(self.n_owned)
+        self.timings = {"constitutive": 0.0, "assembly": 0.0, "solve": 0.0}
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _setup_bcs(self) -> None:
+        mesh = self.problem.mesh
+        fdim = mesh.mesh.topology.dim - 1
+        self.bcs, self._bc_values = [], []
+        mask = np.zeros(self.V.dofmap.index_map.size_local * self.bs + self.V.dofmap.index_map.num_ghosts * self.bs,
+                        dtype=bool)
+        for d in self.problem.dirichlet:
+            facets = mesh.facets(d.boundary, "dirichlet boundary")
+            if d.function is not None:
+                g = fem.Function(self.V)
+                g.interpolate(d.function)
+                ref = g.x.array.copy()
+                dofs = fem.locate_dofs_topological(self.V, fdim, facets)
+                self.bcs.append(fem.dirichletbc(g, dofs))
+                self._bc_values.append((g, ref))
+                for k in range(self.bs):
+                    mask[dofs * self.bs + k] = True
+            for i, value in d.components.items():
+                Vi, _ = self.V.sub(i).collapse()
+                g = fem.Function(Vi)
+                dofs = fem.locate_dofs_topological((self.V.sub(i), Vi), fdim, facets)
+                self.bcs.append(fem.dirichletbc(g, dofs, self.V.sub(i)))
+                self._bc_values.append((g, value))
+                mask[dofs[0]] = True
+        self.bc_mask = mask[: self.n_owned]
+
+    def _setup_external(self, v) -> None:
+        mesh = self.problem.mesh
+        self.f_ext = np.zeros(self.n_owned)
+        if not self.problem.tractions:
+            return
+        ds = ufl.Measure("ds", domain=mesh.mesh, subdomain_data=mesh.facet_tags)
+        n = ufl.FacetNormal(mesh.mesh)
+        L = 0
+        for t in self.problem.tractions:
+            tag = mesh.boundary(t.boundary, "traction boundary")
+            if t.pressure is not None:
+                L += -fem.Constant(mesh.mesh, PETSc.ScalarType(t.pressure)) * ufl.dot(n, v) * ds(tag)
+            else:
+                L += ufl.dot(fem.Constant(mesh.mesh, np.asarray(t.value, dtype=PETSc.ScalarType)), v) * ds(tag)
+        vec = fem.assemble_vector(fem.form(L))
+        vec.scatter_reverse(__import__("dolfinx").la.InsertMode.add)
+        self.f_ext = vec.array[: self.n_owned].copy()
+
+    def _setup_reaction(self, reaction) -> None:
+        self.reaction_boundary = reaction
+        self._reaction_dofs = []
+        self._mean_u_forms = []
+        self._reaction_area = 1.0
+        if reaction is None:
+            return
+        mesh = self.problem.mesh
+        fdim = mesh.mesh.topology.dim - 1
+        tag = mesh.boundary(reaction, "reaction boundary")
+        facets = mesh.facet_tags.find(tag)
+        for i in range(self.bs):
+            Vi, _ = self.V.sub(i).collapse()
+            dofs = fem.locate_dofs_topological((self.V.sub(i), Vi), fdim, facets)[0]
+            self._reaction_dofs.append(dofs[dofs < self.n_owned])
+        ds = ufl.Measure("ds", domain=mesh.mesh, subdomain_data=mesh.facet_tags)
+        one = fem.Constant(mesh.mesh, PETSc.ScalarType(1.0))
+        self._reaction_area = self.comm.allreduce(fem.assemble_scalar(fem.form(one * ds(tag))), op=MPI.SUM)
+        self._mean_u_forms = [fem.form(self.u[i] * ds(tag)) for i in range(self.bs)]
+
+    def _setup_ksp(self, kind: str, overrides: Dict[str, object]) -> None:
+        if kind == "auto":
+            kind = "direct" if self.n_dofs <= 150_000 else "iterative"
+        self.linear_solver = kind
+        opts = default_petsc_options(kind)
+        opts.update(overrides)
+        self.petsc_options = opts
+        prefix = f"fe2nn_macro_{next(_counter)}_"
+        self.ksp = PETSc.KSP().create(self.comm)
+        self.ksp.setOptionsPrefix(prefix)
+        self.ksp.setOperators(self.A)
+        po = PETSc.Options()
+        for k, val in opts.items():
+            po[prefix + k] = val
+        if str(opts.get("pc_type")) == "gamg":
+            self.A.setNearNullSpace(self._rigid_body_modes())
+        self.ksp.setFromOptions()
+        for k in opts:
+            del po[prefix + k]
+
+    def _rigid_body_modes(self) -> PETSc.NullSpace:
+        x = self.V.tabulate_dof_coordinates()[: self.n_owned // self.bs]
+        vecs = [fpetsc.create_vector(self.V) for _ in range(6)]
+        arrs = [np.zeros((x.shape[0], 3)) for _ in range(6)]
+        for i in range(3):
+            arrs[i][:, i] = 1.0
+        arrs[3][:, 0], arrs[3][:, 1] = -x[:, 1], x[:, 0]
+        arrs[4][:, 1], arrs[4][:, 2] = -x[:, 2], x[:, 1]
+        arrs[5][:, 0], arrs[5][:, 2] = x[:, 2], -x[:, 0]
+        for vec, arr in zip(vecs, arrs):
+            vec.array_w[:] = arr.reshape(-1)
+        for i, vi in enumerate(vecs):  # Gram-Schmidt
+            for vj in vecs[:i]:
+                vi.axpy(-vi.dot(vj), vj)
+            vi.normalize()
+        return PETSc.NullSpace().create(vectors=vecs, comm=self.comm)
+
+    # -- pieces of a Newton iteration -------------------------------------------------------
+    def set_load(self, factor: float) -> None:
+        """Prescribed displacements at load factor ``factor``."""
+        for g, value in self._bc_values:
+            g.x.array[:] = factor * value
+        self.factor = factor
+
+    def evaluate_material(self, dt: float) -> None:
+        """Strain at all points -> batched material update from the committed state -> stress/tangent fields."""
+        t0 = time.perf_counter()
+        strain = self.qf.strain()
+        dev = self.material.device
+        eps = torch.from_numpy(strain).to(dev)
+        stress, tangent, self.trial_state = self.material.update(eps, dt, self.state)
+        self.qf.assign(self.qf.stress, stress.detach().cpu().numpy())
+        self.qf.assign(self.qf.tangent, tangent.detach().cpu().numpy())
+        self.timings["constitutive"] += time.perf_counter() - t0
+
+    def assemble_internal(self) -> None:
+        """Internal force vector F_int (owned entries in ``self.f_int``)."""
+        t0 = time.perf_counter()
+        with self.b.localForm() as loc:
+            loc.set(0.0)
+        fpetsc.assemble_vector(self.b, self.F_form)
+        self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        self.f_int[:] = self.b.array_r
+        self.timings["assembly"] += time.perf_counter() - t0
+
+    def _norm(self, a: np.ndarray) -> float:
+        return math.sqrt(self.comm.allreduce(float(np.dot(a, a)), op=MPI.SUM))
+
+    def residual_norms(self) -> tuple[float, float]:
+        """(|R_free|, reference force) [N]."""
+        r = self.f_int - self.factor * self.f_ext
+        r_free = np.where(self.bc_mask, 0.0, r)
+        ref = max(self._norm(self.f_int), abs(self.factor) * self._norm(self.f_ext))
+        return self._norm(r_free), ref
+
+    def bc_jump(self) -> float:
+        """Largest |g - u| over the prescribed dofs [m]."""
+        w = fem.Function(self.V)
+        w.x.array[:] = self.u.x.array
+        fem.set_bc(w.x.array, self.bcs)
+        return self.comm.allreduce(float(np.max(np.abs(w.x.array - self.u.x.array), initial=0.0)), op=MPI.MAX)
+
+    def newton_update(self, first: bool) -> None:
+        """Assemble J, solve J du = R (lifted with the BC increment on the first iteration), u -= du."""
+        t0 = time.perf_counter()
+        self.A.zeroEntries()
+        fpetsc.assemble_matrix(self.A, self.J_form, bcs=self.bcs, diag=1.0)
+        self.A.assemble()
+        with self.b.localForm() as loc:
+            loc.set(0.0)
+        self.b.array_w[:] = self.f_int - self.factor * self.f_ext
+        x0 = self.u.x.petsc_vec
+        if first:
+            fpetsc.apply_lifting(self.b, [self.J_form], bcs=[self.bcs], x0=[x0], alpha=-1.0)
+            self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        fpetsc.set_bc(self.b, self.bcs, x0=x0, alpha=-1.0)
+        t1 = time.perf_counter()
+        self.timings["assembly"] += t1 - t0
+        self.ksp.solve(self.b, self.du.x.petsc_vec)
+        reason = self.ksp.getConvergedReason()
+        self.timings["solve"] += time.perf_counter() - t1
+        if reason < 0:
+            raise StepFailed(f"linear solver failed (PETSc reason {reason})")
+        self.du.x.scatter_forward()
+        self.u.x.array[:] -= self.du.x.array
+        if first:  # make the prescribed values exact (iterative solvers leave a tiny error)
+            fem.set_bc(self.u.x.array, self.bcs)
+
+    # -- a load step ------------------------------------------------------------------------
+    def step(self, factor: float, dt: float) -> List[float]:
+        """Newton iterations to equilibrium at load ``factor``; returns |R_free| per iteration.
+
+        Raises StepFailed (max iterations, divergence, material failure); the
+        caller then calls :meth:`rollback`.
+        """
+        self.set_load(factor)
+        residuals: List[float] = []
+        jump = self.bc_jump()
+        for k in range(self.max_iterations + 1):
+            try:
+                self.evaluate_material(dt)
+            except MaterialConvergenceError as err:
+                raise StepFailed(f"material update failed: {str(err).splitlines()[0]}") from None
+            self.assemble_internal()
+            r, ref = self.residual_norms()
+            residuals.append(r)
+            if not math.isfinite(r):
+                raise StepFailed("residual is not finite")
+            if (k > 0 or jump == 0.0) and (r <= self.atol or r <= self.rtol * ref):
+                self.residuals = residuals
+                return residuals
+            if k == self.max_iterations:
+                break
+            if k >= 3 and r > 1e3 * max(residuals[1], 1e-300):
+                raise StepFailed(f"Newton diverges (|R| = {r:.3e} N after {k} iterations)")
+            self.newton_update(first=(k == 0 and jump > 0.0))
+        raise StepFailed(f"no convergence in {self.max_iterations} Newton iterations (|R| = {residuals[-1]:.3e} N)")
+
+    def commit(self) -> None:
+        self.state = self.trial_state
+        self.u_committed[:] = self.u.x.array
+
+    def rollback(self) -> None:
+        self.trial_state = self.state
+        self.u.x.array[:] = self.u_committed
+
+    # -- results ----------------------------------------------------------------------------
+    def reaction(self) -> np.ndarray:
+        """Reaction force (3,) [N] on the reaction boundary: internal forces summed over its dofs."""
+        loc = np.array([self.f_int[d].sum() for d in self._reaction_dofs]) if self._reaction_dofs else np.zeros(3)
+        return self.comm.allreduce(loc, op=MPI.SUM)
+
+    def mean_displacement(self) -> np.ndarray:
+        """Area-averaged displacement (3,) [m] over the reaction boundary."""
+        if not self._mean_u_forms:
+            return np.zeros(3)
+        loc = np.array([fem.assemble_scalar(f) for f in self._mean_u_forms])
+        return self.comm.allreduce(loc, op=MPI.SUM) / self._reaction_area
+
+    def destroy(self) -> None:
+        for obj in (self.ksp, self.A, self.b):
+            obj.destroy()
+
+
+def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optional[int] = None,
+          max_dt: Optional[float] = None, min_dt: Optional[float] = None, reaction=None, output=None,
+          rtol: float = 1e-8, atol: float = 1e-10, max_iterations: int = 25, linear_solver: str = "auto",
+          petsc_options: Optional[Dict[str, object]] = None, vtx: bool = True, every: int = 1,
+          plot: bool = True, progress: bool = True,
+          callback: Optional[Callable[[NewtonSolver, StepRecord], None]] = None) -> Result:
+    """Run the load history ``(times, factors)`` with cut-backs; returns the converged steps.
+
+    ``output``: directory for VTX fields, steps.csv and the force-displacement
+    plot (None: no files).  A step that fails is retried with half the step
+    size down to ``min_dt`` (default: smallest nominal step / 1024), then
+    SolverError is raised (the output of the converged steps is still written).
+    """
+    table = LoadTable(times, factors)
+    solver = NewtonSolver(problem, rtol=rtol, atol=atol, max_iterations=max_iterations,
+                          linear_solver=linear_solver, petsc_options=petsc_options, reaction=reaction)
+    targets = table.step_times(steps, max_dt)
+    nominal = np.diff([table.start] + targets)
+    min_dt = float(min_dt if min_dt is not None else nominal.min() / 1024)
+    writer = None
+    if output is not None:
+        from fe2nn.macro.output import OutputWriter
+
+        writer = OutputWriter(output, solver, vtx=vtx, plot=plot)
+    records: List[StepRecord] = []
+    t, i, dt, cut = table.start, 0, None, 0
+    span = table.end - table.start
+    failure = None
+    try:
+        while i < len(targets):
+            target = targets[i]
+            dt_try = target - t if dt is None else min(dt, target - t)
+            t_new = target if target - (t + dt_try) <= 1e-12 * span else t + dt_try
+            dt_try = t_new - t
+            lam = table(t_new)
+            before = dict(solver.timings)
+            w0 = time.perf_counter()
+            try:
+                residuals = solver.step(lam, dt_try)
+            except StepFailed as err:
+                solver.rollback()
+                dt, cut = dt_try / 2, cut + 1
+                if dt < min_dt:
+                    raise SolverError(f"load step to t = {t_new:.6g} s (load factor {lam:.6g}) failed: {err}; "
+                                      f"the step size would fall below min_dt = {min_dt:.3g} s") from None
+                if progress:
+                    rank0_print(f"  cut back at t = {t_new:.6g} s: {err}; retrying with dt = {dt:.4g} s",
+                                comm=solver.comm)
+                continue
+            solver.commit()
+            t = t_new
+            rec = StepRecord(step=len(records) + 1, time=t, factor=lam, dt=dt_try,
+                             displacement=solver.mean_displacement(), reaction=solver.reaction(),
+                             iterations=len(residuals) - 1, residuals=residuals,
+                             wall_time=time.perf_counter() - w0,
+                             timings={k: solver.timings[k] - before[k] for k in before}, cutbacks=cut)
+            records.append(rec)
+            if progress:
+                R = rec.reaction
+                rank0_print(f"step {rec.step:4d}  t = {t:.5g} s  load = {lam:+.5f}  it = {rec.iterations:2d}  "
+                            f"|R| = {residuals[-1]:.2e} N  reaction = ({R[0]:+.5e}, {R[1]:+.5e}, {R[2]:+.5e}) N",
+                            comm=solver.comm)
+            if writer is not None:
+                writer.write_step(rec, fields=(rec.step % every == 0 or t == targets[-1]))
+            if callback is not None:
+                callback(solver, rec)
+            cut = 0
+            if t == target:
+                i += 1
+            if dt is not None:
+                dt = 2 * dt_try
+    except SolverError as err:
+        failure = err
+    finally:
+        if writer is not None:
+            writer.close(records)
+    if failure is not None:
+        raise failure
+    return Result(records, solver)
