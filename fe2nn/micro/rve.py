@@ -60,7 +60,7 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _call(factory, kwargs: dict, what: str, config_file: str):
+def _call(factory, kwargs: dict, what: str, config_file: str, args: tuple = ()):
     """Call a constructor, turning bad option names/values into one-line UserErrors."""
     try:
         sig = inspect.signature(factory)
@@ -73,7 +73,7 @@ def _call(factory, kwargs: dict, what: str, config_file: str):
     except (TypeError, ValueError):
         pass
     try:
-        return factory(**kwargs)
+        return factory(*args, **kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(f"{config_file}: rve ({what}): {err}") from None
 
@@ -133,13 +133,13 @@ def build_rve(cfg: RVEConfig, config_file: str = "<config>") -> Material:
 
         orientations = torch.as_tensor(micro.orientations, dtype=torch.float64)
         weights = torch.as_tensor(micro.grain_fractions(), dtype=torch.float64)
-        return _call(TaylorRVE, dict(params=params, orientations=orientations, weights=weights, device=device,
-                                     **opts), "TaylorRVE", config_file)
+        return _call(TaylorRVE, dict(weights=weights, device=device, **opts), "TaylorRVE", config_file,
+                     args=(params, orientations))
     try:
         from fe2nn.micro.fft import FFTRVE
     except ImportError:
         raise UserError(f"{config_file}: rve.solver = 'fft' is not available in this fe2nn build") from None
-    return _call(FFTRVE, dict(params=params, microstructure=micro, device=device, **opts), "FFTRVE", config_file)
+    return _call(FFTRVE, dict(device=device, **opts), "FFTRVE", config_file, args=(params, micro))
 
 
 def _jsonable(obj):

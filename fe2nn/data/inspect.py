@@ -1,0 +1,114 @@
+"""``fe2nn inspect DATASET [--plots DIR]``: counts, ranges, rejections and plots of a dataset."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from fe2nn.data.dataset import array_checksum, read_arrays, rejection_reasons
+
+COMPONENTS = ("11", "22", "33", "√2·23", "√2·13", "√2·12")
+
+
+def _ranges(a: np.ndarray) -> List[tuple]:
+    flat = a.reshape(-1, a.shape[-1])
+    return [(float(np.nanmin(flat[:, k])), float(np.nanmax(flat[:, k]))) for k in range(a.shape[-1])]
+
+
+def summarize(arrays: Dict[str, np.ndarray], attrs: dict) -> Dict:
+    """Counts and per-component ranges (strain [-], stress [Pa], strain rate [1/s], dt [s])."""
+    strain, time = arrays["strain"], arrays["time"]
+    dt = np.diff(time, axis=1)
+    rate = np.diff(strain, axis=1) / dt[..., None]
+    names = list(attrs.get("family_names", []))
+    fam = {names[c] if c < len(names) else str(c): int((arrays["family"] == c).sum())
+           for c in np.unique(arrays["family"])}
+    hm = arrays["hill_mandel"][np.isfinite(arrays["hill_mandel"])]
+    it = arrays["iterations"][arrays["iterations"] >= 0]
+    return {
+        "n_samples": int(strain.shape[0]), "n_steps": int(strain.shape[1] - 1), "families": fam,
+        "accepted": int(arrays["accepted"].sum()), "rejected": rejection_reasons(arrays),
+        "strain": _ranges(strain), "stress": _ranges(arrays["stress"]), "strain_rate": _ranges(rate),
+        "dt": (float(dt.min()), float(np.median(dt)), float(dt.max())),
+        "hill_mandel_max": float(hm.max()) if hm.size else float("nan"),
+        "iterations": (float(it.mean()) if it.size else 0.0, int(it.max()) if it.size else 0),
+        "content_hash": array_checksum(arrays),
+    }
+
+
+def report(path: Path, s: Dict, attrs: dict) -> str:
+    lines = [f"{path}: {s['n_samples']} samples x {s['n_steps']} increments, content sha256 {s['content_hash'][:16]}"]
+    lines.append("families: " + ", ".join(f"{k} {v}" for k, v in s["families"].items()))
+    rej = s["rejected"]
+    lines.append(f"accepted: {s['accepted']}; rejected: {rej['not_converged']} not converged, "
+                 f"{rej['hill_mandel']} Hill-Mandel residual > {attrs.get('hill_mandel_tol', '?')}")
+    lines.append(f"Hill-Mandel residual max {s['hill_mandel_max']:.3g}; RVE iterations per increment mean "
+                 f"{s['iterations'][0]:.2f}, max {s['iterations'][1]}")
+    lines.append(f"time step dt [s]: min {s['dt'][0]:.3g}, median {s['dt'][1]:.3g}, max {s['dt'][2]:.3g}")
+    lines.append(f"{'component':>10} {'strain min':>11} {'strain max':>11} {'stress min':>11} {'stress max':>11} "
+                 f"{'rate min':>10} {'rate max':>10}")
+    for k, c in enumerate(COMPONENTS):
+        e, sg, r = s["strain"][k], s["stress"][k], s["strain_rate"][k]
+        lines.append(f"{c:>10} {e[0]:11.3e} {e[1]:11.3e} {sg[0]:11.3e} {sg[1]:11.3e} {r[0]:10.2e} {r[1]:10.2e}")
+    lines.append("units: strain [-], stress [Pa], strain rate [1/s] (Mandel components)")
+    for key in ("fe2nn_version", "git_commit", "created"):
+        if key in attrs:
+            lines.append(f"{key}: {attrs[key]}")
+    return "\n".join(lines)
+
+
+def plot(arrays: Dict[str, np.ndarray], attrs: dict, out_dir: Path, per_family: int = 3) -> List[Path]:
+    """PNG plots of sample strain paths and stress responses (a few per family)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(attrs.get("family_names", []))
+    picks = []
+    for c in np.unique(arrays["family"]):
+        picks += [(int(c), int(i)) for i in np.nonzero(arrays["family"] == c)[0][:per_family]]
+    written = []
+    for what, scale, unit in (("strain", 100.0, "strain [%]"), ("stress", 1e-6, "stress [MPa]")):
+        n = len(picks)
+        cols = min(n, per_family)
+        rows = -(-n // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.3 * rows), squeeze=False)
+        for ax in axes.flat[n:]:
+            ax.axis("off")
+        for ax, (c, i) in zip(axes.flat, picks):
+            t = arrays["time"][i]
+            for k in range(6):
+                ax.plot(t, scale * arrays[what][i, :, k], lw=0.9, label=COMPONENTS[k])
+            status = "" if arrays["accepted"][i] else " (rejected)"
+            ax.set_title(f"#{i} {names[c] if c < len(names) else c}{status}", fontsize=8)
+            ax.set_ylabel(unit, fontsize=7)
+            ax.set_xlabel("time [s]", fontsize=7)
+            ax.tick_params(labelsize=6)
+        axes.flat[0].legend(fontsize=5, ncol=2)
+        fig.tight_layout()
+        p = out_dir / f"{what}.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="fe2nn inspect", description=__doc__)
+    ap.add_argument("dataset", help="HDF5 dataset written by fe2nn generate")
+    ap.add_argument("--plots", metavar="DIR", help="write strain.png and stress.png into DIR")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = ap.parse_args(argv)
+    path = Path(args.dataset)
+    arrays, attrs = read_arrays(path)
+    s = summarize(arrays, attrs)
+    print(json.dumps(s, indent=1) if args.json else report(path, s, attrs))
+    if args.plots:
+        for p in plot(arrays, attrs, Path(args.plots)):
+            print(f"wrote {p}")
+    return 0
