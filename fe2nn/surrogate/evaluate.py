@@ -1,0 +1,236 @@
+"""``fe2nn evaluate SURROGATE DATASET [--out DIR]``: errors of a surrogate against RVE data.
+
+Groups of paths (accepted samples only):
+
+* a training family (card ``dataset.train_families``) on the *same* dataset (sha256
+  equal to the card's): its held-out **test split** only;
+* a training family on another dataset: all its samples;
+* every other family: all samples ("kept out of training").
+
+Each group is evaluated at three step sizes:
+
+* ``dt x 1``: the data's own increments;
+* ``dt x 4``: the data coarsened to every 4th point (exact RVE targets there);
+* ``dt x 1/4``: the model runs on a 4x finer, linear-in-time interpolation of the
+  strain path and is compared at the original points (no stress is interpolated).
+
+Metric: relative L2 stress error per path, ||sigma_pred - sigma_RVE|| / ||sigma_RVE|| over
+the whole trajectory; the table gives mean, 95th percentile and max over paths.
+Writes ``report.json`` and PNG plots (predicted vs RVE stress-strain curves, step-size
+comparison) into DIR (default: SURROGATE/evaluation), all atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from fe2nn.errors import UserError
+from fe2nn.io_utils import atomic_path, write_text_atomic
+from fe2nn.surrogate.rno import RNO, rollout_at_dt_factor
+
+FACTORS = (0.25, 1.0, 4.0)
+#: issue #5 targets
+TARGETS = {"in_family_mean": 0.02, "out_of_family_mean": 0.05, "dt_ratio": 1.5}
+
+
+def _label(f: float) -> str:
+    return "dt x 1/4" if f == 0.25 else f"dt x {f:g}"
+
+
+def predict(model: RNO, strain: np.ndarray, time: np.ndarray, factor: float, batch: int = 512):
+    """(pred (B,T',6), target row indices (T',) into rows 1..T) at step size dt*factor."""
+    preds, idx = [], None
+    with torch.no_grad():
+        for i in range(0, strain.shape[0], batch):
+            s = torch.as_tensor(strain[i:i + batch], dtype=torch.float64)
+            t = torch.as_tensor(time[i:i + batch], dtype=torch.float64)
+            p, idx = rollout_at_dt_factor(model, s, t, factor)
+            preds.append(p.numpy())
+    return np.concatenate(preds), idx.numpy()
+
+
+def path_errors(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    num = np.sqrt(((pred - target) ** 2).sum(axis=(1, 2)))
+    return num / np.maximum(np.sqrt((target ** 2).sum(axis=(1, 2))), 1e-30)
+
+
+def stats(e: np.ndarray) -> Dict[str, float]:
+    return {"mean": float(e.mean()), "p95": float(np.percentile(e, 95)), "max": float(e.max()), "n": int(e.size)}
+
+
+def groups(card: Dict[str, Any], ds: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Evaluation groups: name -> {indices, kind ('held-out test split' | 'all samples' | 'kept out of training')}."""
+    info = card.get("dataset", {})
+    train_fams = list(info.get("train_families", []))
+    same = info.get("sha256") == ds["sha256"]
+    test = set(info.get("split", {}).get("test", [])) if same else set()
+    out = {}
+    for code, name in enumerate(ds["family_names"]):
+        idx = np.flatnonzero(ds["accepted"] & (ds["family"] == code))
+        if idx.size == 0:
+            continue
+        if name in train_fams:
+            if same:
+                idx = np.array(sorted(test.intersection(idx.tolist())), dtype=np.int64)
+                kind = "held-out test split"
+            else:
+                kind = "training family, other dataset (all samples)"
+        else:
+            kind = "kept out of training"
+        if idx.size:
+            out[name] = {"indices": idx, "kind": kind, "in_training_families": name in train_fams}
+    return out
+
+
+def _plot_group(path: Path, name: str, strain, stress, pred, idx, n_show: int = 3) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fe2nn import mandel
+
+    n_show = min(n_show, strain.shape[0])
+    fig, axes = plt.subplots(2, n_show, figsize=(4.0 * n_show, 6.4), squeeze=False)
+    labels = ["11", "22", "33", "23", "13", "12"]
+    t_s, t_e = stress[:, 1:][:, idx], strain[:, 1:][:, idx]
+    for j in range(n_show):
+        c = int(np.argmax(np.ptp(t_s[j], axis=0)))  # component with the largest stress range
+        ax = axes[0, j]
+        ax.plot(t_e[j, :, c] * 100, t_s[j, :, c] / 1e6, "k-", lw=1.5, label="RVE")
+        ax.plot(t_e[j, :, c] * 100, pred[j, :, c] / 1e6, "r--", lw=1.2, label="RNO")
+        ax.set_xlabel(f"strain {labels[c]} (Mandel) [%]")
+        ax.set_ylabel(f"stress {labels[c]} (Mandel) [MPa]")
+        ax.set_title(f"{name} #{j}")
+        ax.legend(fontsize=8)
+        ax = axes[1, j]
+        vm_t = mandel.von_mises(torch.from_numpy(t_s[j])).numpy() / 1e6
+        vm_p = mandel.von_mises(torch.from_numpy(pred[j])).numpy() / 1e6
+        eq = mandel.equivalent_strain(torch.from_numpy(t_e[j])).numpy() * 100
+        ax.plot(np.arange(len(vm_t)), vm_t, "k-", lw=1.5, label="RVE von Mises")
+        ax.plot(np.arange(len(vm_p)), vm_p, "r--", lw=1.2, label="RNO von Mises")
+        ax2 = ax.twinx()
+        ax2.plot(np.arange(len(eq)), eq, color="0.6", lw=0.8)
+        ax2.set_ylabel("equivalent strain [%]", color="0.5")
+        ax.set_xlabel("increment")
+        ax.set_ylabel("von Mises stress [MPa]")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _plot_dt(path: Path, name: str, strain, stress, preds: Dict[float, tuple]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    c = int(np.argmax(np.ptp(stress[0], axis=0)))
+    ax.plot(strain[0, :, c] * 100, stress[0, :, c] / 1e6, "k-", lw=2, label="RVE")
+    for (f, (p, idx)), style in zip(preds.items(), ("b:", "r--", "g-.")):
+        ax.plot(strain[0, 1:][idx, c] * 100, p[0, :, c] / 1e6, style, lw=1.2, label=f"RNO {_label(f)}")
+    ax.set_xlabel(f"strain component {c + 1} (Mandel) [%]")
+    ax.set_ylabel(f"stress component {c + 1} (Mandel) [MPa]")
+    ax.set_title(f"step-size independence ({name} #0)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FACTORS,
+             plots: bool = True) -> Dict[str, Any]:
+    """Evaluate and write the report/plots; returns the report dict."""
+    from fe2nn.surrogate.card import card_paths, load_surrogate
+    from fe2nn.surrogate.train import read_dataset
+
+    model, card = load_surrogate(surrogate)
+    ds = read_dataset(dataset)
+    out_dir = Path(out) if out else card_paths(surrogate)[0] / "evaluation"
+    grp = groups(card, ds)
+    if not grp:
+        raise UserError(f"{dataset}: no accepted samples to evaluate")
+    report: Dict[str, Any] = {"surrogate": str(surrogate), "dataset": str(dataset), "dataset_sha256": ds["sha256"],
+                              "same_dataset_as_training": card.get("dataset", {}).get("sha256") == ds["sha256"],
+                              "metric": "relative L2 stress error per path over the whole trajectory",
+                              "dt_factors": {_label(f): f for f in factors}, "groups": {}, "plots": []}
+    for name, g in grp.items():
+        idx = g["indices"]
+        s, sig, t = ds["strain"][idx], ds["stress"][idx], ds["time"][idx]
+        res: Dict[str, Any] = {"kind": g["kind"], "n_paths": int(idx.size), "errors": {}}
+        preds = {}
+        for f in factors:
+            p, ti = predict(model, s, t, f)
+            preds[f] = (p, ti)
+            res["errors"][_label(f)] = stats(path_errors(p, sig[:, 1:][:, ti]))
+        report["groups"][name] = res
+        if plots:
+            safe = name.replace("/", "_").replace(" ", "_")
+            p1 = out_dir / f"{safe}_stress_strain.png"
+            _plot_group(p1, f"{name} ({g['kind']})", s, sig, preds[1.0][0] if 1.0 in preds else preds[factors[0]][0],
+                        preds[1.0][1] if 1.0 in preds else preds[factors[0]][1])
+            p2 = out_dir / f"{safe}_dt.png"
+            _plot_dt(p2, name, s, sig, {f: (preds[f][0][:1], preds[f][1]) for f in factors})
+            report["plots"] += [p1.name, p2.name]
+    report["targets"] = _check_targets(report)
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _check_targets(report: Dict[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for name, g in report["groups"].items():
+        e = g["errors"]
+        if "dt x 1" not in e:
+            continue
+        base = e["dt x 1"]["mean"]
+        lim = TARGETS["in_family_mean"] if g["kind"] == "held-out test split" else TARGETS["out_of_family_mean"]
+        out[f"{name}: mean at dt x 1 <= {lim:.0%}"] = bool(base <= lim)
+        for lab in ("dt x 1/4", "dt x 4"):
+            if lab in e:
+                out[f"{name}: mean at {lab} <= {TARGETS['dt_ratio']} x mean at dt x 1"] = bool(
+                    e[lab]["mean"] <= TARGETS["dt_ratio"] * base)
+    return out
+
+
+def format_table(report: Dict[str, Any]) -> str:
+    lines = [f"{'group':<14} {'paths':>5} {'kind':<28} {'step':<9} {'mean':>8} {'p95':>8} {'max':>8}"]
+    for name, g in report["groups"].items():
+        for lab, st in g["errors"].items():
+            lines.append(f"{name:<14} {g['n_paths']:>5} {g['kind'][:28]:<28} {lab:<9} "
+                         f"{st['mean']:>8.3%} {st['p95']:>8.3%} {st['max']:>8.3%}")
+    lines.append("targets: " + ", ".join(f"{k}: {'ok' if v else 'MISSED'}" for k, v in report["targets"].items()))
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = _Parser(prog="fe2nn evaluate", description="Evaluate a surrogate against an RVE dataset.")
+    ap.add_argument("surrogate", help="surrogate directory (card.json + weights.safetensors) or its card.json")
+    ap.add_argument("dataset", help="HDF5 dataset (README 'Dataset format')")
+    ap.add_argument("--out", default=None, help="output directory (default SURROGATE/evaluation)")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    report = evaluate(args.surrogate, args.dataset, args.out, plots=not args.no_plots)
+    print(format_table(report))
+    from fe2nn.surrogate.card import card_paths
+
+    out_dir = Path(args.out) if args.out else card_paths(args.surrogate)[0] / "evaluation"
+    print(f"report: {out_dir / 'report.json'}")
+    return 0

@@ -1,0 +1,120 @@
+"""A trained RNO as an fe2nn :class:`~fe2nn.materials.base.Material`.
+
+    mat = RNOMaterial("surrogates/aluminium_taylor")
+    state = mat.initial_state(n)                       # {"xi": (n,k), "strain": (n,6)}
+    stress, tangent, new_state = mat.update(strain, dt, state)
+    ood = mat.envelope_violation(strain, (strain - state["strain"]) / dt)   # (n,) bool
+
+Inputs/outputs in SI units and Mandel notation.  The tangent is the exact consistent
+d sigma_n / d eps_n of the time-discrete model (strain, rate 1/dt and xi_n paths).
+After every update ``mat.info["ood"]`` holds the envelope-violation mask.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from fe2nn import mandel
+from fe2nn.materials.base import Material, Response, State
+from fe2nn.surrogate.rno import RNO
+
+
+def compute_envelope(strain: np.ndarray, time: np.ndarray) -> Dict[str, Any]:
+    """Training envelope of paths strain (N, T+1, 6), time (N, T+1).
+
+    Per-component strain range, maximum equivalent strain sqrt(2/3 e':e'), per-component
+    strain-rate range and the range of the strain-rate norm |d eps/dt| (Frobenius,
+    Mandel), its minimum over non-zero rates (holds have zero rate).
+    """
+    s = torch.as_tensor(strain, dtype=torch.float64)
+    t = torch.as_tensor(time, dtype=torch.float64)
+    rate = (s[:, 1:] - s[:, :-1]) / (t[:, 1:] - t[:, :-1])[..., None]
+    rnorm = torch.linalg.norm(rate, dim=-1)
+    nz = rnorm[rnorm > 0]
+    return {
+        "strain_min": s.amin(dim=(0, 1)).tolist(),
+        "strain_max": s.amax(dim=(0, 1)).tolist(),
+        "equivalent_strain_max": float(mandel.equivalent_strain(s).max()),
+        "strain_rate_min": rate.amin(dim=(0, 1)).tolist(),
+        "strain_rate_max": rate.amax(dim=(0, 1)).tolist(),
+        "strain_rate_norm_max": float(rnorm.max()),
+        "strain_rate_norm_min_nonzero": float(nz.min()) if nz.numel() else 0.0,
+    }
+
+
+class RNOMaterial(Material):
+    """RNO surrogate material.
+
+    ``path_or_model``: a surrogate directory / card path (loaded with
+    :func:`fe2nn.surrogate.card.load_surrogate`) or an :class:`RNO` instance (then
+    ``envelope`` may be given as a dict like :func:`compute_envelope` returns).
+    ``envelope_margin``: relative slack of the out-of-distribution check.
+
+    State: ``xi`` (n, k) internal variables [-], ``strain`` (n, 6) strain of the last
+    converged increment [-].  ``dt`` must be > 0.
+    """
+
+    def __init__(self, path_or_model: str | os.PathLike | RNO, device: str | torch.device = "cpu",
+                 envelope: Optional[Dict[str, Any]] = None, envelope_margin: float = 0.05,
+                 chunk: int = 16384):
+        super().__init__()
+        self.device = torch.device(device)
+        if isinstance(path_or_model, RNO):
+            self.model, self.card = path_or_model, {"envelope": envelope} if envelope else {}
+        else:
+            from fe2nn.surrogate.card import load_surrogate
+
+            self.model, self.card = load_surrogate(path_or_model, self.device)
+        self.model = self.model.to(device=self.device, dtype=self.dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.k = self.model.k
+        self.chunk = chunk
+        self.envelope_margin = float(envelope_margin)
+        env = envelope if envelope is not None else self.card.get("envelope")
+        self._env = None
+        if env:
+            self._env = {key: torch.as_tensor(env[key], dtype=self.dtype, device=self.device)
+                         for key in ("strain_min", "strain_max", "equivalent_strain_max", "strain_rate_norm_max")}
+
+    def initial_state(self, n: int) -> State:
+        z = dict(dtype=self.dtype, device=self.device)
+        return {"xi": torch.zeros(n, self.k, **z), "strain": torch.zeros(n, 6, **z)}
+
+    def update(self, strain: torch.Tensor, dt, state: State) -> Response:
+        strain = self.as_tensor(strain)
+        n = strain.shape[0]
+        if strain.shape != (n, 6):
+            raise ValueError(f"strain must have shape (n, 6), got {tuple(strain.shape)}")
+        h = self.as_dt(dt, n)
+        if torch.any(h <= 0):
+            raise ValueError("dt must be > 0")
+        prev, xi0 = state["strain"], state["xi"]
+        with torch.no_grad():
+            stress, tangent, xi = self.model.step_with_tangent(strain, prev, h, xi0, chunk=self.chunk)
+        self.info = {"ood": self.envelope_violation(strain, (strain - prev) / h[:, None])}
+        return stress, tangent, {"xi": xi, "strain": strain.clone()}
+
+    def envelope_violation(self, strain: torch.Tensor, strain_rate: torch.Tensor) -> torch.Tensor:
+        """Bool mask (n,) of points outside the training envelope.
+
+        A point is flagged when a strain component leaves [min - m*w, max + m*w] (w: the
+        component's training range, m: ``envelope_margin``), its equivalent strain
+        exceeds (1+m) times the training maximum, or its strain-rate norm exceeds (1+m)
+        times the training maximum.  Slow rates are not flagged (holds and unloading
+        regions legitimately have rates near zero).  All False without an envelope.
+        """
+        strain = self.as_tensor(strain)
+        rate = self.as_tensor(strain_rate)
+        n = strain.shape[0]
+        if self._env is None:
+            return torch.zeros(n, dtype=torch.bool, device=self.device)
+        e, m = self._env, self.envelope_margin
+        w = e["strain_max"] - e["strain_min"]
+        bad = ((strain < e["strain_min"] - m * w) | (strain > e["strain_max"] + m * w)).any(dim=-1)
+        bad |= mandel.equivalent_strain(strain) > (1 + m) * e["equivalent_strain_max"]
+        bad |= torch.linalg.norm(rate, dim=-1) > (1 + m) * e["strain_rate_norm_max"]
+        return bad

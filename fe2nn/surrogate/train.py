@@ -1,0 +1,488 @@
+"""``fe2nn train CONFIG [--resume] [--sweep-k 0,1,2,4] [--stop-after N]``: train an RNO.
+
+Data: the accepted samples of an HDF5 dataset (README "Dataset format").  Samples of
+the families in ``data.train_families`` are split by sample (seeded) into train /
+validation / test; the other families are never seen in training (kept for
+evaluation of out-of-family generalisation).
+
+Loss: mean over paths of the relative L2 stress error over the whole trajectory.
+Adam with a cosine (or plateau) learning-rate schedule, early stopping on the
+validation error (the best weights are exported), checkpoints every few epochs and
+on exit; ``--resume`` continues from the checkpoint exactly (model, optimizer,
+schedule, random generator).
+
+Time-step augmentation (``training.dt_factors``): each mini-batch is run at one step
+size, drawn from the list:
+
+* factor m >= 2 (integer): the path is coarsened to every m-th point -- the stress
+  targets there are exact RVE values;
+* factor 1/m: the strain path is refined by linear interpolation in time (m sub-steps
+  per increment) and the loss uses the original points only.  No stress target is
+  ever interpolated: between data points the RVE response is unknown (re-running
+  the RVE would be needed), but the recurrence must still reproduce the RVE stress
+  at the data points when it takes smaller steps, which is what makes it step-size
+  independent.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time as _time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from fe2nn.config import in_range, load_toml, non_negative, one_of, parse, positive, resolve_path
+from fe2nn.errors import UserError
+from fe2nn.io_utils import atomic_path, write_text_atomic
+from fe2nn.surrogate.rno import RNO, ACTIVATIONS, RNOArch, relative_l2, rollout_at_dt_factor
+
+DATASETS = ("strain", "stress", "time", "accepted", "family")
+
+
+# -- dataset reading -----------------------------------------------------------------------
+def read_dataset(path: str | Path) -> Dict[str, Any]:
+    """Read an fe2nn HDF5 dataset into numpy arrays (UserError naming the file on problems).
+
+    Returns strain (N,T+1,6), stress (N,T+1,6), time (N,T+1), accepted (N,) bool,
+    family (N,) int, family_names (list of str), sha256 (of the file) and path.
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: dataset file not found")
+    try:
+        with h5py.File(p, "r") as f:
+            missing = [d for d in DATASETS if d not in f]
+            if missing:
+                raise UserError(f"{p}: not an fe2nn dataset (missing datasets: {', '.join(missing)})")
+            out = {d: f[d][()] for d in DATASETS}
+            names = f.attrs.get("family_names")
+    except UserError:
+        raise
+    except (OSError, KeyError) as err:
+        raise UserError(f"{p}: cannot read HDF5 dataset ({err})") from None
+    if names is None:
+        names = ["random_walk", "monotonic", "cyclic"]
+    elif isinstance(names, (str, bytes)):
+        names = names.decode() if isinstance(names, bytes) else names
+        names = json.loads(names) if names.strip().startswith("[") else names.split(",")
+    else:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(names).ravel()]
+    s, sig, t = out["strain"], out["stress"], out["time"]
+    N = s.shape[0]
+    if s.ndim != 3 or s.shape[2] != 6 or sig.shape != s.shape or t.shape != s.shape[:2]:
+        raise UserError(f"{p}: inconsistent shapes strain {s.shape}, stress {sig.shape}, time {t.shape} "
+                        "(expected (N,T+1,6), (N,T+1,6), (N,T+1))")
+    if s.shape[1] < 2:
+        raise UserError(f"{p}: paths need at least one increment (T+1 >= 2)")
+    if out["accepted"].shape != (N,) or out["family"].shape != (N,):
+        raise UserError(f"{p}: 'accepted' and 'family' must have shape ({N},)")
+    acc = out["accepted"].astype(bool)
+    if acc.any() and not np.all(np.diff(t[acc], axis=1) > 0):
+        raise UserError(f"{p}: time must increase strictly along every accepted path")
+    from fe2nn.surrogate.card import sha256_file
+
+    return {"strain": s.astype(np.float64), "stress": sig.astype(np.float64), "time": t.astype(np.float64),
+            "accepted": acc, "family": out["family"].astype(np.int64), "family_names": list(names),
+            "sha256": sha256_file(p), "path": str(p)}
+
+
+def family_indices(ds: Dict[str, Any], families: List[str], where: str) -> np.ndarray:
+    """Indices of accepted samples whose family name is in ``families``."""
+    names = ds["family_names"]
+    unknown = [f for f in families if f not in names]
+    if unknown:
+        raise UserError(f"{where}: unknown path family {unknown[0]!r} (dataset has: {', '.join(names)})")
+    codes = [names.index(f) for f in families]
+    return np.flatnonzero(ds["accepted"] & np.isin(ds["family"], codes))
+
+
+def split_samples(indices: np.ndarray, fractions, seed: int) -> Dict[str, List[int]]:
+    """Seeded split by sample into train/val/test index lists."""
+    rng = np.random.default_rng(seed)
+    perm = indices[rng.permutation(len(indices))]
+    n = len(perm)
+    n_val = int(round(fractions[1] * n))
+    n_test = int(round(fractions[2] * n))
+    n_train = n - n_val - n_test
+    return {"train": sorted(perm[:n_train].tolist()), "val": sorted(perm[n_train:n_train + n_val].tolist()),
+            "test": sorted(perm[n_train + n_val:].tolist())}
+
+
+# -- configuration -------------------------------------------------------------------------
+def _split_check(v):
+    if len(v) != 3 or any(x < 0 for x in v) or abs(sum(v) - 1.0) > 1e-9 or v[0] <= 0:
+        return "must be three fractions [train, val, test] >= 0 summing to 1 (train > 0)"
+    return None
+
+
+def _factors_check(v):
+    for f in v:
+        if f <= 0:
+            return "must be > 0"
+        m = f if f >= 1 else 1.0 / f
+        if abs(m - round(m)) > 1e-9:
+            return "must be integers m or their inverses 1/m (e.g. [0.5, 1, 2, 4])"
+    return None if v else "must not be empty"
+
+
+@dataclass
+class DataConfig:
+    path: str = field(metadata=dict(doc="HDF5 dataset written by fe2nn generate"))
+    train_families: List[str] = field(default_factory=lambda: ["random_walk"],
+                                      metadata=dict(doc="families used for train/val/test"))
+    split: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1], metadata=dict(check=_split_check))
+    seed: int = field(default=0, metadata=dict(doc="seed of the sample split"))
+    max_samples: int = field(default=0, metadata=dict(check=non_negative, doc="0 = all"))
+
+
+@dataclass
+class ModelConfig:
+    k: int = field(default=2, metadata=dict(check=non_negative, doc="number of internal variables"))
+    f_hidden: List[int] = field(default_factory=lambda: [128, 128])
+    g_hidden: List[int] = field(default_factory=lambda: [64, 64])
+    activation: str = field(default="silu", metadata=dict(check=one_of(*ACTIVATIONS)))
+
+    def validate(self):
+        if any(w <= 0 for w in self.f_hidden + self.g_hidden) or not self.f_hidden:
+            raise ValueError("hidden widths must be > 0 (f_hidden non-empty)")
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = field(default=500, metadata=dict(check=positive))
+    batch_size: int = field(default=32, metadata=dict(check=non_negative, doc="paths per batch, 0 = all"))
+    lr: float = field(default=3e-3, metadata=dict(check=positive))
+    lr_min: float = field(default=1e-5, metadata=dict(check=non_negative))
+    schedule: str = field(default="cosine", metadata=dict(check=one_of("cosine", "plateau", "constant")))
+    weight_decay: float = field(default=0.0, metadata=dict(check=non_negative))
+    grad_clip: float = field(default=1.0, metadata=dict(check=non_negative, doc="0 = off"))
+    patience: int = field(default=100, metadata=dict(check=positive, doc="epochs without validation improvement"))
+    dt_factors: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0],
+                                    metadata=dict(check=_factors_check))
+    seed: int = 0
+    threads: int = field(default=1, metadata=dict(check=non_negative, doc="torch threads, 0 = torch default"))
+    device: str = field(default="auto", metadata=dict(check=one_of("auto", "cpu", "cuda")))
+    checkpoint_every: int = field(default=10, metadata=dict(check=positive))
+    time_limit: float = field(default=0.0, metadata=dict(check=non_negative,
+                                                          doc="stop (checkpointed) after this many seconds, 0 = none"))
+    sweep_k: List[int] = field(default_factory=list, metadata=dict(doc="train one model per k and compare"))
+
+
+@dataclass
+class OutputConfig:
+    dir: str = field(metadata=dict(doc="output directory: card.json, weights.safetensors, checkpoint, history"))
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig
+    output: OutputConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    cfg = parse(TrainConfig, load_toml(path), str(path))
+    cfg.data.path = str(resolve_path(path, cfg.data.path))
+    cfg.output.dir = str(resolve_path(path, cfg.output.dir))
+    return cfg
+
+
+def _config_hash(cfg: TrainConfig) -> str:
+    d = dataclasses.asdict(cfg)
+    d["training"] = {k: v for k, v in d["training"].items() if k not in ("time_limit", "threads", "device")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- training ------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("training.device = 'cuda' but CUDA is not available")
+    return torch.device(name)
+
+
+def scales_from_data(strain: np.ndarray, stress: np.ndarray, time: np.ndarray) -> Dict[str, float]:
+    """Normalization: RMS strain, geometric mean of non-zero per-component rate magnitude, RMS stress."""
+    rate = np.diff(strain, axis=1) / np.diff(time, axis=1)[..., None]
+    rn = np.linalg.norm(rate, axis=-1) / math.sqrt(6.0)
+    rn = rn[rn > 0]
+    return {"strain_scale": float(np.sqrt(np.mean(strain ** 2))) or 1e-3,
+            "rate_scale": float(np.exp(np.mean(np.log(rn)))) if rn.size else 1.0,
+            "stress_scale": float(np.sqrt(np.mean(stress ** 2))) or 1.0}
+
+
+def evaluate_loss(model: RNO, strain: torch.Tensor, stress: torch.Tensor, time: torch.Tensor,
+                  factor: float = 1.0, batch: int = 1024) -> torch.Tensor:
+    """Per-path relative L2 stress errors (B,) at step size dt*factor (no gradients)."""
+    errs = []
+    with torch.no_grad():
+        for i in range(0, strain.shape[0], batch):
+            pred, idx = rollout_at_dt_factor(model, strain[i:i + batch], time[i:i + batch], factor)
+            errs.append(relative_l2(pred, stress[i:i + batch, 1:][:, idx]))
+    return torch.cat(errs) if errs else torch.zeros(0)
+
+
+class Trainer:
+    """Training state and loop for one model (one k)."""
+
+    def __init__(self, cfg: TrainConfig, ds: Dict[str, Any], split: Dict[str, List[int]], out_dir: Path,
+                 device: torch.device, progress: bool = True):
+        self.cfg, self.ds, self.split, self.out, self.device = cfg, ds, split, out_dir, device
+        self.progress = progress
+        tc = cfg.training
+        torch.manual_seed(tc.seed)
+        np.random.seed(tc.seed)
+        t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
+        self.data = {name: {key: t(ds[key][idx]) for key in ("strain", "stress", "time")}
+                     for name, idx in split.items()}
+        tr = split["train"]
+        sc = scales_from_data(ds["strain"][tr], ds["stress"][tr], ds["time"][tr])
+        arch = RNOArch(k=cfg.model.k, f_hidden=list(cfg.model.f_hidden), g_hidden=list(cfg.model.g_hidden),
+                       activation=cfg.model.activation)
+        self.model = RNO(arch, **sc).to(device=device, dtype=torch.float64)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        if tc.schedule == "cosine":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=tc.epochs, eta_min=tc.lr_min)
+        elif tc.schedule == "plateau":
+            self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, factor=0.5, patience=max(tc.patience // 4, 5),
+                                                                    min_lr=tc.lr_min)
+        else:
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda e: 1.0)
+        self.gen = torch.Generator().manual_seed(tc.seed)
+        self.epoch = 0
+        self.best_val = math.inf
+        self.best_epoch = 0
+        self.best_state = copy.deepcopy(self.model.state_dict())
+        self.bad_epochs = 0
+        self.history: List[Dict[str, float]] = []
+        self.cfg_hash = _config_hash(cfg)
+        self.ckpt = out_dir / "checkpoint.pt"
+
+    # -- checkpoints ------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {"config_hash": self.cfg_hash, "epoch": self.epoch, "model": self.model.state_dict(),
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 "generator": self.gen.get_state(), "best_val": self.best_val, "best_epoch": self.best_epoch,
+                 "best_state": self.best_state, "bad_epochs": self.bad_epochs,
+                 "history": json.dumps(self.history)}
+        with atomic_path(self.ckpt) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> None:
+        if not self.ckpt.is_file():
+            raise UserError(f"{self.ckpt}: no checkpoint to resume from")
+        try:
+            st = torch.load(self.ckpt, map_location=self.device, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is a user-facing problem
+            raise UserError(f"{self.ckpt}: cannot read checkpoint ({type(err).__name__})") from None
+        if st.get("config_hash") != self.cfg_hash:
+            raise UserError(f"{self.ckpt}: checkpoint was written with a different configuration; "
+                            "remove it or train into another output.dir")
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.gen.set_state(st["generator"].cpu())
+        self.epoch, self.best_val, self.best_epoch = int(st["epoch"]), float(st["best_val"]), int(st["best_epoch"])
+        self.best_state, self.bad_epochs = st["best_state"], int(st["bad_epochs"])
+        self.history = json.loads(st["history"])
+
+    # -- loop -------------------------------------------------------------------------
+    def train_epoch(self) -> float:
+        tc = self.cfg.training
+        d = self.data["train"]
+        n = d["strain"].shape[0]
+        bs = tc.batch_size or n
+        perm = torch.randperm(n, generator=self.gen)
+        factors = tc.dt_factors
+        total, count = 0.0, 0
+        self.model.train()
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs].to(self.device)
+            f = factors[int(torch.randint(len(factors), (1,), generator=self.gen))]
+            s, sig, t = d["strain"][idx], d["stress"][idx], d["time"][idx]
+            pred, tidx = rollout_at_dt_factor(self.model, s, t, f)
+            loss = relative_l2(pred, sig[:, 1:][:, tidx]).mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        return total / max(count, 1)
+
+    def validation_error(self) -> float:
+        self.model.eval()
+        d = self.data["val"] if self.data["val"]["strain"].shape[0] else self.data["train"]
+        return float(evaluate_loss(self.model, d["strain"], d["stress"], d["time"]).mean())
+
+    def run(self, stop_after: Optional[int] = None) -> bool:
+        """Train until done; returns True when training finished (epochs or early stop)."""
+        tc = self.cfg.training
+        from tqdm import tqdm
+
+        t0 = _time.monotonic()
+        start = self.epoch
+        bar = tqdm(total=tc.epochs, initial=start, desc=f"train k={self.cfg.model.k}", unit="epoch",
+                   disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+        finished = self.bad_epochs >= tc.patience or self.epoch >= tc.epochs
+        try:
+            while not finished:
+                loss = self.train_epoch()
+                val = self.validation_error()
+                self.epoch += 1
+                lr = self.opt.param_groups[0]["lr"]
+                if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.sched.step(val)
+                else:
+                    self.sched.step()
+                if val < self.best_val:
+                    self.best_val, self.best_epoch, self.bad_epochs = val, self.epoch, 0
+                    self.best_state = copy.deepcopy(self.model.state_dict())
+                else:
+                    self.bad_epochs += 1
+                self.history.append({"epoch": self.epoch, "loss": loss, "val": val, "lr": lr})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", val=f"{val:.4f}", best=f"{self.best_val:.4f}")
+                finished = self.bad_epochs >= tc.patience or self.epoch >= tc.epochs
+                interrupted = (stop_after is not None and self.epoch - start >= stop_after) or (
+                    tc.time_limit > 0 and _time.monotonic() - t0 >= tc.time_limit)
+                if finished or interrupted or self.epoch % tc.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if interrupted and not finished:
+                    return False
+        finally:
+            bar.close()
+        return True
+
+    def best_model(self) -> RNO:
+        m = copy.deepcopy(self.model)
+        m.load_state_dict(self.best_state)
+        return m.eval()
+
+
+def export(trainer: Trainer, out_dir: Path) -> Dict[str, Any]:
+    """Export the best model (card + weights) with envelope, split and measured errors."""
+    from fe2nn.surrogate.card import save_surrogate
+    from fe2nn.surrogate.material import compute_envelope
+
+    cfg, ds, split = trainer.cfg, trainer.ds, trainer.split
+    model = trainer.best_model()
+    tr = split["train"]
+    errors: Dict[str, Any] = {}
+    for part in ("train", "val", "test"):
+        d = trainer.data[part]
+        if d["strain"].shape[0] == 0:
+            continue
+        for f in (0.25, 1.0, 4.0):
+            e = evaluate_loss(model, d["strain"], d["stress"], d["time"], f).cpu().numpy()
+            errors[f"{part}_dt_x{f:g}"] = {"mean": float(e.mean()), "p95": float(np.percentile(e, 95)),
+                                           "max": float(e.max()), "n": int(e.size)}
+    card = {
+        "envelope": compute_envelope(ds["strain"][tr], ds["time"][tr]),
+        "dataset": {"path": ds["path"], "sha256": ds["sha256"], "family_names": ds["family_names"],
+                    "train_families": list(cfg.data.train_families), "split_seed": cfg.data.seed,
+                    "split": split},
+        "training": {"epochs_run": trainer.epoch, "best_epoch": trainer.best_epoch,
+                     "best_val_rel_l2": trainer.best_val, "config": dataclasses.asdict(cfg)},
+        "errors": {"metric": "relative L2 of stress per path over the whole trajectory", **errors},
+    }
+    save_surrogate(model, out_dir, card)
+    write_text_atomic(out_dir / "history.json", json.dumps(trainer.history) + "\n")
+    return errors
+
+
+def train_one(cfg: TrainConfig, ds, split, out_dir: Path, resume: bool, stop_after: Optional[int],
+              progress: bool = True) -> Optional[Trainer]:
+    device = _device(cfg.training.device)
+    trainer = Trainer(cfg, ds, split, out_dir, device, progress)
+    if resume:
+        trainer.load_checkpoint()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = trainer.run(stop_after)
+    if not done:
+        print(f"stopped at epoch {trainer.epoch}; continue with --resume (checkpoint {trainer.ckpt})", flush=True)
+        return None
+    errors = export(trainer, out_dir)
+    print(f"k={cfg.model.k}: best validation rel. L2 {trainer.best_val:.4%} at epoch {trainer.best_epoch}; "
+          f"test {errors.get('test_dt_x1', {}).get('mean', float('nan')):.4%}; surrogate written to {out_dir}",
+          flush=True)
+    return trainer
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line instead of usage + exit
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _parse_k_list(text: str) -> List[int]:
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--sweep-k must be a comma-separated list of integers >= 0, got {text!r}") from None
+    if not ks or any(k < 0 for k in ks):
+        raise UserError(f"--sweep-k must be a comma-separated list of integers >= 0, got {text!r}")
+    return ks
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = _Parser(prog="fe2nn train", description="Train an RNO surrogate from a TOML config.")
+    ap.add_argument("config", help="training config (TOML)")
+    ap.add_argument("--resume", action="store_true", help="continue from output.dir/checkpoint.pt")
+    ap.add_argument("--sweep-k", default=None, help="comma-separated k values: train one model each, "
+                    "print the validation error per k (models in output.dir/k<k>)")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after N epochs of this run")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    if cfg.training.threads > 0:
+        torch.set_num_threads(cfg.training.threads)
+    ds = read_dataset(cfg.data.path)
+    idx = family_indices(ds, cfg.data.train_families, f"{args.config}: data.train_families")
+    if cfg.data.max_samples:
+        idx = idx[np.random.default_rng(cfg.data.seed).permutation(len(idx))[:cfg.data.max_samples]]
+        idx.sort()
+    if len(idx) < 2:
+        raise UserError(f"{cfg.data.path}: only {len(idx)} accepted samples of families "
+                        f"{cfg.data.train_families}; need at least 2")
+    split = split_samples(idx, cfg.data.split, cfg.data.seed)
+    out = Path(cfg.output.dir)
+    ks = _parse_k_list(args.sweep_k) if args.sweep_k else list(cfg.training.sweep_k)
+    print(f"dataset {ds['path']}: {len(idx)} samples of {', '.join(cfg.data.train_families)} "
+          f"(train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])}), "
+          f"T = {ds['strain'].shape[1] - 1} increments", flush=True)
+    if not ks:
+        train_one(cfg, ds, split, out, args.resume, args.stop_after, not args.no_progress)
+        return 0
+    results = {}
+    for k in ks:
+        c = copy.deepcopy(cfg)
+        c.model.k = k
+        c.training.sweep_k = []
+        sub = out / f"k{k}"
+        resume = args.resume and (sub / "checkpoint.pt").is_file()
+        tr = train_one(c, ds, split, sub, resume, args.stop_after, not args.no_progress)
+        if tr is None:
+            return 0
+        results[k] = {"val_rel_l2": tr.best_val, "best_epoch": tr.best_epoch, "dir": str(sub)}
+    print("\nk sweep (validation relative L2 stress error, best epoch):")
+    print(f"{'k':>4} {'val error':>10} {'epoch':>6}")
+    for k, r in results.items():
+        print(f"{k:>4} {r['val_rel_l2']:>10.4%} {r['best_epoch']:>6}")
+    best = min(results, key=lambda k: results[k]["val_rel_l2"])
+    print(f"lowest validation error: k = {best} ({results[best]['dir']})")
+    write_text_atomic(out / "sweep.json", json.dumps({str(k): v for k, v in results.items()}, indent=2) + "\n")
+    return 0
