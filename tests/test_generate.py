@@ -1,0 +1,296 @@
+"""fe2nn generate: rank-count independence, kill-and-resume, corrupt parts, screening, config errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, mpirun_cmd, run_cli
+from fe2nn.data import generate as G
+from fe2nn.data.dataset import content_hash, load_dataset, read_arrays
+from fe2nn.errors import UserError
+from fe2nn.materials.base import Material, MaterialConvergenceError
+from fe2nn.materials.j2 import J2Plasticity
+
+J2 = dict(E=70e9, nu=0.33, sigma_y=100e6, H_iso=1e9, H_kin=5e8)
+
+CONFIG = """
+output = "{output}"
+n_steps = {n_steps}
+seed = {seed}
+batch_size = 3
+hill_mandel_tol = 1e-6
+[rve]
+solver = "j2"
+options = {{E = 70e9, nu = 0.33, sigma_y = 100e6, H_iso = 1e9, H_kin = 5e8}}
+[paths.random_walk]
+count = 5
+[paths.monotonic]
+count = 3
+[paths.cyclic]
+count = 3
+"""
+
+
+def write_config(tmp_path: Path, name="gen.toml", output="data.h5", n_steps=20, seed=3, extra="") -> Path:
+    p = tmp_path / name
+    p.write_text(CONFIG.format(output=output, n_steps=n_steps, seed=seed) + extra)
+    return p
+
+
+def run_generate(config: Path, *args, n=1, env=None, timeout=300):
+    base = [sys.executable, "-m", "fe2nn", "generate", str(config), "--no-progress", *args]
+    cmd = mpirun_cmd(n, *base) if n > 1 else base
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("fe2nn: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+def arrays(path):
+    return read_arrays(path)[0]
+
+
+def assert_same_data(a, b):
+    A, B = arrays(a), arrays(b)
+    for k in A:
+        assert np.array_equal(A[k], B[k], equal_nan=A[k].dtype.kind == "f"), k
+    assert content_hash(a) == content_hash(b)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 1-rank run (11 samples, 4 chunks)."""
+    d = tmp_path_factory.mktemp("ref")
+    cfg = write_config(d)
+    proc = run_generate(cfg)
+    assert proc.returncode == 0, proc.stderr
+    assert "11 samples: 11 accepted" in proc.stdout
+    return d / "data.h5"
+
+
+def test_dataset_matches_independent_material_calls(reference):
+    """Batched generation with per-sample dt equals driving each sample alone with scalar dt."""
+    A = arrays(reference)
+    assert np.array_equal(A["sample_index"], np.arange(11))
+    assert list(A["family"]) == [0] * 5 + [1] * 3 + [2] * 3
+    assert A["converged"].all() and A["accepted"].all()
+    mat = J2Plasticity(**J2)
+    for i in range(11):
+        state = mat.initial_state(1)
+        dt = np.diff(A["time"][i])
+        for t in range(1, A["strain"].shape[1]):
+            s, _, state = mat.update(torch.from_numpy(A["strain"][i, t:t + 1]), float(dt[t - 1]), state)
+            np.testing.assert_allclose(A["stress"][i, t], s[0].numpy(), rtol=1e-12, atol=1e-12 * 1e8)
+    assert np.all(A["stress"][:, 0] == 0.0)
+    # the data are elastic-plastic: some samples yield (von Mises stress above 100 MPa)
+    assert np.abs(A["stress"]).max() > 1e8
+
+
+def test_metadata_and_summary(reference):
+    with h5py.File(reference, "r") as fh:
+        assert list(fh["family"].attrs["family_names"]) == ["random_walk", "monotonic", "cyclic"]
+        for key in ("material", "solver", "paths", "fe2nn_version", "git_commit", "config_hash", "summary"):
+            assert key in fh.attrs, key
+        assert fh.attrs["n_accepted"] == 11 and fh.attrs["n_rejected_hill_mandel"] == 0
+
+
+def test_two_ranks_give_the_same_dataset(reference, tmp_path):
+    cfg = write_config(tmp_path)
+    proc = run_generate(cfg, n=2)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_data(reference, tmp_path / "data.h5")
+    assert not (tmp_path / "data.h5.parts").exists()
+
+
+def test_kill_and_resume_with_other_rank_count(reference, tmp_path):
+    cfg = write_config(tmp_path)
+    killed = run_generate(cfg, env={"FE2NN_GENERATE_ABORT_AFTER": "2"})
+    assert killed.returncode != 0
+    parts = sorted((tmp_path / "data.h5.parts").glob("chunk_*.h5"))
+    assert [p.name for p in parts] == ["chunk_000000.h5", "chunk_000001.h5"]
+    assert not (tmp_path / "data.h5").exists()
+    # a stale temporary file of a killed writer is ignored and removed
+    (tmp_path / "data.h5.parts" / ".chunk_000002.h5.tmp999").write_bytes(b"garbage")
+    mtime = parts[0].stat().st_mtime_ns
+    resumed = run_generate(cfg, n=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_data(reference, tmp_path / "data.h5")
+    assert not (tmp_path / "data.h5.parts").exists()
+    # running again is a no-op
+    again = run_generate(cfg)
+    assert again.returncode == 0 and "already complete" in again.stdout
+    assert mtime > 0
+
+
+def test_truncated_part_file_is_reported(tmp_path):
+    cfg = write_config(tmp_path)
+    run_generate(cfg, env={"FE2NN_GENERATE_ABORT_AFTER": "2"})
+    part = tmp_path / "data.h5.parts" / "chunk_000001.h5"
+    part.write_bytes(part.read_bytes()[:500])
+    proc = run_generate(cfg)
+    assert_one_line_error(proc, str(part), "truncated or corrupt")
+    assert not (tmp_path / "data.h5").exists()
+
+
+def test_corrupted_part_checksum_is_reported(tmp_path):
+    cfg = write_config(tmp_path)
+    run_generate(cfg, env={"FE2NN_GENERATE_ABORT_AFTER": "1"})
+    part = tmp_path / "data.h5.parts" / "chunk_000000.h5"
+    with h5py.File(part, "r+") as fh:
+        fh["stress"][0, 3, 0] += 1.0
+    out = tmp_path / "data.h5"
+    cfg_obj = G.load_config(cfg)
+    with pytest.raises(UserError, match="checksum mismatch"):
+        G.generate(cfg_obj, str(cfg), output=out, progress=False)
+
+
+def test_parts_from_another_config_are_reported(tmp_path):
+    cfg = write_config(tmp_path)
+    run_generate(cfg, env={"FE2NN_GENERATE_ABORT_AFTER": "1"})
+    write_config(tmp_path, seed=4)  # same output, different paths
+    proc = run_generate(cfg)
+    assert_one_line_error(proc, "data.h5.parts", "different config")
+
+
+class Poisoned(Material):
+    """J2 that fails for any point beyond |eps| > fail_above and reports a large Hill-Mandel residual
+    beyond |eps| > hm_above (a stand-in for an RVE that diverges / violates Hill-Mandel)."""
+
+    def __init__(self, fail_above: float, hm_above: float):
+        super().__init__()
+        self.inner = J2Plasticity(**J2)
+        self.fail_above, self.hm_above = fail_above, hm_above
+
+    def initial_state(self, n):
+        return self.inner.initial_state(n)
+
+    def update(self, strain, dt, state):
+        norm = torch.linalg.norm(strain, dim=1)
+        bad = norm > self.fail_above
+        if bad.any():
+            raise MaterialConvergenceError("poisoned point", failed=bad)
+        out = self.inner.update(strain, dt, state)
+        self.info = {"hill_mandel": torch.where(norm > self.hm_above, 1e-3, 1e-12),
+                     "iterations": torch.full_like(norm, 2.0)}
+        return out
+
+
+def test_screening_rejects_failing_and_hill_mandel_samples(tmp_path):
+    cfg_file = write_config(tmp_path)
+    cfg = G.load_config(cfg_file)
+    codes, fams = G.sample_layout(cfg)
+    from fe2nn.data.paths import sample_paths
+
+    strain, _ = sample_paths(fams, cfg.n_steps, cfg.seed, range(len(fams)))
+    peak = np.linalg.norm(strain, axis=2).max(axis=1)
+    order = np.argsort(peak)[::-1]  # largest peak first
+    fail_above = 0.5 * (peak[order[0]] + peak[order[1]])
+    hm_above = 0.5 * (peak[order[1]] + peak[order[2]])
+    out = tmp_path / "screened.h5"
+    summary = G.generate(cfg, str(cfg_file), output=out, material=Poisoned(fail_above, hm_above), progress=False)
+    assert summary["n_rejected_not_converged"] == 1 and summary["n_rejected_hill_mandel"] == 1
+    assert summary["n_accepted"] == 9
+    A = arrays(out)
+    assert not A["converged"][order[0]] and not A["accepted"][order[0]]
+    assert A["converged"][order[1]] and not A["accepted"][order[1]]
+    # the failed sample keeps its valid prefix and NaN after the failure
+    assert np.isnan(A["stress"][order[0], -1]).all() or np.linalg.norm(strain[order[0], -1]) > fail_above
+    train = load_dataset(out, split="train")
+    assert len(train) == 9 and set(train.index.tolist()) == set(range(11)) - {order[0], order[1]}
+    assert torch.isfinite(train.stress).all()
+    assert len(load_dataset(out, split="rejected")) == 2
+    # every other sample matches the unpoisoned material (the per-point fallback changes nothing)
+    ok = [i for i in range(11) if i not in order[:2]]
+    plain = G.simulate(J2Plasticity(**J2), strain[ok], A["time"][ok])
+    np.testing.assert_allclose(A["stress"][ok], plain["stress"], rtol=1e-12, atol=1e-4)
+
+
+class FailsOnLargeSteps(Material):
+    """J2 that fails whenever a point's strain increment exceeds ``max_step``: sub-stepping rescues it."""
+
+    def __init__(self, max_step):
+        super().__init__()
+        self.inner, self.max_step = J2Plasticity(**J2), max_step
+
+    def initial_state(self, n):
+        return dict(self.inner.initial_state(n), prev=torch.zeros(n, 6, dtype=torch.float64))
+
+    def update(self, strain, dt, state):
+        step = torch.linalg.norm(strain - state["prev"], dim=1)
+        if (step > self.max_step).any():
+            raise MaterialConvergenceError("step too large", failed=step > self.max_step)
+        inner = {k: v for k, v in state.items() if k != "prev"}
+        stress, tangent, new = self.inner.update(strain, dt, inner)
+        return stress, tangent, dict(new, prev=strain.clone())
+
+
+def test_substepping_recovers_from_large_increments(tmp_path):
+    cfg_file = write_config(tmp_path, n_steps=10)
+    cfg = G.load_config(cfg_file)
+    _, fams = G.sample_layout(cfg)
+    from fe2nn.data.paths import sample_paths
+
+    strain, time = sample_paths(fams[:4], cfg.n_steps, cfg.seed, range(4))
+    steps = np.linalg.norm(np.diff(strain, axis=1), axis=2)
+    res = G.simulate(FailsOnLargeSteps(0.6 * steps.max()), strain, time, max_substeps=4)
+    assert res["converged"].all()
+    plain = G.simulate(J2Plasticity(**J2), strain, time)
+    # J2 radial return along a straight strain increment is nearly step-size independent: sub-stepped
+    # increments differ from one-step ones only by the plastic path dependence within the step
+    scale = np.abs(plain["stress"]).max()
+    np.testing.assert_allclose(res["stress"], plain["stress"], atol=0.05 * scale)
+    assert (res["iterations"] >= 0).all()
+    res = G.simulate(FailsOnLargeSteps(0.1 * steps.max()), strain, time, max_substeps=4)
+    assert not res["converged"].all()
+    assert np.isnan(res["stress"][~res["converged"], -1]).all()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("[rve.microstructure]\nn_grain = 3\n", "rve.microstructure.n_grain"),
+    ("[paths.cyclic2]\ncount = 1\n", "paths.cyclic2"),
+    ("[paths.random_walk.rate]\n", "paths.random_walk"),
+])
+def test_bad_config_names_key(tmp_path, extra, needle):
+    cfg = write_config(tmp_path, extra=extra)
+    with pytest.raises(UserError) as err:
+        G.load_config(cfg)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg and str(cfg) in msg
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('output = "x.h5"\nbatch_size = 0\n[paths.monotonic]\ncount = 1\n', "batch_size"),
+    ('output = "x.h5"\n[rve]\nsolver = "fem"\n[paths.monotonic]\ncount = 1\n', "rve.solver"),
+    ('output = "x.h5"\n', "count"),
+    ('output = "x.h5"\n[paths.monotonic]\ncount = 2\nrate = [1e-2, 1e-3]\n', "paths.monotonic.rate"),
+    ('[paths.monotonic]\ncount = 2\n', "output"),
+])
+def test_bad_config_values_name_key(tmp_path, text, needle):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(UserError) as err:
+        G.load_config(p)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_bad_config_and_bad_option_one_line(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('output = "x.h5"\n[paths.monotonic]\ncount = 2\nrate = [1e-2, 1e-3]\n')
+    assert_one_line_error(run_cli("generate", str(p)), "paths.monotonic.rate", str(p))
+    cfg = write_config(tmp_path, extra="")
+    cfg.write_text(cfg.read_text().replace("H_kin = 5e8", "H_kinn = 5e8"))
+    assert_one_line_error(run_generate(cfg), "rve.options.H_kinn")
