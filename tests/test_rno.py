@@ -1,0 +1,182 @@
+"""RNO model: consistent tangent vs finite differences, rollout consistency, RNOMaterial contract."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fe2nn.surrogate.material import RNOMaterial, compute_envelope
+from fe2nn.surrogate.rno import RNO, RNOArch, refine_path, rollout_at_dt_factor
+
+
+def _model(k=3, activation="silu", seed=0):
+    torch.manual_seed(seed)
+    m = RNO(RNOArch(k=k, f_hidden=[24, 24], g_hidden=[16], activation=activation),
+            strain_scale=1e-2, rate_scale=1e-3, stress_scale=1e8).double()
+    # larger G weights so that xi_n really depends on eps_n within one step
+    with torch.no_grad():
+        if m.G is not None:
+            for p in m.G.parameters():
+                p.mul_(3.0)
+    return m.eval()
+
+
+def _inputs(n=7, k=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    eps = 1e-2 * torch.randn(n, 6, generator=g)
+    prev = eps - 2e-3 * torch.randn(n, 6, generator=g)
+    dt = 0.5 + torch.rand(n, generator=g)
+    xi = torch.randn(n, k, generator=g)
+    return eps, prev, dt, xi
+
+
+def _fd_tangent(m, eps, prev, dt, xi, h=1e-8):
+    cols = []
+    for j in range(6):
+        e = torch.zeros(6, dtype=eps.dtype)
+        e[j] = h
+        cols.append((m.step(eps + e, prev, dt, xi)[0] - m.step(eps - e, prev, dt, xi)[0]) / (2 * h))
+    return torch.stack(cols, dim=-1)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu", "tanh", "softplus"])
+@pytest.mark.parametrize("k", [0, 3])
+def test_tangent_matches_central_differences(activation, k):
+    m = _model(k, activation)
+    eps, prev, dt, xi = _inputs(k=k)
+    with torch.no_grad():
+        sig, tan, xi_n = m.step_with_tangent(eps, prev, dt, xi)
+        sig_ref, xi_ref = m.step(eps, prev, dt, xi)
+        fd = _fd_tangent(m, eps, prev, dt, xi)
+    torch.testing.assert_close(sig, sig_ref, rtol=1e-13, atol=1e-6)
+    torch.testing.assert_close(xi_n, xi_ref, rtol=1e-13, atol=1e-13)
+    # FD truncation O(h^2 * F''') and round-off O(eps_mach * |sigma| / h) both ~1e-8 relative
+    assert float((tan - fd).norm() / fd.norm()) < 1e-6
+
+
+def test_tangent_has_rate_and_internal_variable_paths():
+    """The tangent must contain 1/dt dF/d(rate) and dF/dxi_n dxi_n/deps (xi_n enters F)."""
+    m = _model(3)
+    eps, prev, dt, xi = _inputs(k=3)
+    with torch.no_grad():
+        _, tan1, _ = m.step_with_tangent(eps, prev, dt, xi)
+        _, tan2, _ = m.step_with_tangent(eps, prev, 2 * dt, xi)
+    # a different dt changes both the rate (1/dt) and the xi path (dt G): tangents differ
+    assert float((tan1 - tan2).norm() / tan1.norm()) > 1e-3
+    # chunked evaluation is identical to one block
+    with torch.no_grad():
+        _, tan3, _ = m.step_with_tangent(eps, prev, dt, xi, chunk=3)
+    torch.testing.assert_close(tan3, tan1, rtol=1e-12, atol=0)  # same up to BLAS blocking
+
+
+def test_tangent_matches_torch_func_jacobian():
+    from torch.func import jacrev, vmap
+
+    m = _model(2)
+    eps, prev, dt, xi = _inputs(k=2)
+    ref = vmap(jacrev(lambda e, p, h, x: m.step(e, p, h, x)[0]))(eps, prev, dt, xi)
+    with torch.no_grad():
+        _, tan, _ = m.step_with_tangent(eps, prev, dt, xi)
+    torch.testing.assert_close(tan, ref, rtol=1e-10, atol=1e-3)
+
+
+def test_rollout_equals_stepping_and_dt_factor_paths():
+    m = _model(2)
+    g = torch.Generator().manual_seed(3)
+    strain = torch.cumsum(1e-3 * torch.randn(4, 9, 6, generator=g), dim=1)
+    strain[:, 0] = 0
+    time = torch.cumsum(0.5 + torch.rand(4, 9, generator=g), dim=1)
+    time = time - time[:, :1]
+    with torch.no_grad():
+        full = m.rollout(strain, time)
+        xi = torch.zeros(4, 2, dtype=torch.float64)
+        for n in range(1, 9):
+            s, xi = m.step(strain[:, n], strain[:, n - 1], time[:, n] - time[:, n - 1], xi)
+            torch.testing.assert_close(full[:, n - 1], s, rtol=0, atol=0)
+        fs, ft = refine_path(strain, time, 4)
+        assert fs.shape == (4, 33, 6)
+        torch.testing.assert_close(fs[:, ::4], strain, rtol=0, atol=0)
+        torch.testing.assert_close(ft[:, ::4], time, rtol=0, atol=0)
+        torch.testing.assert_close(fs[:, 2], 0.5 * (strain[:, 0] + strain[:, 1]), rtol=1e-14, atol=1e-18)
+        p4, idx4 = rollout_at_dt_factor(m, strain, time, 4)
+        assert idx4.tolist() == [3, 7]  # rows 4 and 8 of the path
+        pq, idxq = rollout_at_dt_factor(m, strain, time, 0.25)
+        assert pq.shape == full.shape and idxq.tolist() == list(range(8))
+
+
+def _material(k=2):
+    env = {"strain_min": [-1e-2] * 6, "strain_max": [1e-2] * 6, "equivalent_strain_max": 1e-2,
+           "strain_rate_norm_max": 1e-2}
+    return RNOMaterial(_model(k), envelope=env)
+
+
+def test_material_contract_shapes_state_and_rollback():
+    mat = _material(2)
+    n = 5
+    st0 = mat.initial_state(n)
+    assert st0["xi"].shape == (n, 2) and st0["strain"].shape == (n, 6)
+    eps1 = 1e-3 * torch.randn(n, 6, generator=torch.Generator().manual_seed(0))
+    s1, t1, st1 = mat.update(eps1, 0.5, st0)
+    assert s1.shape == (n, 6) and t1.shape == (n, 6, 6) and s1.dtype == torch.float64
+    assert torch.all(st0["xi"] == 0) and torch.all(st0["strain"] == 0)  # not mutated
+    torch.testing.assert_close(st1["strain"], eps1, rtol=0, atol=0)
+    eps2 = 2 * eps1
+    a = mat.update(eps2, 0.5, st1)
+    b = mat.update(1.7 * eps1, 0.5, st1)  # a trial that is dropped (cut-back)
+    c = mat.update(eps2, 0.5, st1)  # rollback: reuse the converged state
+    for x, y in zip(a[:2], c[:2]):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert not torch.equal(a[0], b[0])
+    # per-point dt
+    d = mat.update(eps2, torch.full((n,), 0.5, dtype=torch.float64), st1)
+    torch.testing.assert_close(d[0], a[0], rtol=0, atol=0)
+    # tangent against finite differences through the material interface
+    h = 1e-8
+    fd = torch.stack([(mat.update(eps2 + h * torch.eye(6)[j], 0.5, st1)[0]
+                       - mat.update(eps2 - h * torch.eye(6)[j], 0.5, st1)[0]) / (2 * h) for j in range(6)], -1)
+    assert float((a[1] - fd).norm() / fd.norm()) < 1e-6
+    with pytest.raises(ValueError):
+        mat.update(eps2, 0.0, st1)
+
+
+def test_material_xi_evolution_with_dt():
+    """xi_n - xi_{n-1} = dt/t_s G(eps_n, xi_{n-1}): linear in dt for a fixed strain; one step
+    of dt equals the limit of many small steps only to first order (explicit Euler)."""
+    mat = _material(3)
+    n = 4
+    eps = 2e-3 * torch.randn(n, 6, generator=torch.Generator().manual_seed(5))
+    st = mat.initial_state(n)
+    st = {"xi": 0.1 * torch.ones(n, 3, dtype=torch.float64), "strain": eps.clone()}  # hold at eps
+    _, _, a = mat.update(eps, 1e-3, st)
+    _, _, b = mat.update(eps, 2e-3, st)
+    torch.testing.assert_close(b["xi"] - st["xi"], 2 * (a["xi"] - st["xi"]), rtol=1e-12, atol=1e-15)
+    # holding the strain: N steps of T/N converge (first order) as N grows
+    T = 0.3 * mat.model.time_scale
+
+    def hold(nsteps):
+        s = dict(st)
+        for _ in range(nsteps):
+            _, _, s = mat.update(eps, T / nsteps, s)
+        return s["xi"]
+
+    x8, x16, x32 = hold(8), hold(16), hold(32)
+    d1, d2 = (x16 - x8).norm(), (x32 - x16).norm()
+    assert float(d1) > 1e-6 and 1.8 < float(d1 / d2) < 2.2
+
+
+def test_envelope_violation_flags_out_of_range_points():
+    mat = _material(1)
+    strain = torch.zeros(5, 6, dtype=torch.float64)
+    rate = torch.zeros(5, 6, dtype=torch.float64)
+    strain[1, 0] = 5e-3                       # inside
+    strain[2, 3] = 1.2e-2                     # component above max + 5 % of range? 1.2e-2 > 1.1e-2
+    strain[3, :3] = torch.tensor([1e-2, -1e-2, 0.0])  # components inside, equivalent strain too large
+    rate[4, 0] = 2e-2                         # rate too high
+    mask = mat.envelope_violation(strain, rate)
+    assert mask.tolist() == [False, False, True, True, True]
+    st = mat.initial_state(5)
+    mat.update(strain, 1.0, st)
+    assert mat.info["ood"].tolist() == [False, False, True, True, False]
+    # the envelope of data covers the data
+    env = compute_envelope(strain[None].numpy().repeat(2, 0), torch.arange(5.0)[None].repeat(2, 1).numpy())
+    assert env["strain_max"][3] == pytest.approx(1.2e-2)
+    assert RNOMaterial(_model(1), envelope=None).envelope_violation(strain, rate).sum() == 0
