@@ -263,7 +263,8 @@ class NewtonSolver:
         """Largest |g - u| over the prescribed dofs [m]."""
         w = fem.Function(self.V)
         w.x.array[:] = self.u.x.array
-        fem.set_bc(w.x.array, self.bcs)
+        for bc in self.bcs:
+            bc.set(w.x.array)
         return self.comm.allreduce(float(np.max(np.abs(w.x.array - self.u.x.array), initial=0.0)), op=MPI.MAX)
 
     def newton_update(self, first: bool) -> None:
@@ -290,7 +291,8 @@ class NewtonSolver:
         self.du.x.scatter_forward()
         self.u.x.array[:] -= self.du.x.array
         if first:  # make the prescribed values exact (iterative solvers leave a tiny error)
-            fem.set_bc(self.u.x.array, self.bcs)
+            for bc in self.bcs:
+                bc.set(self.u.x.array)
 
     # -- a load step ------------------------------------------------------------------------
     def step(self, factor: float, dt: float) -> List[float]:

@@ -1,0 +1,94 @@
+"""Macro J2 bar in uniaxial tension, loaded, unloaded and reversed, through the CLI on 1 and 2 ranks.
+
+Rollers on x=0, y=0, z=0 and a prescribed x-displacement on x=L give a homogeneous
+uniaxial stress state, so the reaction force must equal the material-point
+response along the uniaxial-stress path (driven independently) times the area.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+
+L, W = 1.0, 0.2  # meshes/bar.msh: [0,1] x [0,0.2] x [0,0.2] m
+E, NU, SY, HISO, HKIN = 200e9, 0.3, 250e6, 2e9, 1e9
+UMAX = 3e-3
+
+CONFIG = f"""
+[mesh]
+file = "{REPO / 'meshes' / 'bar.msh'}"
+degree = 1
+[material]
+model = "j2"
+E = {E}
+nu = {NU}
+sigma_y = {SY}
+H_iso = {HISO}
+H_kin = {HKIN}
+[[dirichlet]]
+boundary = "xmin"
+x = 0.0
+[[dirichlet]]
+boundary = 3          # ymin, by number
+y = 0.0
+[[dirichlet]]
+boundary = "zmin"
+z = 0.0
+[[dirichlet]]
+boundary = "xmax"
+x = {UMAX}
+[load]
+times = [0.0, 1.0, 2.0, 3.0]
+factors = [0.0, 1.0, 0.0, -0.6]
+steps = 12
+[solver]
+rtol = 1e-10
+[output]
+dir = "out"
+reaction = "xmax"
+"""
+
+
+def read_steps(path: Path) -> dict:
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def material_point_reaction(times: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    from fe2nn.materials.drivers import uniaxial_stress
+    from fe2nn.materials.j2 import J2Plasticity
+
+    mat = J2Plasticity(E, NU, SY, H_iso=HISO, H_kin=HKIN)
+    eps = torch.tensor(np.concatenate([[0.0], factors * UMAX / L]))
+    t = torch.tensor(np.concatenate([[0.0], times]))
+    _, stress = uniaxial_stress(mat, eps, t)
+    return stress[0, 1:, 0].numpy() * W * W
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_bar_reaction_equals_material_point_response(tmp_path, ranks):
+    cfg = tmp_path / "bar.toml"
+    cfg.write_text(CONFIG)
+    proc = run_cli("solve", str(cfg), n=ranks, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "out"
+    assert (out / "steps.csv").is_file() and (out / "force_displacement.png").is_file()
+    assert (out / "displacement.bp").is_dir() and (out / "fields.bp").is_dir()
+    assert not list(out.glob(".*tmp*")), "temporary output left behind"
+    s = read_steps(out / "steps.csv")
+    assert s["time"][-1] == pytest.approx(3.0)
+    # the load path reaches yield, unloads elastically and yields again in compression
+    ref = material_point_reaction(s["time"], s["load_factor"])
+    assert ref.max() > 1.01 * SY * W * W and ref.min() < -1.01 * SY * W * W
+    np.testing.assert_allclose(s["reaction_x"], ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+    # lateral reactions vanish, mean displacement of the loaded face is the prescribed one
+    assert np.abs(s["reaction_y"]).max() < 1e-8 * np.abs(ref).max()
+    np.testing.assert_allclose(s["u_x"], s["load_factor"] * UMAX, rtol=0, atol=1e-12)
+    # one progress line per step on rank 0 only
+    assert proc.stdout.count("step ") == len(s["time"])
