@@ -97,21 +97,26 @@ class FFTRVE(Material):
         PCG iterations allowed per linear solve (>= 1).
     tangent_tol
         Relative PCG residual reduction for the six homogenised-tangent solves (in (0, 1)).
+    max_backtrack
+        Step halvings allowed per Newton correction (line search on the residual, >= 0).
     device
         torch device ("cpu", "cuda").
     """
 
     def __init__(self, params, microstructure, tol: float = 1e-8,
                  max_newton: int = 25, cg_tol: float = 1e-3, max_cg: int = 2000,
-                 tangent_tol: float = 1e-8, device: str | torch.device = "cpu"):
+                 tangent_tol: float = 1e-8, max_backtrack: int = 8,
+                 device: str | torch.device = "cpu"):
         super().__init__()
         self.device = torch.device(device)
         for name, val in (("tol", tol), ("cg_tol", cg_tol), ("tangent_tol", tangent_tol)):
             if not (isinstance(val, (int, float)) and 0.0 < val < 1.0):
                 raise ValueError(f"FFTRVE {name} must lie in (0, 1), got {val!r}")
-        for name, val in (("max_newton", max_newton), ("max_cg", max_cg)):
-            if not (isinstance(val, int) and val >= 1):
-                raise ValueError(f"FFTRVE {name} must be an integer >= 1, got {val!r}")
+        for name, val, lo in (("max_newton", max_newton, 1), ("max_cg", max_cg, 1),
+                              ("max_backtrack", max_backtrack, 0)):
+            if not (isinstance(val, int) and val >= lo):
+                raise ValueError(f"FFTRVE {name} must be an integer >= {lo}, got {val!r}")
+        self.max_backtrack = max_backtrack
         self.grid = _grid_of(microstructure)
         self.n_voxels = self.grid[0] * self.grid[1] * self.grid[2]
         self.tol, self.cg_tol, self.tangent_tol = float(tol), float(cg_tol), float(tangent_tol)
@@ -333,14 +338,54 @@ class FFTRVE(Material):
         return sig, K, new
 
     # ------------------------------------------------------------------ nonlinear solve
-    def _solve(self, E: torch.Tensor, dt: torch.Tensor, vstate: State, guess: torch.Tensor):
-        """Newton on the strain field at macro strain E (B, 6) from the initial field ``guess``.
+    def _trial(self, idx: torch.Tensor, eps: torch.Tensor, dt_pts: torch.Tensor, vstate: State):
+        """Evaluate RVEs ``idx`` at fields eps (len(idx), 6, *grid).
 
+        Returns sigma, K, state, stress spectrum and residual; RVEs whose voxel material failed
+        get residual +inf (their other outputs are meaningless).
+        """
+        nv = self.n_voxels
+        sub = {k: v[idx] for k, v in vstate.items()}
+        dsub = dt_pts.reshape(-1, nv)[idx].reshape(-1)
+        try:
+            sig, K, new = self._evaluate(eps, dsub, sub)
+        except _Failed as f:
+            ok = ~f.mask
+            b = idx.shape[0]
+            sig = torch.zeros_like(eps)
+            K = torch.zeros((b, 6, 6) + self.grid, dtype=self.dtype, device=self.device)
+            res = torch.full((b,), math.inf, dtype=self.dtype, device=self.device)
+            s_hat = torch.zeros(eps.shape[:-1] + (eps.shape[-1] // 2 + 1,),
+                                dtype=torch.complex128, device=self.device)
+            new = {k: v.clone() for k, v in sub.items()}
+            if bool(ok.any()):
+                s2, K2, n2, h2, r2 = self._trial(idx[ok], eps[ok], dt_pts, vstate)
+                sig[ok], K[ok], s_hat[ok], res[ok] = s2, K2, h2, r2
+                for k in new:
+                    new[k][ok] = n2[k]
+            return sig, K, new, s_hat, res
+        s_hat = self._rfft(sig)
+        return sig, K, new, s_hat, self.equilibrium_residual(s_hat)
+
+    def _solve(self, E: torch.Tensor, dt: torch.Tensor, vstate: State, guess: torch.Tensor,
+               u: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None):
+        """Newton on the strain field with macro strain E (B, 6), from the field ``guess``.
+
+        Mixed control: the macro strain components ``u`` (indices) are unknown and their mean
+        stresses must equal ``target[:, u]``.  They are Newton unknowns too: each correction
+        solves, in one batched PCG, the fluctuation response to the residual and to unit macro
+        strains e_j (j in u), then picks the macro increment that meets the stress targets in
+        the linearised problem (an exact Newton step up to the CG tolerances).
+        Each correction is damped by backtracking (halving, at most ``max_backtrack`` times)
+        until the residual decreases (a Newton direction is a descent direction of it); full
+        steps are taken near the solution.  Converged when the equilibrium residual is below
+        ``tol`` and (mixed) every stress error is below ``tol * |<sigma>|``.
         Returns sigma, K, voxel state, eps fields, Newton and CG iteration counts (B,).
         Raises MaterialConvergenceError with the (B,) mask of failed RVEs.
         """
         B = E.shape[0]
         nv = self.n_voxels
+        mixed = u is not None and u.numel() > 0
         eps = guess - guess.mean(_DIMS, keepdim=True) + E[:, :, None, None, None]
         out_sig = torch.empty_like(eps)
         out_K = torch.empty((B, 6, 6) + self.grid, dtype=self.dtype, device=self.device)
@@ -349,19 +394,27 @@ class FFTRVE(Material):
         cg = torch.zeros(B, dtype=torch.long, device=self.device)
         active = torch.arange(B, device=self.device)
         dt_pts = dt.repeat_interleave(nv)
+
+        def fail(mask_active, msg):
+            mask = torch.zeros(B, dtype=torch.bool, device=self.device)
+            mask[active[mask_active]] = True
+            return MaterialConvergenceError(f"FFT RVE: {msg} for {int(mask.sum())} RVE(s)", mask)
+
+        def stress_error(sig, idx):
+            if not mixed:
+                return torch.zeros(idx.shape[0], dtype=self.dtype, device=self.device)
+            sbar = sig.mean(_DIMS)
+            err = (sbar[:, u] - target[idx][:, u]).abs().amax(1)
+            return err / torch.linalg.norm(sbar, dim=1).clamp(min=1e-300)
+
+        sig, K, new, s_hat, res = self._trial(active, eps, dt_pts, vstate)
+        if not bool(torch.isfinite(res).all()):
+            raise fail(~torch.isfinite(res), "voxel material failed at the initial guess")
+        serr = stress_error(sig, active)
         for it in range(self.max_newton + 1):
-            sub = {k: v[active] for k, v in vstate.items()}
-            dsub = dt_pts.reshape(B, nv)[active].reshape(-1)
-            try:
-                sig, K, new = self._evaluate(eps[active], dsub, sub)
-            except _Failed as f:
-                mask = torch.zeros(B, dtype=torch.bool, device=self.device)
-                mask[active[f.mask]] = True
-                raise MaterialConvergenceError(f"FFT RVE: {f.args[0]} (Newton iteration {it})", mask) from f
-            s_hat = self._rfft(sig)
-            res = self.equilibrium_residual(s_hat)
-            if _DEBUG: print("newton", it, res.tolist(), float(sig.abs().max()))
-            done = res <= self.tol
+            if _DEBUG:
+                print("newton", it, res.tolist(), serr.tolist())
+            done = (res <= self.tol) & (serr <= self.tol)
             if bool(done.any()):
                 idx = active[done]
                 out_sig[idx] = sig[done]
@@ -374,24 +427,55 @@ class FFTRVE(Material):
                 break
             keep = ~done
             if it == self.max_newton:
-                mask = torch.zeros(B, dtype=torch.bool, device=self.device)
-                mask[active[keep]] = True
-                worst = float(res[keep].max())
-                raise MaterialConvergenceError(
-                    f"FFT RVE: Newton not converged in {self.max_newton} iterations "
-                    f"(residual {worst:.3g} > tol {self.tol:.3g}) for {int(mask.sum())} RVE(s)", mask)
-            active, sig, K, s_hat, res = active[keep], sig[keep], K[keep], s_hat[keep], res[keep]
+                raise fail(keep, f"Newton not converged in {self.max_newton} iterations (equilibrium "
+                                 f"residual {float(res[keep].max()):.3g}, stress error "
+                                 f"{float(serr[keep].max()):.3g}, tol {self.tol:.3g})")
+            active, sig, K, s_hat = active[keep], sig[keep], K[keep], s_hat[keep]
+            res, serr = res[keep], serr[keep]
             eta = min(max(self.cg_tol, 0.1 * self.tol / float(res.max())), 0.5)
-            x, its, ok = self._linear_solve(K, sig.unsqueeze(1), eta, s_hat.unsqueeze(1))
+            if mixed:
+                rhs = torch.cat([sig.unsqueeze(1), K[:, :, u].transpose(1, 2)], dim=1)
+                x, its, ok = self._linear_solve(K, rhs, eta)
+                ok = ok.all(1, keepdim=True)
+                dx, chi = x[:, 0], x[:, 1:]
+                # linearised mean stress: sbar + mean(K dx) + C_k[:, :, u] dE_u
+                Cu = (rhs[:, 1:] + self._apply_K(K, chi)).mean(_DIMS)  # (b, nu, 6) = C[:, :, u]^T
+                lin = (sig + self._apply_K(K, dx.unsqueeze(1))[:, 0]).mean(_DIMS)
+                dEu = torch.linalg.solve(Cu[:, :, u].transpose(1, 2),
+                                         target[active][:, u] - lin[:, u])
+                unit = torch.zeros(dEu.shape + (6,), dtype=self.dtype, device=self.device)
+                unit[:, torch.arange(u.numel()), u] = 1.0
+                dx = dx + torch.einsum("bj,bjixyz->bixyz", dEu,
+                                       chi + unit[..., None, None, None])
+            else:
+                dx, its, ok = self._linear_solve(K, sig.unsqueeze(1), eta, s_hat.unsqueeze(1))
+                dx = dx[:, 0]
             newton[active] += 1
             cg[active] += its[:, 0]
             if not bool(ok.all()):
-                mask = torch.zeros(B, dtype=torch.bool, device=self.device)
-                mask[active[~ok[:, 0]]] = True
-                raise MaterialConvergenceError(
-                    f"FFT RVE: CG not converged in {self.max_cg} iterations (or tangent not positive "
-                    f"definite) for {int(mask.sum())} RVE(s)", mask)
-            eps[active] += x[:, 0]
+                raise fail(~ok[:, 0], f"CG not converged in {self.max_cg} iterations "
+                                      "(or tangent not positive definite)")
+            base = eps[active]
+            merit = res + serr
+            step = torch.ones(active.shape[0], dtype=self.dtype, device=self.device)
+            trial = base + dx
+            sig, K, new, s_hat, res = self._trial(active, trial, dt_pts, vstate)
+            serr = stress_error(sig, active)
+            for _ in range(self.max_backtrack):
+                worse = ~(res + serr < (1.0 - 1e-4 * step) * merit)
+                if not bool(worse.any()):
+                    break
+                step[worse] *= 0.5
+                w = worse.nonzero().flatten()
+                trial[w] = base[w] + step[w, None, None, None, None] * dx[w]
+                s2, K2, n2, h2, r2 = self._trial(active[w], trial[w], dt_pts, vstate)
+                sig[w], K[w], s_hat[w], res[w] = s2, K2, h2, r2
+                serr[w] = stress_error(s2, active[w])
+                for k in new:
+                    new[k][w] = n2[k]
+            if not bool(torch.isfinite(res).all()):
+                raise fail(~torch.isfinite(res), "voxel material failed along the Newton step")
+            eps[active] = trial
         return out_sig, out_K, out_state, eps, newton, cg
 
     def homogenized_tangent(self, K: torch.Tensor, tol: Optional[float] = None):
@@ -439,6 +523,7 @@ class FFTRVE(Material):
             "stress": torch.zeros(n, 6, dtype=self.dtype, device=self.device),
             "tangent": self.initial_tangent().expand(n, 6, 6).clone(),
             "strain_field": torch.zeros(n, nv, 6, dtype=self.dtype, device=self.device),
+            "dstrain_field": torch.zeros(n, nv, 6, dtype=self.dtype, device=self.device),
         }
         if self._has_p:
             st["p"] = torch.zeros(n, dtype=self.dtype, device=self.device)
@@ -449,23 +534,44 @@ class FFTRVE(Material):
     def _voxel_state(self, state: State) -> State:
         return {k[len(_VOXEL):]: v for k, v in state.items() if k.startswith(_VOXEL)}
 
-    def _increment(self, E: torch.Tensor, dt, state: State, guess: torch.Tensor) -> Response:
+    def _increment(self, E: torch.Tensor, dt, state: State, guess: torch.Tensor,
+                   u: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None):
         B = E.shape[0]
         dtv = self.as_dt(dt, B)
-        sig, K, vnew, eps, newton, cg = self._solve(E, dtv, self._voxel_state(state), guess)
+        sig, K, vnew, eps, newton, cg = self._solve(E, dtv, self._voxel_state(state), guess, u, target)
         C, tcg = self.homogenized_tangent(K)
         stress = sig.mean(_DIMS)
+        E = E.clone()
+        if u is not None:
+            E[:, u] = eps.mean(_DIMS)[:, u]
         eps_flat = self._flat(eps)
         deps = eps_flat - state["strain_field"]
         hm = _hill_mandel(self._flat(sig), deps)
-        new: State = {"strain": E.clone(), "stress": stress, "tangent": C, "strain_field": eps_flat}
+        new: State = {"strain": E, "stress": stress, "tangent": C, "strain_field": eps_flat,
+                      "dstrain_field": deps}
         if self._has_p:
             new["p"] = vnew["p"].mean(1)
         for k, v in vnew.items():
             new[_VOXEL + k] = v
         self.info = {"hill_mandel": hm, "newton_iterations": newton, "cg_iterations": cg,
                      "tangent_cg_iterations": tcg}
-        return stress, C, new
+        return stress, C, new, E
+
+    def _predictor(self, E: torch.Tensor, state: State) -> torch.Tensor:
+        """Initial strain field of an increment to macro strain E (B, 6).
+
+        The last converged field plus the last increment's field, scaled by the projection
+        ``s`` of the new macro increment on the last one (clamped to [0, 2]), plus the rest of
+        the macro increment applied uniformly: exact for a proportional linear response and a
+        good start on monotonic plastic paths.
+        """
+        dE = E - state["strain"]
+        dF = state["dstrain_field"]  # (B, Nvox, 6)
+        dEp = dF.mean(1)
+        s = ((dE * dEp).sum(1) / (dEp * dEp).sum(1).clamp(min=1e-300)).clamp(0.0, 2.0)
+        s = torch.where((dEp * dEp).sum(1) > 0, s, torch.zeros_like(s))
+        field = state["strain_field"] + s[:, None, None] * dF
+        return self._field(field) + (dE - s[:, None] * dEp)[:, :, None, None, None]
 
     def _check(self, strain, state: State) -> torch.Tensor:
         E = self.as_tensor(strain)
@@ -478,18 +584,17 @@ class FFTRVE(Material):
     def update(self, strain: torch.Tensor, dt, state: State) -> Response:
         """Strain-controlled increment to macro strain (B, 6); see the module docstring."""
         E = self._check(strain, state)
-        guess = self._field(state["strain_field"]) + (E - state["strain"])[:, :, None, None, None]
-        return self._increment(E, dt, state, guess)
+        stress, C, new, _ = self._increment(E, dt, state, self._predictor(E, state))
+        return stress, C, new
 
-    def update_mixed(self, strain, stress_target, stress_mask, dt, state: State,
-                     max_outer: int = 20):
-        """Mixed macro control: stress components ``stress_mask`` (6,) bool are prescribed.
+    def update_mixed(self, strain, stress_target, stress_mask, dt, state: State):
+        """Mixed macro control: the stress components ``stress_mask`` (6,) bool are prescribed.
 
         ``strain`` (B, 6) gives the prescribed strain components (its masked entries are
-        ignored); ``stress_target`` (B, 6) the prescribed stresses [Pa] (unmasked entries
-        ignored).  The unknown strain components are found by Newton's method with the
-        homogenised tangent (predictor: the tangent of the last converged increment) until
-        ``|stress - target|`` on the masked components is below ``tol * ||stress||``.
+        ignored); ``stress_target`` (B, 6) or (6,) the prescribed stresses [Pa] (unmasked
+        entries ignored).  The unknown macro strain components are Newton unknowns of the cell
+        problem (see :meth:`_solve`; predictor: the tangent of the last converged increment);
+        converged when also ``|<sigma>_i - target_i| <= tol * |<sigma>|`` on the masked ones.
         Returns stress (B, 6), tangent (B, 6, 6) (strain-controlled), new state, strain (B, 6).
         """
         E = self._check(strain, state).clone()
@@ -505,25 +610,7 @@ class FFTRVE(Material):
         dE = E - E_old
         rhs = (T - S_old)[:, u] - (C_old[:, u][:, :, k] @ dE[:, k, None])[..., 0]
         E[:, u] = E_old[:, u] + torch.linalg.solve(C_old[:, u][:, :, u], rhs)
-        guess = self._field(state["strain_field"]) + (E - E_old)[:, :, None, None, None]
-        totals = {"newton_iterations": 0, "cg_iterations": 0, "tangent_cg_iterations": 0}
-        for outer in range(max_outer):
-            stress, C, new = self._increment(E, dt, state, guess)
-            for key in totals:
-                totals[key] = totals[key] + self.info[key]
-            err = (stress[:, u] - T[:, u]).abs().max(1).values
-            scale = torch.linalg.norm(stress, dim=1).clamp(min=1e-300)
-            if bool((err <= self.tol * scale).all()):
-                self.info.update(totals)
-                self.info["mixed_iterations"] = torch.full_like(err, outer + 1, dtype=torch.long)
-                return stress, C, new, E
-            dEu = torch.linalg.solve(C[:, u][:, :, u], (T - stress)[:, u])
-            E[:, u] += dEu
-            guess = self._field(new["strain_field"]) + torch.zeros_like(E).index_put_(
-                (slice(None), u), dEu)[:, :, None, None, None]
-        mask = ~(err <= self.tol * scale)
-        raise MaterialConvergenceError(
-            f"FFT RVE: mixed stress control not converged in {max_outer} iterations", mask)
+        return self._increment(E, dt, state, self._predictor(E, state), u, T)
 
 
 class _Failed(Exception):
@@ -540,7 +627,7 @@ def uniaxial_stress_path(rve: FFTRVE, component: int = 0, strain_rate: float = 1
 
     Returns tensors: "time" (T+1,), "strain" (T+1, B, 6), "stress" (T+1, B, 6) [Pa],
     "p" (T+1, B) (when the voxel material has it), "newton_iterations", "cg_iterations",
-    "tangent_cg_iterations", "mixed_iterations", "hill_mandel" (T, B), "wall_time" (T,) [s].
+    "tangent_cg_iterations", "hill_mandel" (T, B), "wall_time" (T,) [s].
     """
     if not (0 <= int(component) < 6):
         raise ValueError(f"component must be a Mandel index 0..5, got {component}")
@@ -553,7 +640,7 @@ def uniaxial_stress_path(rve: FFTRVE, component: int = 0, strain_rate: float = 1
     state = rve.initial_state(n_rves)
     zeros = torch.zeros(n_rves, 6, dtype=rve.dtype, device=rve.device)
     out = {k: [] for k in ("strain", "stress", "p", "newton_iterations", "cg_iterations",
-                           "tangent_cg_iterations", "mixed_iterations", "hill_mandel", "wall_time")}
+                           "tangent_cg_iterations", "hill_mandel", "wall_time")}
     out["strain"].append(zeros.clone())
     out["stress"].append(zeros.clone())
     if "p" in state:
@@ -575,8 +662,7 @@ def uniaxial_stress_path(rve: FFTRVE, component: int = 0, strain_rate: float = 1
         out["stress"].append(stress)
         if "p" in state:
             out["p"].append(state["p"].clone())
-        for k in ("newton_iterations", "cg_iterations", "tangent_cg_iterations",
-                  "mixed_iterations", "hill_mandel"):
+        for k in ("newton_iterations", "cg_iterations", "tangent_cg_iterations", "hill_mandel"):
             out[k].append(rve.info[k])
     res = {k: torch.stack(v) for k, v in out.items() if v}
     res["time"] = torch.arange(n_steps + 1, dtype=rve.dtype) * dt
