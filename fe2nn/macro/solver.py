@@ -52,6 +52,7 @@ class StepRecord:
     reaction: np.ndarray  # reaction force (3,) on the reaction boundary [N]
     iterations: int
     residuals: List[float]  # |R_free| per iteration [N]
+    reference: float  # force scale max(|F_int|, lambda |F_ext|) of the converged state [N]
     wall_time: float  # [s]
     timings: Dict[str, float] = field(default_factory=dict)  # constitutive / assembly / solve [s]
     cutbacks: int = 0
@@ -312,6 +313,7 @@ class NewtonSolver:
             self.assemble_internal()
             r, ref = self.residual_norms()
             residuals.append(r)
+            self.reference = ref
             if not math.isfinite(r):
                 raise StepFailed("residual is not finite")
             if (k > 0 or jump == 0.0) and (r <= self.atol or r <= self.rtol * ref):
@@ -403,7 +405,7 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
             t = t_new
             rec = StepRecord(step=len(records) + 1, time=t, factor=lam, dt=dt_try,
                              displacement=solver.mean_displacement(), reaction=solver.reaction(),
-                             iterations=len(residuals) - 1, residuals=residuals,
+                             iterations=len(residuals) - 1, residuals=residuals, reference=solver.reference,
                              wall_time=time.perf_counter() - w0,
                              timings={k: solver.timings[k] - before[k] for k in before}, cutbacks=cut)
             records.append(rec)
