@@ -80,7 +80,11 @@ def _call(factory, kwargs: dict, what: str, config_file: str, args: tuple = ()):
 
 def load_microstructure(cfg: MicrostructureConfig, config_file: str = "<config>"):
     """The Microstructure described by ``cfg`` (Voronoi or loaded from ``cfg.file``)."""
-    from fe2nn.micro.microstructure import Microstructure
+    try:
+        from fe2nn.micro.microstructure import Microstructure
+    except ImportError:
+        raise UserError(f"{config_file}: rve.microstructure: microstructures are not available in this fe2nn "
+                        "build (fe2nn.micro.microstructure missing)") from None
 
     if cfg.file:
         path = resolve_path(config_file, cfg.file)
@@ -129,7 +133,10 @@ def build_rve(cfg: RVEConfig, config_file: str = "<config>") -> Material:
     params = load_crystal(cfg, config_file)
     micro = load_microstructure(cfg.microstructure, config_file)
     if cfg.solver == "taylor":
-        from fe2nn.micro.taylor import TaylorRVE
+        try:
+            from fe2nn.micro.taylor import TaylorRVE
+        except ImportError:
+            raise UserError(f"{config_file}: rve.solver = 'taylor' is not available in this fe2nn build") from None
 
         orientations = torch.as_tensor(micro.orientations, dtype=torch.float64)
         weights = torch.as_tensor(micro.grain_fractions(), dtype=torch.float64)
