@@ -137,7 +137,7 @@ class FFTRVE(Material):
         nv = getattr(self.voxel, "n_voxels", None)
         if nv is None and hasattr(self.voxel, "orientations"):
             nv = int(self.voxel.orientations.shape[0])
-        if nv is not None and nv != self.n_voxels:
+        if nv is not None and nv not in (1, self.n_voxels):
             raise ValueError(f"voxel material describes {nv} voxels but the grid {self.grid} has "
                              f"{self.n_voxels}")
         self._voxel_names = tuple(self.voxel.initial_state(1).keys())
@@ -274,37 +274,40 @@ class FFTRVE(Material):
             conv = conv | (live & (rz <= goal)) | broken
         return x, its, conv & ~broken, rz0
 
-    def _linear_solve(self, K: torch.Tensor, s: torch.Tensor, tol: float,
+    def _linear_solve(self, K: torch.Tensor, s: torch.Tensor, tol,
                       s_hat: Optional[torch.Tensor] = None, max_refine: int = 30):
         """Compatible zero-mean x with div(s + K x) = 0 for a possibly non-symmetric K.
 
-        PCG on the symmetric part of K; a non-symmetric remainder (e.g. crystal plasticity
-        tangents, asymmetric at ~1e-5) is removed by defect correction: the residual with the
-        full K is re-solved with the symmetric part until its Gamma0 norm dropped by ``tol``.
-        Returns x, total PCG iterations (b, m), converged (b, m).
+        PCG on the symmetric part of K; a non-symmetric remainder (crystal plasticity tangents
+        are asymmetric at ~1e-5) is removed by defect correction: the residual with the full K
+        is re-solved with the symmetric part until its Gamma0 norm dropped by ``tol`` (a float
+        or per RVE (b,)).  Returns x, total PCG iterations (b, m), converged (b, m).
         """
-        Ks = 0.5 * (K + K.transpose(1, 2))
-        asym = float(((K - Ks).abs().amax() / K.abs().amax().clamp(min=1e-300)))
         b, m = s.shape[:2]
-        floor = tol if asym <= 1e-13 else max(tol, min(max(10.0 * asym, 1e-6), 1e-2))
-        x, its, ok, rz0 = self._pcg(Ks, s, torch.full((b, m), floor, dtype=self.dtype,
-                                                       device=self.device), s_hat)
-        if floor == tol:
+        tol = torch.as_tensor(tol, dtype=self.dtype, device=self.device).expand(b)[:, None].expand(b, m)
+        Ks = 0.5 * (K + K.transpose(1, 2))
+        asym = ((K - Ks).abs().amax((1, 2, 3, 4, 5))
+                / K.abs().amax((1, 2, 3, 4, 5)).clamp(min=1e-300))[:, None].expand(b, m)
+        symmetric = asym <= 1e-13
+        # no point solving beyond what the asymmetry allows before correcting the defect
+        floor = torch.where(symmetric, tol, torch.maximum(tol, (10.0 * asym).clamp(1e-6, 1e-2)))
+        x, its, ok, rz0 = self._pcg(Ks, s, floor, s_hat)
+        if bool(symmetric.all()):
             return x, its, ok
         rz0 = rz0.clamp(min=1e-300)
         for _ in range(max_refine):
             r = s + self._apply_K(K, x)
-            rel = torch.sqrt(self._gamma_norm2(Ks, r) / rz0)
-            done = (rel <= tol) | ~ok
+            rel = torch.sqrt(self._gamma_norm2(Ks, r).clamp(min=0.0) / rz0)
+            done = (rel <= tol) | symmetric | ~ok
             if bool(done.all()):
-                return x, its, ok & (rel <= tol)
-            # next pass: what is still needed, but not beyond what the asymmetry allows
-            inner = (tol / rel.clamp(min=1e-300)).clamp(min=floor, max=0.5)
+                return x, its, ok & ((rel <= tol) | symmetric)
+            inner = (tol / rel.clamp(min=1e-300)).clamp(max=0.5)
+            inner = torch.maximum(inner, floor)
             dx, dits, dok, _ = self._pcg(Ks, r, inner)
             x = x + torch.where(done[..., None, None, None, None], 0.0, dx)
             its = its + torch.where(done, 0, dits)
             ok = ok & (dok | done)
-        return x, its, torch.zeros_like(ok)
+        return x, its, ok & symmetric
 
     def _gamma_norm2(self, K: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """<s, Gamma0 s> (b, m) with the reference medium of K."""
@@ -432,7 +435,8 @@ class FFTRVE(Material):
                                  f"{float(serr[keep].max()):.3g}, tol {self.tol:.3g})")
             active, sig, K, s_hat = active[keep], sig[keep], K[keep], s_hat[keep]
             res, serr = res[keep], serr[keep]
-            eta = min(max(self.cg_tol, 0.1 * self.tol / float(res.max())), 0.5)
+            # inexact Newton: no need to solve beyond 0.1 * tol / residual (per RVE)
+            eta = (0.1 * self.tol / res.clamp(min=1e-300)).clamp(min=self.cg_tol, max=0.5)
             if mixed:
                 rhs = torch.cat([sig.unsqueeze(1), K[:, :, u].transpose(1, 2)], dim=1)
                 x, its, ok = self._linear_solve(K, rhs, eta)
@@ -444,7 +448,7 @@ class FFTRVE(Material):
                 dEu = torch.linalg.solve(Cu[:, :, u].transpose(1, 2),
                                          target[active][:, u] - lin[:, u])
                 unit = torch.zeros(dEu.shape + (6,), dtype=self.dtype, device=self.device)
-                unit[:, torch.arange(u.numel()), u] = 1.0
+                unit[:, torch.arange(u.numel(), device=self.device), u] = 1.0
                 dx = dx + torch.einsum("bj,bjixyz->bixyz", dEu,
                                        chi + unit[..., None, None, None])
             else:
