@@ -199,23 +199,27 @@ class SingleCrystal(Material):
     orientations : (m, 4) unit quaternions (w, x, y, z), crystal -> sample.
     device : torch device.
     rtol : Newton tolerance, max|R| <= rtol * xi0 [-].
-    max_iter : Newton iteration limit.
+    max_iter : Newton iteration limit per (sub)step.
+    max_substeps : points whose local Newton fails are re-integrated with
+        2, 4, ... equal substeps (tangent chained exactly) up to this number;
+        beyond it MaterialConvergenceError is raised with the failed mask.
 
     State: "strain" (n,6), "eps_p" (n,6), "xi" (n,12) [Pa], "gamma" (n,12)
     accumulated |slip|, "p" (n,) equivalent plastic strain.  ``info``:
-    "iterations" (n,).
+    "iterations" (n,) Newton iterations (all substeps), "substeps" (n,).
     """
 
     n_slip = 12
 
     def __init__(self, params: CrystalParams, orientations, device: str | torch.device = "cpu",
-                 rtol: float = 1e-10, max_iter: int = 60):
+                 rtol: float = 1e-10, max_iter: int = 25, max_substeps: int = 1024):
         super().__init__()
         if not isinstance(params, CrystalParams):
             raise TypeError("params must be a CrystalParams (see fe2nn.micro.crystal.load_params)")
         params.validate()
-        if not (rtol > 0 and max_iter >= 1):
-            raise ValueError("rtol must be > 0 and max_iter >= 1")
+        if not (rtol > 0 and max_iter >= 1 and max_substeps >= 1):
+            raise ValueError("rtol must be > 0, max_iter >= 1 and max_substeps >= 1")
+        self.max_substeps = int(max_substeps)
         self.params = params
         self.device = torch.device(device)
         self.rtol = float(rtol)
@@ -259,39 +263,95 @@ class SingleCrystal(Material):
     def update(self, strain: torch.Tensor, dt, state: State) -> Response:
         strain = self.as_tensor(strain)
         n = strain.shape[0]
-        if strain.shape != (n, 6):
+        if strain.ndim != 2 or strain.shape[1] != 6:
             raise ValueError(f"strain must have shape (n, 6), got {tuple(strain.shape)}")
         dtv = self.as_dt(dt, n)
         if torch.any(~(dtv > 0)):
             raise ValueError("dt must be > 0")
+        if not bool(torch.isfinite(strain).all()):
+            raise ValueError("strain contains non-finite values")
         idx = self._index(n)
         C, P, CP = self.C[idx], self.P[idx], self.CP[idx]
-        eps_p_old, xi_old = state["eps_p"], state["xi"]
-        sig_trial = torch.einsum("nij,nj->ni", C, strain - eps_p_old)
+        eps_p_old = state["eps_p"]
         sig_old = torch.einsum("nij,nj->ni", C, state["strain"] - eps_p_old)
+        dsig = torch.einsum("nij,nj->ni", C, strain - state["strain"])
 
-        sig, xi, it, ok = self._solve(strain, dtv, sig_trial, sig_old, xi_old, C, P, CP)
-        if not bool(ok.all()):
-            bad = ~ok
-            raise MaterialConvergenceError(
-                f"single crystal: local Newton did not converge at {int(bad.sum())} of {n} points "
-                f"within {self.max_iter} iterations", failed=bad.cpu())
-        # converged quantities and tangent (on all points)
-        R, J, dgam = self._residual(sig, xi, sig_trial, xi_old, dtv, CP, P, jacobian=True)
-        rhs = torch.zeros(n, 18, 6, dtype=self.dtype, device=self.device)
-        rhs[:, :6, :] = C
-        X = torch.linalg.solve(J, rhs)
-        tangent = X[:, :6, :]
-        deps_p = torch.einsum("na,nai->ni", dgam, P)
+        sig = torch.empty_like(strain)
+        xi = torch.empty_like(state["xi"])
+        tangent = torch.empty(n, 6, 6, dtype=self.dtype, device=self.device)
+        deps_p = torch.empty_like(strain)
+        dgam_abs = torch.empty_like(state["xi"])
+        dp = torch.empty(n, dtype=self.dtype, device=self.device)
+        iters = torch.zeros(n, dtype=torch.int64, device=self.device)
+        substeps = torch.ones(n, dtype=torch.int64, device=self.device)
+        pending = torch.arange(n, device=self.device)
+        K = 1
+        while True:
+            out = self._substeps(K, sig_old[pending], state["xi"][pending], dsig[pending], dtv[pending],
+                                 C[pending], P[pending], CP[pending])
+            ok = out["ok"]
+            done = pending[ok]
+            sig[done], xi[done], tangent[done] = out["sig"][ok], out["xi"][ok], out["tangent"][ok]
+            deps_p[done], dgam_abs[done], dp[done] = out["deps_p"][ok], out["dgam_abs"][ok], out["dp"][ok]
+            iters[pending] += out["iterations"]
+            substeps[done] = K
+            pending = pending[~ok]
+            if pending.numel() == 0:
+                break
+            if 2 * K > self.max_substeps:
+                failed = torch.zeros(n, dtype=torch.bool)
+                failed[pending.cpu()] = True
+                raise MaterialConvergenceError(
+                    f"single crystal: local Newton did not converge at {pending.numel()} of {n} points "
+                    f"(max_iter={self.max_iter} per substep, up to {K} substeps)", failed=failed)
+            K *= 2
         new_state = {
             "strain": strain.clone(),
             "eps_p": eps_p_old + deps_p,
             "xi": xi,
-            "gamma": state["gamma"] + dgam.abs(),
-            "p": state["p"] + math.sqrt(2.0 / 3.0) * torch.linalg.norm(deps_p, dim=-1),
+            "gamma": state["gamma"] + dgam_abs,
+            "p": state["p"] + dp,
         }
-        self.info = {"iterations": it}
+        self.info = {"iterations": iters, "substeps": substeps}
         return sig, tangent, new_state
+
+    def _substeps(self, K: int, sig0, xi0, dsig, dt, C, P, CP) -> dict:
+        """Integrate k points over K equal backward-Euler substeps; chain the tangents.
+
+        With sigma_trial_j = sigma_{j-1} + C deps/K, R_j depends on the previous
+        substep through -I (both sigma and xi), so the sensitivities follow
+        A_j = J_j^-1 (A_{j-1} + [C; 0] / K), A_0 = 0, tangent = A_K[:6].
+        """
+        k = sig0.shape[0]
+        sig, xi = sig0.clone(), xi0.clone()
+        A = torch.zeros(k, 18, 6, dtype=self.dtype, device=self.device)
+        B = torch.zeros(k, 18, 6, dtype=self.dtype, device=self.device)
+        B[:, :6, :] = C / K
+        deps_p = torch.zeros_like(sig0)
+        dgam_abs = torch.zeros_like(xi0)
+        dp = torch.zeros(k, dtype=self.dtype, device=self.device)
+        iters = torch.zeros(k, dtype=torch.int64, device=self.device)
+        ok = torch.ones(k, dtype=torch.bool, device=self.device)
+        live = torch.arange(k, device=self.device)
+        dts = dt / K
+        for _ in range(K):
+            s_prev, x_prev = sig[live], xi[live]
+            s_tr = s_prev + dsig[live] / K
+            s_new, x_new, it, conv = self._newton(s_tr, s_prev, x_prev, dts[live], P[live], CP[live])
+            iters[live] += it
+            ok[live[~conv]] = False
+            live, s_new, x_new, s_tr, x_prev = live[conv], s_new[conv], x_new[conv], s_tr[conv], x_prev[conv]
+            if live.numel() == 0:
+                break
+            _, J, dg = self._residual(s_new, x_new, s_tr, x_prev, dts[live], CP[live], P[live], jacobian=True)
+            A[live] = torch.linalg.solve(J, A[live] + B[live])
+            sig[live], xi[live] = s_new, x_new
+            de = torch.einsum("na,nai->ni", dg, P[live])
+            deps_p[live] += de
+            dgam_abs[live] += dg.abs()
+            dp[live] += math.sqrt(2.0 / 3.0) * torch.linalg.norm(de, dim=-1)
+        return dict(ok=ok, sig=sig, xi=xi, tangent=A[:, :6, :], deps_p=deps_p, dgam_abs=dgam_abs, dp=dp,
+                    iterations=iters)
 
     # -- local problem -----------------------------------------------------------------
     def _slip(self, tau, xi, dt):
@@ -337,35 +397,34 @@ class SingleCrystal(Material):
         J[:, 6:, 6:] = eye12 - torch.diag_embed(dphi * habs) - W * (sgn * dg_dxi)[:, None, :]
         return R, J, dgam
 
-    def _initial_guess(self, strain, dt, sig_trial, sig_old, xi_old, P):
+    def _initial_guess(self, dt, sig_trial, sig_old, xi_old, P):
         """Elastic predictor pulled back towards the previous stress (see module doc)."""
         pr = self.params
-        deps = torch.linalg.norm(sig_trial - sig_old, dim=-1) / pr.C44  # ~ strain increment
-        gam_cap = 2.0 * deps + 1e-300
-        r_cap = (gam_cap / (pr.gdot0 * dt)).clamp(min=1.0) ** (1.0 / pr.n)
+        dstrain = torch.linalg.norm(sig_trial - sig_old, dim=-1) / pr.C44  # ~ strain increment
+        r_cap = (2.0 * dstrain / (pr.gdot0 * dt)).clamp(min=1.0) ** (1.0 / pr.n)
         lam = torch.tensor([1.0, 0.75, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.0], dtype=self.dtype, device=self.device)
         cand = sig_old[:, None, :] + lam[None, :, None] * (sig_trial - sig_old)[:, None, :]  # (k,L,6)
         ratio = (torch.einsum("nai,nli->nla", P, cand).abs() / xi_old[:, None, :]).amax(-1)  # (k,L)
         okc = ratio <= r_cap[:, None]
         okc[:, -1] = True
         first = torch.argmax(okc.to(torch.int8), dim=1)  # largest admissible lambda
-        # if even the previous stress is above the cap, start from the smaller of both ratios
         return cand[torch.arange(cand.shape[0], device=self.device), first]
 
-    def _solve(self, strain, dt, sig_trial, sig_old, xi_old, C, P, CP):
-        n = strain.shape[0]
-        tol = self.rtol * self.params.xi0
-        sig = self._initial_guess(strain, dt, sig_trial, sig_old, xi_old, P)
+    def _newton(self, sig_trial, sig_old, xi_old, dt, P, CP):
+        """Backward-Euler local problem for k points: (sigma, xi, iterations, converged)."""
+        n = sig_trial.shape[0]
+        tol = self.rtol * self.params.xi0 + 1e-14 * sig_trial.abs().amax(-1)  # + round-off floor
+        sig = self._initial_guess(dt, sig_trial, sig_old, xi_old, P)
         xi = xi_old.clone()
         iters = torch.zeros(n, dtype=torch.int64, device=self.device)
         ok = torch.zeros(n, dtype=torch.bool, device=self.device)
         act = torch.arange(n, device=self.device)
         for it in range(self.max_iter + 1):
             s_a, x_a = sig[act], xi[act]
-            st_a, xo_a, dt_a, CP_a, P_a = sig_trial[act], xi_old[act], dt[act], CP[act], P[act]
+            st_a, xo_a, dt_a, CP_a, P_a, tol_a = sig_trial[act], xi_old[act], dt[act], CP[act], P[act], tol[act]
             R, J, _ = self._residual(s_a, x_a, st_a, xo_a, dt_a, CP_a, P_a, jacobian=True)
             rmax = R.abs().amax(-1)
-            conv = torch.isfinite(rmax) & (rmax <= tol)
+            conv = torch.isfinite(rmax) & (rmax <= tol_a)
             if bool(conv.any()):
                 ok[act[conv]] = True
                 keep = ~conv
@@ -374,11 +433,12 @@ class SingleCrystal(Material):
             if act.numel() == 0 or it == self.max_iter:
                 break
             iters[act] += 1
-            try:
-                dx = -torch.linalg.solve(J, R)
-            except RuntimeError:  # singular batch: fall back to a least-squares step
-                dx = -torch.linalg.lstsq(J, R[..., None]).solution[..., 0]
-            f0 = 0.5 * (R * R).sum(-1)
+            finite = torch.isfinite(R).all(-1) & torch.isfinite(J).all(-1).all(-1)
+            Jr = torch.where(finite[:, None, None], J, torch.eye(18, dtype=J.dtype, device=J.device))
+            Rr = torch.where(finite[:, None], R, torch.zeros_like(R))
+            dx, info = torch.linalg.solve_ex(Jr, -Rr)
+            dx = torch.where((info == 0)[:, None] & torch.isfinite(dx).all(-1, keepdim=True), dx, torch.zeros_like(dx))
+            f0 = 0.5 * (Rr * Rr).sum(-1)
             step = torch.ones(act.numel(), dtype=self.dtype, device=self.device)
             pending = torch.ones(act.numel(), dtype=torch.bool, device=self.device)
             s_new, x_new = s_a.clone(), x_a.clone()
@@ -387,21 +447,14 @@ class SingleCrystal(Material):
                 x_t = x_a + step[:, None] * dx[:, 6:]
                 Rt, _, _ = self._residual(s_t, x_t, st_a, xo_a, dt_a, CP_a, P_a)
                 ft = 0.5 * (Rt * Rt).sum(-1)
-                good = torch.isfinite(ft) & (x_t > 0).all(-1) & (ft <= (1.0 - 1e-4 * step) * f0 + 1e-30)
+                good = torch.isfinite(ft) & (x_t > 0).all(-1) & (ft <= (1.0 - 1e-4 * step) * f0)
                 acc = pending & good
                 s_new[acc], x_new[acc] = s_t[acc], x_t[acc]
                 pending = pending & ~good
                 if not bool(pending.any()):
                     break
                 step = torch.where(pending, 0.5 * step, step)
-            # points whose line search failed take the smallest (finite, positive-xi) step
-            if bool(pending.any()):
-                s_t = s_a + step[:, None] * dx[:, :6]
-                x_t = x_a + step[:, None] * dx[:, 6:]
-                fin = torch.isfinite(s_t).all(-1) & torch.isfinite(x_t).all(-1) & (x_t > 0).all(-1)
-                use = pending & fin
-                s_new[use], x_new[use] = s_t[use], x_t[use]
-            sig[act], xi[act] = s_new, x_new
+            sig[act], xi[act] = s_new, x_new  # failed line searches keep the iterate (-> not converged)
         return sig, xi, iters, ok
 
 
