@@ -71,7 +71,10 @@ def make_dataset(path, counts=None, T: int = 40, seed: int = 0) -> Path:
         f["converged"] = np.ones(N, dtype=bool)
         f["accepted"] = np.ones(N, dtype=bool)
         f["family"] = family.astype(np.int32)
-        f.attrs["family_names"] = json.dumps(FAMILY_NAMES)
+        f["family"].attrs["family_names"] = FAMILY_NAMES
+        f["sample_index"] = np.arange(N, dtype=np.int64)
+        f.attrs["format"] = "fe2nn-dataset"
+        f.attrs["format_version"] = 1
         f.attrs["material"] = json.dumps({"law": "J2", **J2_PARAMS})
     return path
 

@@ -70,7 +70,7 @@ def save_surrogate(model: RNO, directory: str | os.PathLike, card: Dict[str, Any
     tensors = {name: t.detach().to("cpu", torch.float64).contiguous() for name, t in model.state_dict().items()}
     wpath = d / WEIGHTS_NAME
     with atomic_path(wpath) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": CARD_FORMAT, "format_version": str(FORMAT_VERSION)})
+        save_file(tensors, str(tmp))  # no metadata: its order in the header is not deterministic
     full = dict(card or {})
     full.update({
         "format": CARD_FORMAT,

@@ -45,56 +45,30 @@ from fe2nn.errors import UserError
 from fe2nn.io_utils import atomic_path, write_text_atomic
 from fe2nn.surrogate.rno import RNO, ACTIVATIONS, RNOArch, relative_l2, rollout_at_dt_factor
 
-DATASETS = ("strain", "stress", "time", "accepted", "family")
-
-
 # -- dataset reading -----------------------------------------------------------------------
 def read_dataset(path: str | Path) -> Dict[str, Any]:
-    """Read an fe2nn HDF5 dataset into numpy arrays (UserError naming the file on problems).
+    """Read an fe2nn HDF5 dataset (validated by :func:`fe2nn.data.dataset.read_arrays`).
 
-    Returns strain (N,T+1,6), stress (N,T+1,6), time (N,T+1), accepted (N,) bool,
-    family (N,) int, family_names (list of str), sha256 (of the file) and path.
+    Returns numpy arrays strain (N,T+1,6), stress (N,T+1,6), time (N,T+1), accepted (N,)
+    bool, family (N,) int, plus family_names (list of str), sha256 (content hash of the
+    data arrays, :func:`fe2nn.data.dataset.array_checksum`) and path.  Problems raise a
+    UserError naming the file.
     """
-    import h5py
+    from fe2nn.data.dataset import array_checksum, read_arrays
 
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: dataset file not found")
-    try:
-        with h5py.File(p, "r") as f:
-            missing = [d for d in DATASETS if d not in f]
-            if missing:
-                raise UserError(f"{p}: not an fe2nn dataset (missing datasets: {', '.join(missing)})")
-            out = {d: f[d][()] for d in DATASETS}
-            names = f.attrs.get("family_names")
-    except UserError:
-        raise
-    except (OSError, KeyError) as err:
-        raise UserError(f"{p}: cannot read HDF5 dataset ({err})") from None
-    if names is None:
-        names = ["random_walk", "monotonic", "cyclic"]
-    elif isinstance(names, (str, bytes)):
-        names = names.decode() if isinstance(names, bytes) else names
-        names = json.loads(names) if names.strip().startswith("[") else names.split(",")
-    else:
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(names).ravel()]
-    s, sig, t = out["strain"], out["stress"], out["time"]
-    N = s.shape[0]
-    if s.ndim != 3 or s.shape[2] != 6 or sig.shape != s.shape or t.shape != s.shape[:2]:
-        raise UserError(f"{p}: inconsistent shapes strain {s.shape}, stress {sig.shape}, time {t.shape} "
-                        "(expected (N,T+1,6), (N,T+1,6), (N,T+1))")
-    if s.shape[1] < 2:
-        raise UserError(f"{p}: paths need at least one increment (T+1 >= 2)")
-    if out["accepted"].shape != (N,) or out["family"].shape != (N,):
-        raise UserError(f"{p}: 'accepted' and 'family' must have shape ({N},)")
-    acc = out["accepted"].astype(bool)
+    arrays, attrs = read_arrays(p)
+    names = list(attrs.get("family_names") or [])
+    t = arrays["time"].astype(np.float64)
+    acc = arrays["accepted"].astype(bool)
     if acc.any() and not np.all(np.diff(t[acc], axis=1) > 0):
         raise UserError(f"{p}: time must increase strictly along every accepted path")
-    from fe2nn.surrogate.card import sha256_file
-
-    return {"strain": s.astype(np.float64), "stress": sig.astype(np.float64), "time": t.astype(np.float64),
-            "accepted": acc, "family": out["family"].astype(np.int64), "family_names": list(names),
-            "sha256": sha256_file(p), "path": str(p)}
+    fam = arrays["family"].astype(np.int64)
+    if fam.size and (fam.min() < 0 or fam.max() >= len(names)):
+        raise UserError(f"{p}: family codes outside the {len(names)} names in family_names")
+    return {"strain": arrays["strain"].astype(np.float64), "stress": arrays["stress"].astype(np.float64),
+            "time": t, "accepted": acc, "family": fam, "family_names": names,
+            "sha256": array_checksum(arrays), "path": str(p)}
 
 
 def family_indices(ds: Dict[str, Any], families: List[str], where: str) -> np.ndarray:

@@ -1,0 +1,164 @@
+"""fe2nn train / fe2nn evaluate on a tiny synthetic J2 dataset: loss reduction, exact seeding,
+checkpoint + resume, k sweep, evaluation report and plots, one-line user errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+from test_rno_synth import make_dataset
+
+from fe2nn.errors import UserError
+from fe2nn.surrogate import evaluate as ev
+from fe2nn.surrogate import train as tr
+from fe2nn.surrogate.card import load_surrogate, sha256_file
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rno_data")
+    return make_dataset(d / "j2.h5", {"random_walk": 16, "monotonic": 3, "cyclic": 3}, T=16, seed=3)
+
+
+def _config(tmp_path, dataset, name="cfg", epochs=12, extra=""):
+    p = tmp_path / f"{name}.toml"
+    p.write_text(f"""
+[data]
+path = "{dataset}"
+split = [0.75, 0.125, 0.125]
+[model]
+k = 2
+f_hidden = [16, 16]
+g_hidden = [8]
+[training]
+epochs = {epochs}
+batch_size = 4
+lr = 1e-2
+patience = 1000
+dt_factors = [0.5, 1, 2]
+checkpoint_every = 5
+{extra}
+[output]
+dir = "{tmp_path / name}"
+""")
+    return p
+
+
+def test_training_reduces_loss_and_exports(tmp_path, dataset):
+    cfg = _config(tmp_path, dataset, epochs=25)
+    assert tr.main([str(cfg), "--no-progress"]) == 0
+    out = tmp_path / "cfg"
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist) == 25
+    first, last = hist[0]["loss"], min(h["loss"] for h in hist[-5:])
+    assert first > 0.5 and last < 0.4 * first, (first, last)
+    model, card = load_surrogate(out)
+    assert card["k"] == 2 and card["architecture"]["f_layers"] == [14, 16, 16, 6]
+    assert card["dataset"]["train_families"] == ["random_walk"]
+    split = card["dataset"]["split"]
+    assert sorted(split["train"] + split["val"] + split["test"]) == list(range(16))
+    assert len(split["val"]) == 2 and len(split["test"]) == 2
+    env = card["envelope"]
+    assert len(env["strain_min"]) == 6 and env["equivalent_strain_max"] > 0
+    assert card["errors"]["val_dt_x1"]["mean"] == pytest.approx(card["training"]["best_val_rel_l2"], rel=1e-10)
+
+
+def test_training_is_reproducible_and_resume_is_exact(tmp_path, dataset):
+    a = _config(tmp_path, dataset, "a", epochs=8)
+    b = _config(tmp_path, dataset, "b", epochs=8)
+    c = _config(tmp_path, dataset, "c", epochs=8)
+    assert tr.main([str(a), "--no-progress"]) == 0
+    assert tr.main([str(b), "--no-progress"]) == 0
+    wa, wb = (sha256_file(tmp_path / n / "weights.safetensors") for n in "ab")
+    assert wa == wb  # same seed -> bit-identical training
+    # interrupted after 3 epochs (checkpoint), then resumed: identical to the uninterrupted run
+    assert tr.main([str(c), "--no-progress", "--stop-after", "3"]) == 0
+    assert (tmp_path / "c" / "checkpoint.pt").is_file() and not (tmp_path / "c" / "weights.safetensors").exists()
+    assert tr.main([str(c), "--no-progress", "--resume"]) == 0
+    assert sha256_file(tmp_path / "c" / "weights.safetensors") == wa
+    ha = json.loads((tmp_path / "a" / "history.json").read_text())
+    hc = json.loads((tmp_path / "c" / "history.json").read_text())
+    assert ha == hc
+    # a different seed gives a different model
+    d = _config(tmp_path, dataset, "d", epochs=8, extra="seed = 1")
+    assert tr.main([str(d), "--no-progress"]) == 0
+    assert sha256_file(tmp_path / "d" / "weights.safetensors") != wa
+
+
+def test_resume_refuses_other_config_and_missing_checkpoint(tmp_path, dataset):
+    c = _config(tmp_path, dataset, "r", epochs=4)
+    with pytest.raises(UserError, match="no checkpoint"):
+        tr.main([str(c), "--no-progress", "--resume"])
+    assert tr.main([str(c), "--no-progress", "--stop-after", "1"]) == 0
+    c.write_text(c.read_text().replace("lr = 1e-2", "lr = 5e-3"))
+    with pytest.raises(UserError, match="different configuration"):
+        tr.main([str(c), "--no-progress", "--resume"])
+
+
+def test_sweep_k_prints_validation_error_per_k(tmp_path, dataset, capsys):
+    cfg = _config(tmp_path, dataset, "s", epochs=3)
+    assert tr.main([str(cfg), "--no-progress", "--sweep-k", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "k sweep" in out and "lowest validation error" in out
+    sweep = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert set(sweep) == {"0", "1"}
+    assert load_surrogate(tmp_path / "s" / "k0")[0].k == 0 and load_surrogate(tmp_path / "s" / "k1")[0].k == 1
+
+
+def test_train_config_errors_are_one_line(tmp_path, dataset):
+    cfg = _config(tmp_path, dataset, "e", extra="bogus = 1")
+    with pytest.raises(UserError, match=r"unknown key 'training.bogus'"):
+        tr.main([str(cfg)])
+    cfg = _config(tmp_path, dataset, "e2")
+    good = cfg.read_text()
+    cfg.write_text(good.replace("dt_factors = [0.5, 1, 2]", "dt_factors = [0.3]"))
+    with pytest.raises(UserError, match="dt_factors"):
+        tr.main([str(cfg)])
+    cfg.write_text(good.replace('[model]', '[model]\nactivation = "relu"'))
+    with pytest.raises(UserError, match="activation"):
+        tr.main([str(cfg)])
+    with pytest.raises(UserError, match="--sweep-k"):
+        tr.main([str(_config(tmp_path, dataset, "e3")), "--sweep-k", "a,b"])
+    p = run_cli("train", str(tmp_path / "missing.toml"))
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "config file not found" in p.stderr
+
+
+def test_evaluate_cli_writes_report_and_plots(tmp_path, dataset):
+    cfg = _config(tmp_path, dataset, "m", epochs=4)
+    assert tr.main([str(cfg), "--no-progress"]) == 0
+    out = tmp_path / "eval"
+    p = run_cli("evaluate", str(tmp_path / "m"), str(dataset), "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["groups"]) == {"random_walk", "monotonic", "cyclic"}
+    rw = rep["groups"]["random_walk"]
+    assert rw["kind"] == "held-out test split" and rw["n_paths"] == 2
+    assert rep["groups"]["cyclic"]["kind"] == "kept out of training" and rep["groups"]["cyclic"]["n_paths"] == 3
+    for g in rep["groups"].values():
+        assert set(g["errors"]) == {"dt x 1/4", "dt x 1", "dt x 4"}
+        for s in g["errors"].values():
+            assert 0 <= s["mean"] <= s["p95"] + 1e-15 <= s["max"] + 2e-15
+    for name in rep["plots"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the report's dt x 1 test error is the exporter's test error (same split, same metric)
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert rw["errors"]["dt x 1"]["mean"] == pytest.approx(card["errors"]["test_dt_x1"]["mean"], rel=1e-10)
+    assert "random_walk" in p.stdout and "targets" in p.stdout
+
+
+def test_evaluate_bad_arguments_one_line(tmp_path, dataset):
+    for args, msg in [((str(tmp_path / "nope"), str(dataset)), "surrogate card not found"),
+                      ((str(tmp_path),), "required"),
+                      ((str(tmp_path), str(dataset), "--bogus"), "unrecognized")]:
+        p = run_cli("evaluate", *args)
+        assert p.returncode == 2 and msg in p.stderr, p.stderr
+        assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
+
+
+def test_path_errors_metric_is_relative_l2():
+    import numpy as np
+
+    t = np.ones((1, 4, 6))
+    assert ev.path_errors(1.02 * t, t)[0] == pytest.approx(0.02)
+    assert float(torch.tensor(ev.stats(np.array([0.0, 1.0]))["mean"])) == pytest.approx(0.5)
