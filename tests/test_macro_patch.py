@@ -1,6 +1,6 @@
 """Patch test: an affine displacement prescribed on the whole boundary must give the
-prescribed (constant) strain at every quadrature point, P1 and P2, and the elastic
-stress C : eps there."""
+prescribed (constant) strain at every quadrature point, P1/P2 tetrahedra and
+Q1/Q2 hexahedra, and the elastic stress C : eps there."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +13,8 @@ GRAD = np.array([[1.0e-3, 2.0e-4, -3.0e-4],
                  [6.0e-4, 1.5e-4, 2.5e-4]])  # displacement gradient [-]
 
 
-@pytest.mark.parametrize("degree", [1, 2])
-def test_affine_displacement_gives_exact_strain_and_stress(degree):
+@pytest.mark.parametrize("mesh_file,degree", [("bar.msh", 1), ("bar.msh", 2), ("bar_hex.msh", 1), ("bar_hex.msh", 2)])
+def test_affine_displacement_gives_exact_strain_and_stress(mesh_file, degree):
     from mpi4py import MPI  # noqa: F401
 
     from fe2nn import mandel
@@ -22,7 +22,7 @@ def test_affine_displacement_gives_exact_strain_and_stress(degree):
     from fe2nn.materials.elastic import LinearElastic
 
     E, nu = 70e9, 0.33
-    mesh = read_mesh(REPO / "meshes" / "bar.msh")
+    mesh = read_mesh(REPO / "meshes" / mesh_file)
     prob = Problem(mesh, LinearElastic(E, nu), degree=degree)
     for face in ("xmin", "xmax", "ymin", "ymax", "zmin", "zmax"):
         prob.fix(face, function=lambda x: GRAD @ x)

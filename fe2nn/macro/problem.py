@@ -102,7 +102,7 @@ def resolve_boundary(info: MeshInfo, tag: Tag, where: str = "boundary") -> int:
         return tag
     valid = ", ".join([f"{n!r} ({t})" for n, t in sorted(names.items(), key=lambda x: x[1])]
                       + [str(t) for t in info.tags[2] if t not in names.values()])
-    raise UserError(f"{info.path}: {where} = {tag!r} is not a surface physical group of the mesh; "
+    raise UserError(f"{where} = {tag!r} is not a surface physical group of mesh {info.path}; "
                     f"valid: {valid or 'none'}")
 
 
@@ -176,14 +176,17 @@ class Problem:
     """Small-strain quasi-static problem: mesh, material, Lagrange degree, BCs and loads.
 
     ``degree``: displacement Lagrange degree (1 or 2); ``quadrature_degree``:
-    default 2*(degree-1), at least 1 (exact for the stiffness of affine cells).
+    default on tetrahedra 2*(degree-1), at least 1 (exact for the stiffness of
+    affine cells: 1 point for P1, 4 for P2), on hexahedra 2*degree (full Gauss).
     """
 
     def __init__(self, mesh: Mesh, material, degree: int = 1, quadrature_degree: Optional[int] = None):
         if degree not in (1, 2):
             raise ValueError(f"degree must be 1 or 2, got {degree}")
         self.mesh, self.material, self.degree = mesh, material, degree
-        self.quadrature_degree = quadrature_degree or max(1, 2 * (degree - 1))
+        simplex = mesh.mesh.topology.cell_name() == "tetrahedron"
+        default = max(1, 2 * (degree - 1)) if simplex else 2 * degree
+        self.quadrature_degree = quadrature_degree or default
         self.dirichlet: List[Dirichlet] = []
         self.tractions: List[Traction] = []
 

@@ -40,9 +40,9 @@ def check_boundaries(cfg: SolveConfig, file: str, info) -> None:
         refs.append(("output.reaction", cfg.output.reaction))
     for key, tag in refs:
         try:
-            resolve_boundary(info, tag, key)
+            resolve_boundary(info, tag, f"key '{key}'")
         except UserError as err:
-            raise UserError(f"{file}: key {str(err).split(': ', 1)[1]}") from None
+            raise UserError(f"{file}: {err}") from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
