@@ -58,7 +58,7 @@ def laminate_stiffness(C_phases, fractions):
     return Chom
 
 
-@pytest.mark.parametrize("grid, n_b", [((9, 3, 3), 4), ((15, 2, 1), 7)])
+@pytest.mark.parametrize("grid, n_b", [((9, 3, 3), 4), ((15, 2, 1), 7), ((8, 2, 4), 3)])
 def test_laminate_matches_closed_form(grid, n_b):
     CA = mandel.isotropic_stiffness(70e9, 0.33)
     CB = mandel.isotropic_stiffness(700e9, 0.2)
@@ -95,6 +95,9 @@ def test_elastic_polycrystal_between_bounds_and_converges():
         # Loewner order Reuss <= C_fft <= Voigt (both are exact bounds of the voxel cell)
         assert torch.linalg.eigvalsh(voigt - C).min() >= -tol
         assert torch.linalg.eigvalsh(C - reuss).min() >= -tol
+        # cubic crystals share one bulk modulus: a uniform dilatation is the exact solution
+        bulk = float(C[:3, :3].sum()) / 9.0
+        assert abs(bulk - (CU[0] + 2 * CU[1]) / 3) <= 1e-9 * bulk
         # and strictly inside for this anisotropic copper aggregate
         assert torch.linalg.eigvalsh(voigt - C).max() > 1e-3 * C.abs().max()
         assert torch.linalg.eigvalsh(C - reuss).max() > 1e-3 * C.abs().max()

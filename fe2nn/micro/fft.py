@@ -13,9 +13,10 @@ tangent projected on isotropy).  ``Gamma0`` is applied in Fourier space,
 
 which is the Fourier–Galerkin scheme of Zeman, de Geus et al. (2017) with the reference medium
 as preconditioner (a displacement-free PCG: every iterate is compatible with zero mean by
-construction).  On even grids the Nyquist wave number of a direction is set to zero (the
-derivative of the real Nyquist mode vanishes at the grid points), which keeps the operator
-real and symmetric.  Voxels are cubic: the cell is (N1, N2, N3) voxels of equal size.
+construction).  On even grids, modes made only of zero and Nyquist wave numbers (their own
+complex conjugates) keep their wave vector, so axis-aligned laminates are exact; in every
+other mode a Nyquist wave number is set to zero (the derivative of the real Nyquist mode
+vanishes at the grid points), which keeps the operator real and symmetric.  Voxels are cubic: the cell is (N1, N2, N3) voxels of equal size.
 
 Convergence (per RVE): the equilibrium residual ``||G sigma|| / ||sigma||`` (L2 norms over
 the cell, ``G`` the orthogonal projection on compatible fields, so ``G sigma = 0`` is exactly
@@ -154,12 +155,18 @@ class FFTRVE(Material):
         def freq(N, real=False):
             k = torch.fft.rfftfreq(N, d=1.0 / N) if real else torch.fft.fftfreq(N, d=1.0 / N)
             k = k.to(dtype=dt, device=dev)
-            if N % 2 == 0:  # the real Nyquist mode has zero derivative at the grid points
-                k[k.abs() == N // 2] = 0.0
-            return k / N  # cubic voxels: wave vector ~ k / N per direction
+            nyq = (k.abs() == N // 2) if N % 2 == 0 else torch.zeros_like(k, dtype=torch.bool)
+            return k / N, nyq  # cubic voxels: wave vector ~ k / N per direction
 
-        x1, x2, x3 = torch.meshgrid(freq(N1), freq(N2), freq(N3, real=True), indexing="ij")
-        xi = torch.stack([x1, x2, x3])
+        (f1, q1), (f2, q2), (f3, q3) = freq(N1), freq(N2), freq(N3, real=True)
+        xi = torch.stack(torch.meshgrid(f1, f2, f3, indexing="ij"))
+        nyq = torch.stack(torch.meshgrid(q1, q2, q3, indexing="ij"))
+        # A mode whose components are all 0 or Nyquist is its own conjugate: keep its wave
+        # vector (Gamma is even in n).  In any other mode the sign of a Nyquist component is
+        # ambiguous (its conjugate partner would need the other sign): drop that component
+        # (the real Nyquist mode has zero derivative at the grid points).
+        self_conj = ((xi == 0) | nyq).all(0)
+        xi = torch.where(nyq & ~self_conj, torch.zeros_like(xi), xi)
         norm = torch.linalg.norm(xi, dim=0)
         self._n = torch.where(norm > 0, xi / norm.clamp(min=1e-300), torch.zeros_like(xi))
         w = torch.full((N3 // 2 + 1,), 2.0, dtype=dt, device=dev)
