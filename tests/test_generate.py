@@ -130,15 +130,20 @@ def test_kill_and_resume_with_other_rank_count(reference, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert_same_data(reference, tmp_path / "data.h5")
     assert not (tmp_path / "data.h5.parts").exists()
-    # running again is a no-op
-    again = run_generate(cfg)
-    assert again.returncode == 0 and "already complete" in again.stdout
+    # running again is a no-op that reports the stored summary
+    again = G.generate(G.load_config(cfg), str(cfg), progress=False)
+    assert again["n_accepted"] == 11 and not (tmp_path / "data.h5.parts").exists()
     assert mtime > 0
+
+
+def interrupted(cfg: Path, chunks: int) -> None:
+    """An in-process run stopped after ``chunks`` part files."""
+    assert G.generate(G.load_config(cfg), str(cfg), progress=False, stop_after_chunks=chunks) is None
 
 
 def test_truncated_part_file_is_reported(tmp_path):
     cfg = write_config(tmp_path)
-    run_generate(cfg, env={"FE2NN_GENERATE_ABORT_AFTER": "2"})
+    interrupted(cfg, 2)
     part = tmp_path / "data.h5.parts" / "chunk_000001.h5"
     part.write_bytes(part.read_bytes()[:500])
     proc = run_generate(cfg)
@@ -148,7 +153,7 @@ def test_truncated_part_file_is_reported(tmp_path):
 
 def test_corrupted_part_checksum_is_reported(tmp_path):
     cfg = write_config(tmp_path)
-    run_generate(cfg, env={"FE2NN_GENERATE_ABORT_AFTER": "1"})
+    interrupted(cfg, 1)
     part = tmp_path / "data.h5.parts" / "chunk_000000.h5"
     with h5py.File(part, "r+") as fh:
         fh["stress"][0, 3, 0] += 1.0
@@ -160,10 +165,10 @@ def test_corrupted_part_checksum_is_reported(tmp_path):
 
 def test_parts_from_another_config_are_reported(tmp_path):
     cfg = write_config(tmp_path)
-    run_generate(cfg, env={"FE2NN_GENERATE_ABORT_AFTER": "1"})
+    interrupted(cfg, 1)
     write_config(tmp_path, seed=4)  # same output, different paths
-    proc = run_generate(cfg)
-    assert_one_line_error(proc, "data.h5.parts", "different config")
+    with pytest.raises(UserError, match="data.h5.parts.*different config"):
+        G.generate(G.load_config(cfg), str(cfg), progress=False)
 
 
 class Poisoned(Material):

@@ -203,6 +203,18 @@ def simulate(material: Material, strain: np.ndarray, time: np.ndarray, max_subst
     return {"stress": stress, "hill_mandel": hill, "iterations": iters, "converged": converged}
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
 # -- part files -----------------------------------------------------------------------------
 class Parts:
     """The ``<output>.parts/`` directory of one generation run."""
@@ -251,6 +263,7 @@ class Parts:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
+            _fsync_dir(self.dir)
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -393,10 +406,12 @@ def _collective(comm, fn):
 
 def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optional[Path] = None,
              material: Optional[Material] = None, overwrite: bool = False, progress: bool = True,
-             comm=None) -> Dict[str, int]:
+             comm=None, stop_after_chunks: Optional[int] = None) -> Optional[Dict[str, int]]:
     """Generate the dataset described by ``cfg`` (collective over ``comm``); return the screening summary.
 
-    ``material`` replaces the RVE built from ``cfg.rve`` (tests, custom laws).
+    ``material`` replaces the RVE built from ``cfg.rve`` (tests, custom laws).  With
+    ``stop_after_chunks = k`` each rank stops after writing k part files and None is returned
+    (an interrupted run, for tests).
     """
     comm = comm or _comm() or _SerialComm()
     output = Path(output) if output is not None else resolve_path(config_file, cfg.output)
@@ -469,6 +484,8 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
             written += 1
             if abort_after and written >= abort_after:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if stop_after_chunks is not None and written >= stop_after_chunks:
+                break
         if bar is not None:
             bar.n = parts.samples_done()
             bar.refresh()
@@ -478,6 +495,8 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
     comm.Barrier()
     if bar is not None:
         bar.close()
+    if stop_after_chunks is not None and any(comm.allgather(stop_after_chunks < len(mine))):
+        return None  # interrupted on purpose: some rank left chunks undone
 
     def finish():
         if comm.rank != 0:
