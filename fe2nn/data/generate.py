@@ -175,9 +175,10 @@ def simulate(material: Material, strain: np.ndarray, time: np.ndarray, max_subst
         if act.size == 0:
             break
         full = act.size == n
-        sub = state if full else take_state(state, torch.as_tensor(act, device=eps.device))
+        act_t = torch.as_tensor(act, device=eps.device)
+        sub = state if full else take_state(state, act_t)
         try:
-            s, new, hm, it = _update(material, eps[act, t], dts[act, t - 1], sub)
+            s, new, hm, it = _update(material, eps[act_t, t], dts[act_t, t - 1], sub)
             stress[act, t] = s.detach().cpu().numpy()
             hill[act, t - 1], iters[act, t - 1] = hm, it
         except MaterialConvergenceError:  # retry point by point with sub-stepping
@@ -197,7 +198,7 @@ def simulate(material: Material, strain: np.ndarray, time: np.ndarray, max_subst
         if full:
             state = new
         elif state:
-            state = put_state(state, torch.as_tensor(act, device=eps.device), new)
+            state = put_state(state, act_t, new)
         if progress is not None:
             progress(t)
     return {"stress": stress, "hill_mandel": hill, "iterations": iters, "converged": converged}
