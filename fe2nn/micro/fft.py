@@ -564,8 +564,8 @@ class FFTRVE(Material):
             new["p"] = vnew["p"].mean(1)
         for k, v in vnew.items():
             new[_VOXEL + k] = v
-        self.info = {"hill_mandel": hm, "newton_iterations": newton, "cg_iterations": cg,
-                     "tangent_cg_iterations": tcg}
+        self.info = {"hill_mandel": hm, "newton_iterations": newton, "iterations": newton,
+                     "cg_iterations": cg, "tangent_cg_iterations": tcg}
         return stress, C, new, E
 
     def _predictor(self, E: torch.Tensor, state: State) -> torch.Tensor:
