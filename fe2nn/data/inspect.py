@@ -36,6 +36,7 @@ def summarize(arrays: Dict[str, np.ndarray], attrs: dict) -> Dict:
         "hill_mandel_max": float(hm.max()) if hm.size else float("nan"),
         "iterations": (float(it.mean()) if it.size else 0.0, int(it.max()) if it.size else 0),
         "content_hash": array_checksum(arrays),
+        "rejected_samples": [int(i) for i in np.nonzero(~arrays["accepted"].astype(bool))[0]],
     }
 
 
@@ -45,6 +46,10 @@ def report(path: Path, s: Dict, attrs: dict) -> str:
     rej = s["rejected"]
     lines.append(f"accepted: {s['accepted']}; rejected: {rej['not_converged']} not converged, "
                  f"{rej['hill_mandel']} Hill-Mandel residual > {attrs.get('hill_mandel_tol', '?')}")
+    if s["rejected_samples"]:
+        shown = s["rejected_samples"][:10]
+        more = f" ... ({len(s['rejected_samples'])} in all)" if len(s["rejected_samples"]) > 10 else ""
+        lines.append("rejected samples: " + ", ".join(map(str, shown)) + more)
     lines.append(f"Hill-Mandel residual max {s['hill_mandel_max']:.3g}; RVE iterations per increment mean "
                  f"{s['iterations'][0]:.2f}, max {s['iterations'][1]}")
     lines.append(f"time step dt [s]: min {s['dt'][0]:.3g}, median {s['dt'][1]:.3g}, max {s['dt'][2]:.3g}")
