@@ -78,7 +78,7 @@ def save_surrogate(model: RNO, directory: str | os.PathLike, card: Dict[str, Any
         "model": "recurrent neural operator (Liu et al., J. Mech. Phys. Solids 2023)",
         "equations": {
             "internal_variables": "xi_n = xi_{n-1} + (dt_n/t_s) G(eps_n/e_s, xi_{n-1}), xi_0 = 0",
-            "stress": "sigma_n = s_s F(eps_n/e_s, (eps_n - eps_{n-1})/(dt_n r_s), xi_n)",
+            "stress": "sigma_n = s_s F(eps_n/e_s, asinh((eps_n - eps_{n-1})/(dt_n r_s)), xi_n)",
             "xi_in_F": "updated (xi_n)",
         },
         "architecture": model.arch.to_dict(),

@@ -5,7 +5,7 @@ After Liu, Ocegueda, Trautner, Stuart & Bhattacharya, J. Mech. Phys. Solids (202
 With k internal variables xi (dimensionless), explicit-Euler time stepping:
 
     xi_n    = xi_{n-1} + (dt_n / t_s) * G(eps_n / e_s, xi_{n-1}),        xi_0 = 0
-    sigma_n = s_s * F(eps_n / e_s, (eps_n - eps_{n-1}) / (dt_n r_s), xi_n)
+    sigma_n = s_s * F(eps_n / e_s, asinh((eps_n - eps_{n-1}) / (dt_n r_s)), xi_n)
 
 F and G are MLPs with a smooth activation.  **F uses the updated xi_n** (as in the
 paper), so xi_n depends on eps_n and the consistent tangent contains the path
@@ -15,7 +15,10 @@ d sigma/d xi_n . d xi_n/d eps_n besides the direct strain term and the rate term
 Normalization (stored with the model, SI units): strain scale e_s [-], strain-rate
 scale r_s [1/s], stress scale s_s [Pa] and time scale t_s = e_s / r_s [s] -- the time
 the strain takes to change by e_s at the typical rate, so that G's rate is O(1) when
-the internal variables change by O(1) over such a strain change.
+the internal variables change by O(1) over such a strain change.  The rate enters F
+through a componentwise asinh (smooth and odd, linear near 0, logarithmic for large
+rates) because training rates span several decades (rate-sensitive plasticity
+depends on log-rate); it is a fixed part of F.
 
 Shapes: strain (..., 6) Mandel, dt (...) [s], xi (..., k).  Everything is batched;
 :meth:`RNO.rollout` loops over time steps only.
@@ -151,7 +154,7 @@ class RNO(nn.Module):
         s = self.scales.to(strain.dtype)
         e = strain / s[0]
         dtn = dt[..., None]
-        r = (strain - prev_strain) / (dtn * s[1])
+        r = torch.asinh((strain - prev_strain) / (dtn * s[1]))
         if self.G is not None:
             xi = xi_prev + (dtn * (s[1] / s[0])) * self.G(torch.cat([e, xi_prev], dim=-1))
         else:
@@ -179,8 +182,9 @@ class RNO(nn.Module):
         # derivative layout (n, 6 directions, features)
         de = (eye / s[0]).expand(n, 6, 6)
         dtn = dt[..., None]
-        r = (strain - prev_strain) / (dtn * s[1])
-        dr = eye / (dtn * s[1])[..., None]
+        q = (strain - prev_strain) / (dtn * s[1])
+        r = torch.asinh(q)
+        dr = torch.diag_embed(torch.rsqrt(1.0 + q * q) / (dtn * s[1]))
         if self.G is not None:
             c = dtn * (s[1] / s[0])
             g, dg = _mlp_jvp(self.G, torch.cat([e, xi_prev], -1),

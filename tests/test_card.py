@@ -1,0 +1,154 @@
+"""Surrogate export/import: round trip, tampering, corruption, incompatibility, no pickle."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from fe2nn.errors import UserError
+from fe2nn.surrogate.card import FORMAT_VERSION, load_surrogate, save_surrogate, update_card
+from fe2nn.surrogate.material import RNOMaterial
+from fe2nn.surrogate.rno import RNO, RNOArch
+
+ENV = {"strain_min": [-1e-2] * 6, "strain_max": [1e-2] * 6, "equivalent_strain_max": 1e-2,
+       "strain_rate_norm_max": 1e-1}
+
+
+def _export(tmp_path, k=2):
+    torch.manual_seed(0)
+    m = RNO(RNOArch(k=k, f_hidden=[12, 12], g_hidden=[8], activation="gelu"), 2e-3, 1e-3, 5e7).double()
+    d = tmp_path / "sur"
+    save_surrogate(m, d, {"envelope": ENV, "dataset": {"sha256": "0" * 64}, "errors": {"test": 0.01}})
+    return m, d
+
+
+def _paths(n=3, T=6):
+    g = torch.Generator().manual_seed(1)
+    strain = torch.cumsum(1e-3 * torch.randn(n, T + 1, 6, generator=g), 1)
+    strain[:, 0] = 0
+    time = torch.linspace(0, 3, T + 1, dtype=torch.float64).expand(n, T + 1).contiguous()
+    return strain, time
+
+
+def test_round_trip_same_predictions(tmp_path):
+    m, d = _export(tmp_path)
+    m2, card = load_surrogate(d)
+    assert card["format_version"] == FORMAT_VERSION and card["k"] == 2
+    assert card["architecture"]["activation"] == "gelu" and card["architecture"]["g_layers"] == [8, 8, 2]
+    assert card["normalization"]["time_scale"] == pytest.approx(2.0)
+    assert card["units"]["stress"] == "Pa" and "Mandel" in card["notation"]
+    assert len(card["weights_sha256"]) == 64 and card["envelope"] == ENV
+    s, t = _paths()
+    with torch.no_grad():
+        torch.testing.assert_close(m2.rollout(s, t), m.rollout(s, t), rtol=0, atol=0)
+    # the card path works as well, and the material reads the envelope from the card
+    mat = RNOMaterial(d / "card.json")
+    assert mat.k == 2 and mat.envelope_violation(torch.full((1, 6), 0.5), torch.zeros(1, 6)).item()
+    update_card(d, {"errors": {"test": 0.02}})
+    assert load_surrogate(d)[1]["errors"]["test"] == 0.02
+
+
+def test_tampered_weights_hash_mismatch(tmp_path):
+    _, d = _export(tmp_path)
+    w = d / "weights.safetensors"
+    b = bytearray(w.read_bytes())
+    b[-3] ^= 0x01  # flip one bit of a parameter
+    w.write_bytes(bytes(b))
+    with pytest.raises(UserError, match=r"weights.safetensors: sha256 does not match card.json"):
+        load_surrogate(d)
+
+
+def test_corrupt_card_json(tmp_path):
+    _, d = _export(tmp_path)
+    c = d / "card.json"
+    c.write_text(c.read_text()[:-40])
+    with pytest.raises(UserError, match=r"card.json: corrupt surrogate card \(invalid JSON"):
+        load_surrogate(d)
+
+
+def test_wrong_format_version_and_incompatible_architecture(tmp_path):
+    _, d = _export(tmp_path)
+    c = d / "card.json"
+    good = json.loads(c.read_text())
+    c.write_text(json.dumps({**good, "format_version": 99}))
+    with pytest.raises(UserError, match="unsupported card format version 99"):
+        load_surrogate(d)
+    bad = json.loads(json.dumps(good))
+    bad["architecture"]["strain_dim"] = 3
+    c.write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="strain dimension must be 6"):
+        load_surrogate(d)
+    bad = json.loads(json.dumps(good))
+    bad["architecture"]["f_hidden"] = [13, 12]  # does not match the stored tensors
+    c.write_text(json.dumps(bad))
+    with pytest.raises(UserError, match=r"tensor 'F.0.weight' has shape \(12, 16\).*\(13, 16\)"):
+        load_surrogate(d)
+    bad = json.loads(json.dumps(good))
+    bad["k"] = 3
+    bad["architecture"]["k"] = 3
+    c.write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="weights.safetensors: tensor"):
+        load_surrogate(d)
+    bad = json.loads(json.dumps(good))
+    del bad["normalization"]
+    c.write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="missing key 'normalization'"):
+        load_surrogate(d)
+    c.write_text(json.dumps({**good, "format": "something-else"}))
+    with pytest.raises(UserError, match="not an fe2nn surrogate card"):
+        load_surrogate(d)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(UserError, match="surrogate card not found"):
+        load_surrogate(tmp_path / "nowhere")
+    _, d = _export(tmp_path)
+    w = d / "weights.safetensors"
+    data = w.read_bytes()
+    w.unlink()
+    with pytest.raises(UserError, match="weights.safetensors: surrogate weights file not found"):
+        load_surrogate(d)
+    # garbage whose hash is declared in the card: the hash passes, safetensors parsing fails cleanly
+    w.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    import hashlib
+
+    card = json.loads((d / "card.json").read_text())
+    card["weights_sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
+    (d / "card.json").write_text(json.dumps(card))
+    with pytest.raises(UserError, match="corrupt safetensors file"):
+        load_surrogate(d)
+    assert data  # the original was a real file
+    card["weights_file"] = "../elsewhere.safetensors"
+    (d / "card.json").write_text(json.dumps(card))
+    with pytest.raises(UserError, match="plain file name"):
+        load_surrogate(d)
+
+
+def test_loader_never_unpickles(tmp_path, monkeypatch):
+    _, d = _export(tmp_path)
+
+    def boom(*a, **k):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "load", boom)
+    monkeypatch.setattr(pickle, "loads", boom)
+    monkeypatch.setattr(pickle, "Unpickler", boom)
+    monkeypatch.setattr(torch, "load", boom)
+    model, card = load_surrogate(d)
+    assert model.k == 2
+    # a pickle file dressed up as weights is rejected (hash mismatch) before any parsing
+    (d / "weights.safetensors").write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(UserError, match="sha256 does not match"):
+        load_surrogate(d)
+
+
+def test_cli_reports_bad_surrogate_in_one_line(tmp_path):
+    from conftest import run_cli
+
+    _, d = _export(tmp_path)
+    (d / "card.json").write_text("{not json")
+    p = run_cli("evaluate", str(d), str(tmp_path / "x.h5"))
+    assert p.returncode == 2 and "corrupt surrogate card" in p.stderr and str(d / "card.json") in p.stderr
+    assert p.stderr.strip().count("\n") == 0
