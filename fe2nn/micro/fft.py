@@ -234,7 +234,11 @@ class FFTRVE(Material):
     @staticmethod
     def _apply_K(K: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """K (b, 6, 6, *grid) applied to fields x (b, m, 6, *grid)."""
-        return torch.einsum("bijxyz,bmjxyz->bmixyz", K, x)
+        Kj = K.unsqueeze(1)  # (b, 1, 6, 6, *grid)
+        out = Kj[:, :, :, 0] * x[:, :, 0:1]
+        for j in range(1, 6):  # six fused products over whole fields (faster than einsum)
+            out.addcmul_(Kj[:, :, :, j], x[:, :, j:j + 1])
+        return out
 
     def _pcg(self, K: torch.Tensor, s: torch.Tensor, tol: torch.Tensor,
              s_hat: Optional[torch.Tensor] = None):
