@@ -1,0 +1,96 @@
+"""FE² helpers shared by the macro solver's output, ``fe2nn solve`` and ``fe2nn validate``.
+
+* :func:`scalar_info` -- the scalar per-point diagnostics a material publishes in
+  ``material.info`` after an update (e.g. the surrogate's out-of-distribution mask
+  ``"ood"``, an RVE's ``"newton_iterations"``), as float arrays (n,).
+* :class:`OODMonitor` -- a ``callback`` for :func:`fe2nn.macro.solver.solve` that
+  counts, after every converged step, the quadrature points (all ranks) whose
+  strain or strain rate lies outside the surrogate's training envelope.
+* :func:`point_weights` -- quadrature weight x |det J| of every owned quadrature point
+  (the volume each point stands for), for integrals of point fields.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+
+#: name of the out-of-distribution mask in ``material.info`` (see RNOMaterial)
+OOD_KEY = "ood"
+
+
+def scalar_info(material, n: int) -> Dict[str, np.ndarray]:
+    """Entries of ``material.info`` that are one number per point: name -> float64 array (n,).
+
+    Call it right after the converged update of a step (the info of the last
+    update is the converged state's).  Vector or per-grain entries are skipped.
+    """
+    out: Dict[str, np.ndarray] = {}
+    for name, val in (getattr(material, "info", None) or {}).items():
+        try:
+            arr = val.detach().cpu().numpy() if hasattr(val, "detach") else np.asarray(val)
+        except Exception:  # noqa: BLE001 - not array-like: not a point field
+            continue
+        if arr.shape == (n,) and arr.dtype.kind in "biuf":
+            out[name] = arr.astype(np.float64)
+    return out
+
+
+def ood_count(material, n: int, comm) -> int | None:
+    """Out-of-distribution points of the last update summed over ranks (None: no monitor)."""
+    info = scalar_info(material, n)
+    has = comm.allreduce(OOD_KEY in info)
+    if not has:
+        return None
+    local = int(np.count_nonzero(info[OOD_KEY])) if OOD_KEY in info else 0
+    return int(comm.allreduce(local))
+
+
+class OODMonitor:
+    """``solve(..., callback=OODMonitor())``: OOD points per converged step (all ranks)."""
+
+    def __init__(self) -> None:
+        self.counts: List[int] = []
+        self.times: List[float] = []
+        self.active = False
+        self.n_points = 0
+
+    def __call__(self, solver, rec) -> None:
+        c = ood_count(solver.material, solver.qf.n_points, solver.comm)
+        self.n_points = int(solver.comm.allreduce(solver.qf.n_points))
+        self.active = self.active or c is not None
+        self.counts.append(0 if c is None else c)
+        self.times.append(float(rec.time))
+
+    def summary(self) -> Dict[str, object]:
+        """JSON-able summary: monitored, steps with OOD points, maximum and total count."""
+        c = np.asarray(self.counts, dtype=int)
+        bad = np.flatnonzero(c > 0)
+        return {"monitored": self.active, "n_points": self.n_points, "steps": int(c.size),
+                "steps_with_ood": int(bad.size), "max_ood_points": int(c.max(initial=0)),
+                "total_ood_point_steps": int(c.sum()),
+                "first_ood_step": int(bad[0]) + 1 if bad.size else None, "per_step": c.tolist()}
+
+    def line(self) -> str:
+        """One-line summary for the end of a run."""
+        s = self.summary()
+        if not s["monitored"]:
+            return "out-of-distribution monitor: not applicable (material has no training envelope)"
+        if s["steps_with_ood"] == 0:
+            return (f"out-of-distribution monitor: all {s['n_points']} quadrature points stayed inside the "
+                    f"surrogate's training envelope in all {s['steps']} steps")
+        return (f"out-of-distribution monitor: WARNING {s['steps_with_ood']} of {s['steps']} steps had points "
+                f"outside the training envelope (at most {s['max_ood_points']} of {s['n_points']} points, "
+                f"first at step {s['first_ood_step']}); the surrogate extrapolates there")
+
+
+def point_weights(qf) -> np.ndarray:
+    """Quadrature weight x |det J| of every owned point of ``qf`` (QuadratureFields), (n,) [m^3]."""
+    import ufl
+    from dolfinx import fem
+
+    Q = qf.space(())
+    vec = fem.assemble_vector(fem.form(ufl.TestFunction(Q) * qf.dx))
+    w = fem.Function(Q)
+    w.x.array[:] = vec.array
+    return np.array(qf.view(w)).reshape(-1)

@@ -1,0 +1,61 @@
+"""``[material] model = "rno"``: a trained RNO surrogate as the macro constitutive law.
+
+    [material]
+    model = "rno"
+    surrogate = "../surrogates/aluminium_taylor"   # directory (or its card.json), relative to the config
+    device = "cpu"                                  # "cpu", "cuda[:i]" or "auto"
+    envelope_margin = 0.05                          # relative slack of the out-of-distribution check
+
+The card is read and checked (format, version, architecture, strain dimension 6,
+weights sha256) when the material is built, i.e. before the macro solve starts;
+every problem is one line naming the surrogate file.  After each update the
+material publishes ``info["ood"]`` (n,) -- the points whose strain or strain rate
+lies outside the card's training envelope (see
+:meth:`fe2nn.surrogate.material.RNOMaterial.envelope_violation`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fe2nn.config import non_negative, positive
+from fe2nn.errors import UserError
+from fe2nn.materials.registry import _device, _device_check, register
+
+
+@dataclass
+class RnoParams:
+    surrogate: str = field(metadata=dict(doc="surrogate directory or card.json, relative to the config file"))
+    device: str = field(default="cpu", metadata=dict(check=_device_check))
+    envelope_margin: float = field(default=0.05, metadata=dict(
+        check=non_negative, doc="relative slack of the training-envelope check"))
+    chunk: int = field(default=16384, metadata=dict(check=positive, doc="points per batched network call"))
+
+
+def surrogate_path(p: RnoParams, base_dir: Path) -> Path:
+    """The surrogate path of ``p`` resolved against the config directory."""
+    path = Path(p.surrogate).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def build_rno(p: RnoParams, base_dir: Path):
+    """RNOMaterial from the surrogate named in ``p``; a bad card is a one-line error naming its file."""
+    from fe2nn.surrogate.material import RNOMaterial
+
+    path = surrogate_path(p, base_dir)
+    if not path.exists():
+        raise ValueError(f"key 'material.surrogate': {path}: surrogate not found "
+                         "(expected a directory with card.json and weights.safetensors, or a card.json)")
+    device = _device(p.device)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"key 'material.device' = {p.device!r}: CUDA is not available (use 'cpu' or 'auto')")
+    try:
+        return RNOMaterial(path, device=device, envelope_margin=p.envelope_margin, chunk=p.chunk)
+    except UserError as err:  # the card loader names the file; add the config context
+        raise ValueError(f"key 'material.surrogate': {err}") from None
+
+
+register("rno", build_rno, RnoParams)

@@ -1,0 +1,44 @@
+"""``[material] model = "rve"``: the full crystal-plasticity RVE at every quadrature point (true FE²).
+
+    [material]
+    model = "rve"
+    solver = "taylor"            # "taylor" | "fft"
+    material = "aluminium"       # crystal parameter set: bundled name or TOML file (relative to the config)
+    device = "cpu"
+    options = {}                 # solver keyword arguments, e.g. {tol = 1e-6} for "fft"
+    [material.microstructure]
+    n_grains = 20
+    grid = 8                     # voxels per side (FFT)
+    seed = 0
+    file = ""                    # or a saved microstructure
+
+The keys are those of the ``[rve]`` table of ``fe2nn generate`` (fe2nn/micro/rve.py),
+so a surrogate and the RVE it was trained on are described the same way.  Every
+quadrature point owns one RVE; its per-grain / per-voxel state lives in the macro
+solver's state dict (committed on convergence, dropped on a cut-back) and all
+points of a rank advance in one batched RVE call.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fe2nn.errors import UserError
+from fe2nn.materials.registry import register
+from fe2nn.micro.rve import RVEConfig, build_rve
+
+#: stand-in name of the config file handed to build_rve (only its directory is used)
+_PLACEHOLDER = "__fe2nn_material_config__"
+
+
+def build_rve_material(cfg: RVEConfig, base_dir: Path):
+    """Batched RVE material; configuration errors become ValueErrors naming the ``material.*`` key."""
+    fake = str(Path(base_dir) / _PLACEHOLDER)
+    try:
+        return build_rve(cfg, fake)
+    except UserError as err:
+        msg = str(err).replace(f"{fake}: ", "").replace(fake, "config").replace("'rve.", "'material.")
+        msg = msg.replace("rve.", "material.")
+        raise ValueError(msg) from None
+
+
+register("rve", build_rve_material, RVEConfig)

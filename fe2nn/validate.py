@@ -1,0 +1,294 @@
+"""``fe2nn validate CONFIG``: the same structural problem with the surrogate and with the full RVE.
+
+The config is a ``fe2nn solve`` config whose ``[material]`` is the surrogate
+(``model = "rno"``) plus a ``[validate]`` table::
+
+    [validate]
+    stress_steps = [10, 20, 30]   # steps at which the stress fields are compared ([] = every step)
+    [validate.reference]          # the reference material table (full RVE), e.g.
+    model = "rve"
+    solver = "taylor"
+    material = "aluminium"
+
+Both solves run in the same process on the same mesh partition (so the quadrature
+points match one to one), under ``mpirun`` too.  Written to ``[output].dir``:
+``surrogate/`` and ``reference/`` (each a full ``fe2nn solve`` output),
+``force_displacement.png`` (overlay), ``report.json`` and ``report.md`` (atomic).
+
+Metrics (all defined over the converged steps at times present in both runs):
+
+* reaction deviation: ``max_t |R_sur(t) - R_ref(t)| / max_t |R_ref(t)|`` with R the
+  reaction force vector [N] on ``[output].reaction`` and |.| the Euclidean norm;
+* stress L2 difference at step t: ``sqrt(sum_q w_q |s_sur - s_ref|^2 / sum_q w_q |s_ref|^2)``
+  over all quadrature points q (all ranks), w_q = quadrature weight x |det J| [m^3],
+  |.| the Mandel (= tensor Frobenius) norm -- the relative L2(Omega) error of the stress;
+* Newton iterations per step, wall times of each solve (max over ranks, set-up
+  excluded) and the speedup ``wall_ref / wall_sur``; also the constitutive time alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from fe2nn.config import load_toml, parse, resolve_path
+from fe2nn.errors import UserError
+from fe2nn.io_utils import atomic_path, rank0_print, write_text_atomic
+
+
+@dataclass
+class ValidateConfig:
+    reference: dict = field(metadata=dict(doc="reference material table, e.g. {model = 'rve', solver = 'taylor'}"))
+    stress_steps: List[int] = field(default_factory=list, metadata=dict(
+        doc="steps (1-based) at which the stress fields are compared; [] = every step"))
+    max_reaction_deviation: float = field(default=0.03, metadata=dict(
+        doc="target for the reaction deviation (reported as pass/fail)"))
+
+
+def load(path: str | Path):
+    """(SolveConfig, ValidateConfig) of a validation config; one-line errors."""
+    from fe2nn.macro.config import SolveConfig
+
+    file = str(path)
+    data = load_toml(path)
+    if "validate" not in data:
+        raise UserError(f"{file}: missing table '[validate]' (with '[validate.reference]', the full-RVE material)")
+    vdata = data.pop("validate")
+    if not isinstance(vdata, dict):
+        raise UserError(f"{file}: 'validate' must be a table")
+    vcfg = parse(ValidateConfig, vdata, file, "validate")
+    for s in vcfg.stress_steps:
+        if s < 1:
+            raise UserError(f"{file}: key 'validate.stress_steps' must hold step numbers >= 1, got {s}")
+    scfg = parse(SolveConfig, data, file)
+    if scfg.output.reaction is None:
+        raise UserError(f"{file}: key 'output.reaction' is required by validate (the compared reaction force)")
+    return scfg, vcfg
+
+
+def _problem(cfg, mesh, material):
+    from fe2nn.macro.problem import Problem
+
+    problem = Problem(mesh, material, degree=cfg.mesh.degree, quadrature_degree=cfg.mesh.quadrature_degree)
+    for d in cfg.dirichlet:
+        problem.fix(d.boundary, **{"xyz"[i]: v for i, v in d.components.items()})
+    for t in cfg.traction:
+        if t.pressure is not None:
+            problem.pressure(t.boundary, t.pressure)
+        else:
+            problem.traction(t.boundary, t.value)
+    return problem
+
+
+class _Recorder:
+    """solve() callback: OOD counts and the quadrature-point stresses of the chosen steps."""
+
+    def __init__(self, steps: Optional[set]):
+        from fe2nn.fe2 import OODMonitor
+
+        self.steps = steps
+        self.ood = OODMonitor()
+        self.stress: Dict[float, np.ndarray] = {}
+        self.weights = None
+
+    def __call__(self, solver, rec) -> None:
+        self.ood(solver, rec)
+        if self.weights is None:
+            from fe2nn.fe2 import point_weights
+
+            self.weights = point_weights(solver.qf)
+        if self.steps is None or rec.step in self.steps:
+            self.stress[round(rec.time, 12)] = np.array(solver.qf.view(solver.qf.stress), dtype=float).reshape(-1, 6)
+
+
+def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm):
+    from fe2nn.macro.solver import solve
+
+    rec = _Recorder(steps)
+    s = cfg.solver
+    comm.barrier()
+    t0 = time.perf_counter()
+    result = solve(_problem(cfg, mesh, material), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
+                   max_dt=cfg.load.max_dt, min_dt=s.min_dt, reaction=cfg.output.reaction, output=out,
+                   rtol=s.rtol, atol=s.atol, max_iterations=s.max_iterations, linear_solver=s.linear_solver,
+                   petsc_options=s.petsc_options, vtx=cfg.output.vtx, every=cfg.output.every,
+                   plot=cfg.output.plot, progress=progress, callback=rec)
+    wall = comm.allreduce(time.perf_counter() - t0, op=__import__("mpi4py").MPI.MAX)
+    constitutive = comm.allreduce(sum(r.timings.get("constitutive", 0.0) for r in result.steps),
+                                  op=__import__("mpi4py").MPI.MAX)
+    n_points = int(comm.allreduce(result.solver.qf.n_points))
+    n_evals = sum(r.iterations + 1 for r in result.steps)
+    result.solver.destroy()
+    return result, rec, {"wall_time_s": wall, "constitutive_time_s": constitutive, "n_points": n_points,
+                         "material_evaluations": n_evals}
+
+
+def compare(sur, ref, rec_s, rec_r, comm) -> Dict[str, Any]:
+    """Reaction and stress-field metrics of two runs (see module docstring)."""
+    ts = {round(r.time, 12): r for r in sur.steps}
+    common = [r for r in ref.steps if round(r.time, 12) in ts]
+    R_ref = np.array([r.reaction for r in common])
+    R_sur = np.array([ts[round(r.time, 12)].reaction for r in common])
+    scale = float(np.linalg.norm(R_ref, axis=1).max(initial=0.0))
+    dev = np.linalg.norm(R_sur - R_ref, axis=1) / scale if scale > 0 else np.zeros(len(common))
+    stress = []
+    w = rec_r.weights
+    for t in sorted(set(rec_s.stress) & set(rec_r.stress)):
+        d = rec_s.stress[t] - rec_r.stress[t]
+        num = comm.allreduce(float(np.sum(w * np.einsum("ni,ni->n", d, d))))
+        den = comm.allreduce(float(np.sum(w * np.einsum("ni,ni->n", rec_r.stress[t], rec_r.stress[t]))))
+        step = next(r.step for r in ref.steps if round(r.time, 12) == t)
+        stress.append({"step": step, "time": t, "relative_l2": math.sqrt(num / den) if den > 0 else float("nan")})
+    i = int(np.argmax(dev)) if len(dev) else 0
+    return {
+        "compared_steps": len(common),
+        "reaction_scale_N": scale,
+        "max_reaction_deviation": float(dev.max(initial=0.0)),
+        "max_reaction_deviation_step": common[i].step if common else None,
+        "reaction_deviation_per_step": dev.tolist(),
+        "stress_relative_l2": stress,
+        "max_stress_relative_l2": max((s["relative_l2"] for s in stress), default=float("nan")),
+    }
+
+
+def _plot(path: Path, sur, ref, boundary) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    R = np.array([r.reaction for r in ref.steps])
+    i = int(np.argmax(np.abs(R).max(axis=0)))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for res, label, style in ((ref, "full RVE (FE²)", "o-"), (sur, "RNO surrogate", "x--")):
+        u = np.r_[0.0, [r.displacement[i] for r in res.steps]]
+        f = np.r_[0.0, [r.reaction[i] for r in res.steps]]
+        ax.plot(u, f, style, ms=4, label=label)
+    ax.set_xlabel(f"mean displacement u_{'xyz'[i]} on '{boundary}' [m]")
+    ax.set_ylabel(f"reaction force R_{'xyz'[i]} [N]")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    c, t = report["comparison"], report["timing"]
+    ok = "PASS" if report["pass"] else "FAIL"
+    lines = [
+        f"# FE² validation: {report['config']}", "",
+        f"Surrogate `{report['surrogate_material']}` vs reference `{report['reference_material']}` "
+        f"on {t['reference']['n_points']} quadrature points, {report['ranks']} MPI rank(s).", "",
+        "| metric | value |", "|---|---|",
+        f"| max reaction deviation (max\\|ΔR\\| / max\\|R_ref\\|) | {c['max_reaction_deviation']:.3%} "
+        f"(target ≤ {report['target_reaction_deviation']:.0%}: {ok}) |",
+        f"| max relative L2 stress difference | {c['max_stress_relative_l2']:.3%} |",
+        f"| compared steps | {c['compared_steps']} |",
+        f"| Newton iterations per step, surrogate (max / mean) | {max(report['iterations']['surrogate'], default=0)} / "
+        f"{np.mean(report['iterations']['surrogate']):.2f} |",
+        f"| Newton iterations per step, reference (max / mean) | {max(report['iterations']['reference'], default=0)} / "
+        f"{np.mean(report['iterations']['reference']):.2f} |",
+        f"| wall time surrogate / reference [s] | {t['surrogate']['wall_time_s']:.2f} / {t['reference']['wall_time_s']:.2f} |",
+        f"| speedup, whole solve | {t['speedup_wall']:.1f}× |",
+        f"| speedup, constitutive update only | {t['speedup_constitutive']:.1f}× |",
+        f"| out-of-distribution points (max per step / steps affected) | {report['ood']['max_ood_points']} / "
+        f"{report['ood']['steps_with_ood']} |", "",
+        "Stress differences per compared step:", "", "| step | time [s] | relative L2 |", "|---|---|---|",
+    ]
+    lines += [f"| {s['step']} | {s['time']:.6g} | {s['relative_l2']:.3%} |" for s in c["stress_relative_l2"]]
+    lines += ["", "Definitions: see `report.json` → `definitions`.", ""]
+    return "\n".join(lines)
+
+
+DEFINITIONS = {
+    "reaction_deviation": "max over common steps of |R_sur - R_ref| / max over steps of |R_ref| (Euclidean norms of "
+                          "the reaction force vector on output.reaction)",
+    "stress_relative_l2": "sqrt(sum_q w_q |s_sur-s_ref|^2 / sum_q w_q |s_ref|^2) over all quadrature points, "
+                          "w_q = quadrature weight x |detJ|, Mandel norm",
+    "speedup_wall": "wall time of the reference solve / wall time of the surrogate solve (max over ranks, "
+                    "mesh and material set-up excluded, output writing included)",
+    "speedup_constitutive": "time in material.update (all Newton iterations), reference / surrogate",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fe2nn validate", description="Run a structural problem with the "
+                                 "surrogate and with the full RVE (FE²) and compare them.")
+    ap.add_argument("config", help="fe2nn solve config with a [validate] table")
+    ap.add_argument("--output", "-o", help="output directory (overrides [output].dir)")
+    ap.add_argument("--quiet", "-q", action="store_true", help="no per-step progress lines")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    file = args.config
+    cfg, vcfg = load(file)
+    from fe2nn.materials.registry import build_material, parse_material
+
+    parse_material(cfg.material, file)
+    parse_material(vcfg.reference, file, key="validate.reference")
+    out = Path(args.output) if args.output else resolve_path(file, cfg.output.dir)
+    mesh_path = resolve_path(file, cfg.mesh.file)
+
+    from mpi4py import MPI
+
+    from fe2nn.macro.problem import inspect_msh, read_mesh
+    from fe2nn.macro.run import check_boundaries
+
+    comm = MPI.COMM_WORLD
+    try:
+        info = inspect_msh(mesh_path, comm)
+    except UserError as err:
+        raise UserError(f"{file}: key 'mesh.file': {err}") from None
+    check_boundaries(cfg, file, info)
+    sur_mat = build_material(cfg.material, file)
+    ref_mat = build_material(vcfg.reference, file, key="validate.reference")
+    mesh = read_mesh(mesh_path, comm)
+    steps = set(vcfg.stress_steps) or None
+
+    rank0_print(f"[1/2] surrogate ({cfg.material.get('model')}) solve", comm=comm)
+    sur, rec_s, tim_s = _run(cfg, mesh, sur_mat, out / "surrogate", steps, not args.quiet, comm)
+    rank0_print(f"      {tim_s['wall_time_s']:.2f} s; {rec_s.ood.line()}", comm=comm)
+    rank0_print(f"[2/2] reference ({vcfg.reference.get('model')}, {vcfg.reference.get('solver', '')}) solve",
+                comm=comm)
+    ref, rec_r, tim_r = _run(cfg, mesh, ref_mat, out / "reference", steps, not args.quiet, comm)
+    rank0_print(f"      {tim_r['wall_time_s']:.2f} s", comm=comm)
+
+    cmp_ = compare(sur, ref, rec_s, rec_r, comm)
+    timing = {"surrogate": tim_s, "reference": tim_r,
+              "speedup_wall": tim_r["wall_time_s"] / max(tim_s["wall_time_s"], 1e-300),
+              "speedup_constitutive": tim_r["constitutive_time_s"] / max(tim_s["constitutive_time_s"], 1e-300)}
+    for k, tim in (("surrogate", tim_s), ("reference", tim_r)):
+        tim["constitutive_time_per_point_evaluation_s"] = tim["constitutive_time_s"] / max(
+            tim["material_evaluations"] * tim["n_points"], 1)
+    report = {
+        "config": str(file), "ranks": comm.size,
+        "surrogate_material": json.dumps(cfg.material, sort_keys=True),
+        "reference_material": json.dumps(vcfg.reference, sort_keys=True),
+        "target_reaction_deviation": vcfg.max_reaction_deviation,
+        "pass": bool(cmp_["max_reaction_deviation"] <= vcfg.max_reaction_deviation),
+        "comparison": cmp_, "timing": timing,
+        "iterations": {"surrogate": [r.iterations for r in sur.steps], "reference": [r.iterations for r in ref.steps]},
+        "cutbacks": {"surrogate": sum(r.cutbacks for r in sur.steps), "reference": sum(r.cutbacks for r in ref.steps)},
+        "ood": rec_s.ood.summary(), "definitions": DEFINITIONS,
+    }
+    if comm.rank == 0:
+        _plot(out / "force_displacement.png", sur, ref, cfg.output.reaction)
+        write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out / "report.md", markdown(report))
+    comm.barrier()
+    rank0_print(f"max reaction deviation {cmp_['max_reaction_deviation']:.3%} "
+                f"({'PASS' if report['pass'] else 'FAIL'}, target {vcfg.max_reaction_deviation:.0%}); "
+                f"max stress L2 difference {cmp_['max_stress_relative_l2']:.3%}; "
+                f"speedup {timing['speedup_wall']:.1f}x (constitutive {timing['speedup_constitutive']:.1f}x)", comm=comm)
+    rank0_print(f"report: {out / 'report.md'}, {out / 'report.json'}, {out / 'force_displacement.png'}", comm=comm)
+    return 0
