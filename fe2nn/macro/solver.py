@@ -85,13 +85,15 @@ class NewtonSolver:
 
     ``linear_solver``: "direct" (MUMPS), "iterative" (CG + GAMG) or "auto"
     (direct up to 150,000 dofs).  ``petsc_options`` override the defaults.
+    ``line_search``: halve (up to 4 times) a Newton correction that increases |R|.
     ``reaction``: tagged surface whose reaction force and mean displacement are reported.
     """
 
     def __init__(self, problem: Problem, rtol: float = 1e-8, atol: float = 1e-10, max_iterations: int = 25,
                  linear_solver: str = "auto", petsc_options: Optional[Dict[str, object]] = None,
-                 reaction=None):
+                 reaction=None, line_search: bool = True):
         self.problem = problem
+        self.line_search = line_search
         self.material = problem.material
         self.rtol, self.atol, self.max_iterations = rtol, atol, max_iterations
         mesh = problem.mesh.mesh
@@ -305,17 +307,17 @@ class NewtonSolver:
         self.set_load(factor)
         residuals: List[float] = []
         jump = self.bc_jump()
-        for k in range(self.max_iterations + 1):
-            try:
-                self.evaluate_material(dt)
-            except MaterialConvergenceError as err:
-                raise StepFailed(f"material update failed: {str(err).splitlines()[0]}") from None
-            self.assemble_internal()
-            r, ref = self.residual_norms()
+        k, alpha = 0, 1.0
+        while True:
+            r, ref = self._equilibrium(dt)
+            # backtracking line search: halve a Newton correction that raised |R|
+            # (never the first, BC-lifting correction; inactive near the solution)
+            if self.line_search and k >= 2 and r > residuals[-1] and alpha > 1.0 / 16:
+                alpha /= 2
+                self.u.x.array[:] += alpha * self.du.x.array
+                continue
             residuals.append(r)
             self.reference = ref
-            if not math.isfinite(r):
-                raise StepFailed("residual is not finite")
             if (k > 0 or jump == 0.0) and (r <= self.atol or r <= self.rtol * ref):
                 self.residuals = residuals
                 return residuals
@@ -324,7 +326,20 @@ class NewtonSolver:
             if k >= 3 and r > 1e3 * max(residuals[1], 1e-300):
                 raise StepFailed(f"Newton diverges (|R| = {r:.3e} N after {k} iterations)")
             self.newton_update(first=(k == 0 and jump > 0.0))
+            k, alpha = k + 1, 1.0
         raise StepFailed(f"no convergence in {self.max_iterations} Newton iterations (|R| = {residuals[-1]:.3e} N)")
+
+    def _equilibrium(self, dt: float) -> tuple[float, float]:
+        """Material update and internal forces at the current u; (|R_free|, reference) [N]."""
+        try:
+            self.evaluate_material(dt)
+        except MaterialConvergenceError as err:
+            raise StepFailed(f"material update failed: {str(err).splitlines()[0]}") from None
+        self.assemble_internal()
+        r, ref = self.residual_norms()
+        if not math.isfinite(r):
+            raise StepFailed("residual is not finite")
+        return r, ref
 
     def commit(self) -> None:
         self.state = self.trial_state
