@@ -83,7 +83,7 @@ def test_wrong_format_version_and_incompatible_architecture(tmp_path):
     bad = json.loads(json.dumps(good))
     bad["architecture"]["f_hidden"] = [13, 12]  # does not match the stored tensors
     c.write_text(json.dumps(bad))
-    with pytest.raises(UserError, match=r"tensor 'F.0.weight' has shape \(12, 16\).*\(13, 16\)"):
+    with pytest.raises(UserError, match=r"tensor 'F.0.weight' has shape \(12, 14\).*\(13, 14\)"):
         load_surrogate(d)
     bad = json.loads(json.dumps(good))
     bad["k"] = 3
