@@ -11,6 +11,7 @@ Shared by ``fe2nn generate`` and the FE² backend.  Keys::
     n_grains = 20              # Voronoi grains
     grid = 16                  # voxels per side (FFT; Taylor uses the grain volume fractions)
     seed = 0                   # Voronoi seed
+    texture = "random"         # grain orientations: "random" or "fibre:hkl" (e.g. "fibre:111")
     file = ""                  # or a saved microstructure file (overrides the three above)
 
 For the stand-ins, ``options`` holds the law's parameters, e.g.
@@ -38,6 +39,7 @@ class MicrostructureConfig:
     n_grains: int = field(default=20, metadata=dict(doc="number of Voronoi grains", check=positive))
     grid: int = field(default=16, metadata=dict(doc="voxels per side of the periodic cell", check=positive))
     seed: int = field(default=0, metadata=dict(doc="Voronoi seed", check=non_negative))
+    texture: str = field(default="random", metadata=dict(doc="grain orientations: 'random' or 'fibre:hkl'"))
     file: str = field(default="", metadata=dict(doc="saved microstructure file (overrides n_grains/grid/seed)"))
 
 
@@ -60,7 +62,7 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _call(factory, kwargs: dict, what: str, config_file: str, args: tuple = ()):
+def _call(factory, kwargs: dict, what: str, config_file: str, args: tuple = (), where: str = "rve"):
     """Call a constructor, turning bad option names/values into one-line UserErrors."""
     try:
         sig = inspect.signature(factory)
@@ -75,7 +77,7 @@ def _call(factory, kwargs: dict, what: str, config_file: str, args: tuple = ()):
     try:
         return factory(*args, **kwargs)
     except (TypeError, ValueError) as err:
-        raise UserError(f"{config_file}: rve ({what}): {err}") from None
+        raise UserError(f"{config_file}: {where} ({what}): {err}") from None
 
 
 def load_microstructure(cfg: MicrostructureConfig, config_file: str = "<config>"):
@@ -99,8 +101,9 @@ def load_microstructure(cfg: MicrostructureConfig, config_file: str = "<config>"
             raise
         except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
             raise UserError(f"{path}: not a valid microstructure file ({err})") from None
-    return _call(Microstructure.voronoi, dict(n_grains=cfg.n_grains, grid=cfg.grid, seed=cfg.seed),
-                 "Microstructure.voronoi", config_file)
+    return _call(Microstructure.voronoi, dict(n_grains=cfg.n_grains, grid=cfg.grid, seed=cfg.seed,
+                                              orientations=cfg.texture), "Microstructure.voronoi", config_file,
+                 where="rve.microstructure")
 
 
 def load_crystal(cfg: RVEConfig, config_file: str = "<config>"):
@@ -138,10 +141,8 @@ def build_rve(cfg: RVEConfig, config_file: str = "<config>") -> Material:
         except ImportError:
             raise UserError(f"{config_file}: rve.solver = 'taylor' is not available in this fe2nn build") from None
 
-        orientations = torch.as_tensor(micro.orientations, dtype=torch.float64)
-        weights = torch.as_tensor(micro.grain_fractions(), dtype=torch.float64)
-        return _call(TaylorRVE, dict(weights=weights, device=device, **opts), "TaylorRVE", config_file,
-                     args=(params, orientations))
+        return _call(TaylorRVE.from_microstructure, dict(device=device, **opts), "TaylorRVE", config_file,
+                     args=(micro, params))
     try:
         from fe2nn.micro.fft import FFTRVE
     except ImportError:
