@@ -30,6 +30,7 @@ in the state (B, Nvox, 6) with voxels in C order of (N1, N2, N3).
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -40,17 +41,16 @@ from fe2nn.materials.base import Material, MaterialConvergenceError, Response, S
 _A = 1.0 / math.sqrt(2.0)
 _DIMS = (-3, -2, -1)
 _VOXEL = "voxel_"
-_DEBUG = False
 
 
 def _grid_of(microstructure) -> Tuple[int, int, int]:
     if hasattr(microstructure, "grain_ids"):
-        shape = tuple(int(s) for s in microstructure.grain_ids.shape)
+        shape = tuple(microstructure.grain_ids.shape)
     else:
         shape = tuple(microstructure)
-    if len(shape) != 3 or any((not isinstance(s, int)) or s < 1 for s in shape):
+    if len(shape) != 3 or any((not isinstance(s, numbers.Integral)) or s < 1 for s in shape):
         raise ValueError(f"RVE grid must be three positive integers (N1, N2, N3), got {shape}")
-    return shape  # type: ignore[return-value]
+    return tuple(int(s) for s in shape)  # type: ignore[return-value]
 
 
 def hill_mandel_local(stress_field: torch.Tensor, dstrain_field: torch.Tensor) -> torch.Tensor:
@@ -426,8 +426,6 @@ class FFTRVE(Material):
             raise fail(~torch.isfinite(res), "voxel material failed at the initial guess")
         serr = stress_error(sig, active)
         for it in range(self.max_newton + 1):
-            if _DEBUG:
-                print("newton", it, res.tolist(), serr.tolist())
             done = (res <= self.tol) & (serr <= self.tol)
             if bool(done.any()):
                 idx = active[done]
