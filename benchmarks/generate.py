@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 CASES = {
     "taylor": dict(rve='solver = "taylor"\nmaterial = "aluminium"\n[rve.microstructure]\nn_grains = {grains}\n'
-                       'grid = 32\nseed = 7\n', grains=100, samples=32, batch=16, module="fe2nn.micro.taylor"),
+                       'grid = 32\nseed = 7\n', grains=100, samples=16, batch=8, module="fe2nn.micro.taylor"),
     "fft": dict(rve='solver = "fft"\nmaterial = "aluminium"\n[rve.microstructure]\nn_grains = {grains}\n'
-                    'grid = {grid}\nseed = 7\n', grains=20, grid=16, samples=4, batch=2, module="fe2nn.micro.fft"),
+                    'grid = {grid}\nseed = 7\n', grains=20, grid=16, samples=2, batch=1, module="fe2nn.micro.fft"),
     "j2": dict(rve='solver = "j2"\noptions = {{E = 70e9, nu = 0.33, sigma_y = 100e6, H_iso = 1e9}}\n',
                grains=0, samples=256, batch=64, module="fe2nn.materials.j2"),
 }
