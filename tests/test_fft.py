@@ -10,25 +10,11 @@ from fe2nn import mandel
 from fe2nn.materials.base import MaterialConvergenceError
 from fe2nn.micro.crystal import SingleCrystal, load_params
 from fe2nn.micro.fft import FFTRVE, uniaxial_stress_path
+from fe2nn.micro.microstructure import Microstructure
 from fe2nn.micro.voxel_elastic import VoxelElastic
 
 # copper: Zener anisotropy 2 C44 / (C11 - C12) = 3.2
 CU = (168.4e9, 121.4e9, 75.4e9)
-
-
-def periodic_voronoi(n_grains: int, n: int, seed: int):
-    """Grain ids (n, n, n) of a periodic Voronoi tessellation of the unit cube and (G, 4)
-    random unit quaternions; the seeds do not depend on n, so grids sample one geometry."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.rand(n_grains, 3, generator=g, dtype=torch.float64)
-    q = torch.randn(n_grains, 4, generator=g, dtype=torch.float64)
-    q = q / q.norm(dim=1, keepdim=True)
-    x = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    X = torch.stack(torch.meshgrid(x, x, x, indexing="ij"), -1).reshape(-1, 3)
-    d = X[:, None, :] - centres[None]
-    d = d - torch.round(d)
-    ids = (d * d).sum(-1).argmin(1)
-    return ids.reshape(n, n, n), q
 
 
 def laminate_stiffness(C_phases, fractions):
@@ -79,8 +65,9 @@ def test_laminate_matches_closed_form(grid, n_b):
 
 
 def _polycrystal(n, seed=3, n_grains=10):
-    ids, q = periodic_voronoi(n_grains, n, seed)
-    return ids, VoxelElastic.cubic_polycrystal(*CU, q[ids.reshape(-1)])
+    # Microstructure.voronoi draws the seeds independently of the grid: one geometry, 3 grids
+    ms = Microstructure.voronoi(n_grains, n, seed=seed)
+    return ms.grain_ids, VoxelElastic.cubic_polycrystal(*CU, ms.voxel_orientations())
 
 
 def test_elastic_polycrystal_between_bounds_and_converges():
@@ -128,9 +115,8 @@ def test_single_orientation_rve_reproduces_single_crystal():
 
 
 def _plastic_rve(**kw):
-    ids, q = periodic_voronoi(4, 4, seed=1)
-    mat = SingleCrystal(load_params("aluminium"), q[ids.reshape(-1)])
-    return FFTRVE(mat, (4, 4, 4), **kw)
+    # 4 grains on 4^3 voxels; the crystal law is built from the parameters and orientations
+    return FFTRVE(load_params("aluminium"), Microstructure.voronoi(4, 4, seed=1), **kw)
 
 
 def test_tangent_matches_finite_differences_in_plastic_state():

@@ -37,6 +37,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from fe2nn.materials.base import Material, MaterialConvergenceError, Response, State
+from fe2nn.micro.hill_mandel import hill_mandel_residual
 
 _A = 1.0 / math.sqrt(2.0)
 _DIMS = (-3, -2, -1)
@@ -51,25 +52,6 @@ def _grid_of(microstructure) -> Tuple[int, int, int]:
     if len(shape) != 3 or any((not isinstance(s, numbers.Integral)) or s < 1 for s in shape):
         raise ValueError(f"RVE grid must be three positive integers (N1, N2, N3), got {shape}")
     return tuple(int(s) for s in shape)  # type: ignore[return-value]
-
-
-def hill_mandel_local(stress_field: torch.Tensor, dstrain_field: torch.Tensor) -> torch.Tensor:
-    """|<sigma : d_eps> - <sigma> : <d_eps>| / (||sigma|| ||d_eps||), fields (B, M, 6) -> (B,).
-
-    Fallback used when fe2nn.micro.hill_mandel is not available.
-    """
-    work = (stress_field * dstrain_field).sum(-1).mean(-1)
-    macro = (stress_field.mean(1) * dstrain_field.mean(1)).sum(-1)
-    scale = torch.sqrt((stress_field ** 2).sum(-1).mean(-1) * (dstrain_field ** 2).sum(-1).mean(-1))
-    return torch.where(scale > 0, (work - macro).abs() / scale.clamp(min=1e-300), torch.zeros_like(scale))
-
-
-def _hill_mandel(stress_field: torch.Tensor, dstrain_field: torch.Tensor) -> torch.Tensor:
-    try:
-        from fe2nn.micro.hill_mandel import hill_mandel_residual
-    except ImportError:  # pragma: no cover - the shared implementation not yet available
-        return hill_mandel_local(stress_field, dstrain_field)
-    return hill_mandel_residual(stress_field, dstrain_field)
 
 
 class FFTRVE(Material):
@@ -559,7 +541,7 @@ class FFTRVE(Material):
             E[:, u] = eps.mean(_DIMS)[:, u]
         eps_flat = self._flat(eps)
         deps = eps_flat - state["strain_field"]
-        hm = _hill_mandel(self._flat(sig), deps)
+        hm = hill_mandel_residual(self._flat(sig), deps)
         new: State = {"strain": E, "stress": stress, "tangent": C, "strain_field": eps_flat,
                       "dstrain_field": deps}
         if self._has_p:
