@@ -200,9 +200,10 @@ class SingleCrystal(Material):
     device : torch device.
     rtol : Newton tolerance, max|R| <= rtol * xi0 [-].
     max_iter : Newton iteration limit per (sub)step.
-    max_substeps : points whose local Newton fails are re-integrated with
-        2, 4, ... equal substeps (tangent chained exactly) up to this number;
-        beyond it MaterialConvergenceError is raised with the failed mask.
+    max_substeps : a point whose local Newton fails continues with halved
+        substeps (adaptive, doubled again after success; tangent chained
+        exactly); below 1/max_substeps of the increment MaterialConvergenceError
+        is raised with the failed mask.
 
     State: "strain" (n,6), "eps_p" (n,6), "xi" (n,12) [Pa], "gamma" (n,12)
     accumulated |slip|, "p" (n,) equivalent plastic strain.  ``info``:
@@ -276,35 +277,16 @@ class SingleCrystal(Material):
         sig_old = torch.einsum("nij,nj->ni", C, state["strain"] - eps_p_old)
         dsig = torch.einsum("nij,nj->ni", C, strain - state["strain"])
 
-        sig = torch.empty_like(strain)
-        xi = torch.empty_like(state["xi"])
-        tangent = torch.empty(n, 6, 6, dtype=self.dtype, device=self.device)
-        deps_p = torch.empty_like(strain)
-        dgam_abs = torch.empty_like(state["xi"])
-        dp = torch.empty(n, dtype=self.dtype, device=self.device)
-        iters = torch.zeros(n, dtype=torch.int64, device=self.device)
-        substeps = torch.ones(n, dtype=torch.int64, device=self.device)
-        pending = torch.arange(n, device=self.device)
-        K = 1
-        while True:
-            out = self._substeps(K, sig_old[pending], state["xi"][pending], dsig[pending], dtv[pending],
-                                 C[pending], P[pending], CP[pending])
-            ok = out["ok"]
-            done = pending[ok]
-            sig[done], xi[done], tangent[done] = out["sig"][ok], out["xi"][ok], out["tangent"][ok]
-            deps_p[done], dgam_abs[done], dp[done] = out["deps_p"][ok], out["dgam_abs"][ok], out["dp"][ok]
-            iters[pending] += out["iterations"]
-            substeps[done] = K
-            pending = pending[~ok]
-            if pending.numel() == 0:
-                break
-            if 2 * K > self.max_substeps:
-                failed = torch.zeros(n, dtype=torch.bool)
-                failed[pending.cpu()] = True
-                raise MaterialConvergenceError(
-                    f"single crystal: local Newton did not converge at {pending.numel()} of {n} points "
-                    f"(max_iter={self.max_iter} per substep, up to {K} substeps)", failed=failed)
-            K *= 2
+        out = self._integrate(sig_old, state["xi"], dsig, dtv, C, P, CP)
+        if not bool(out["ok"].all()):
+            failed = (~out["ok"]).cpu()
+            raise MaterialConvergenceError(
+                f"single crystal: local Newton did not converge at {int(failed.sum())} of {n} points "
+                f"(max_iter={self.max_iter} per substep, substeps down to 1/{self.max_substeps} "
+                f"of the increment)", failed=failed)
+        sig, xi, tangent = out["sig"], out["xi"], out["tangent"]
+        deps_p, dgam_abs, dp = out["deps_p"], out["dgam_abs"], out["dp"]
+        iters, substeps = out["iterations"], out["substeps"]
         new_state = {
             "strain": strain.clone(),
             "eps_p": eps_p_old + deps_p,
@@ -315,43 +297,61 @@ class SingleCrystal(Material):
         self.info = {"iterations": iters, "substeps": substeps}
         return sig, tangent, new_state
 
-    def _substeps(self, K: int, sig0, xi0, dsig, dt, C, P, CP) -> dict:
-        """Integrate k points over K equal backward-Euler substeps; chain the tangents.
+    def _integrate(self, sig0, xi0, dsig, dt, C, P, CP) -> dict:
+        """Integrate k points over the increment with adaptive backward-Euler substeps.
 
-        With sigma_trial_j = sigma_{j-1} + C deps/K, R_j depends on the previous
-        substep through -I (both sigma and xi), so the sensitivities follow
-        A_j = J_j^-1 (A_{j-1} + [C; 0] / K), A_0 = 0, tangent = A_K[:6].
+        Every point first tries the whole increment (fraction h = 1).  A substep whose
+        Newton iteration fails is halved; a converged one advances the point by h and
+        the next substep is doubled again (h stays a power of 1/2, so the fractions add
+        up to exactly 1).  Below h = 1/max_substeps the point is reported as failed.
+        With sigma_trial_j = sigma_{j-1} + h_j C deps, R_j depends on the previous
+        substep through -I (sigma and xi), so the sensitivities chain exactly:
+        A_j = J_j^-1 (A_{j-1} + h_j [C; 0]), A_0 = 0, tangent = A_last[:6].
         """
         k = sig0.shape[0]
+        dev = self.device
         sig, xi = sig0.clone(), xi0.clone()
-        A = torch.zeros(k, 18, 6, dtype=self.dtype, device=self.device)
-        B = torch.zeros(k, 18, 6, dtype=self.dtype, device=self.device)
-        B[:, :6, :] = C / K
+        A = torch.zeros(k, 18, 6, dtype=self.dtype, device=dev)
+        B = torch.zeros(k, 18, 6, dtype=self.dtype, device=dev)
+        B[:, :6, :] = C
         deps_p = torch.zeros_like(sig0)
         dgam_abs = torch.zeros_like(xi0)
-        dp = torch.zeros(k, dtype=self.dtype, device=self.device)
-        iters = torch.zeros(k, dtype=torch.int64, device=self.device)
-        ok = torch.ones(k, dtype=torch.bool, device=self.device)
-        live = torch.arange(k, device=self.device)
-        dts = dt / K
-        for _ in range(K):
+        dp = torch.zeros(k, dtype=self.dtype, device=dev)
+        iters = torch.zeros(k, dtype=torch.int64, device=dev)
+        nsub = torch.zeros(k, dtype=torch.int64, device=dev)
+        ok = torch.ones(k, dtype=torch.bool, device=dev)
+        t = torch.zeros(k, dtype=self.dtype, device=dev)  # completed fraction of the increment
+        h = torch.ones(k, dtype=self.dtype, device=dev)  # current substep fraction
+        h_min = 1.0 / self.max_substeps
+        live = torch.arange(k, device=dev)
+        while live.numel() > 0:
+            hl = h[live]
             s_prev, x_prev = sig[live], xi[live]
-            s_tr = s_prev + dsig[live] / K
-            s_new, x_new, it, conv = self._newton(s_tr, s_prev, x_prev, dts[live], P[live], CP[live])
+            s_tr = s_prev + dsig[live] * hl[:, None]
+            dts = dt[live] * hl
+            s_new, x_new, it, conv = self._newton(s_tr, s_prev, x_prev, dts, P[live], CP[live])
             iters[live] += it
-            ok[live[~conv]] = False
-            live, s_new, x_new, s_tr, x_prev = live[conv], s_new[conv], x_new[conv], s_tr[conv], x_prev[conv]
-            if live.numel() == 0:
-                break
-            _, J, dg = self._residual(s_new, x_new, s_tr, x_prev, dts[live], CP[live], P[live], jacobian=True)
-            A[live] = torch.linalg.solve(J, A[live] + B[live])
-            sig[live], xi[live] = s_new, x_new
-            de = torch.einsum("na,nai->ni", dg, P[live])
-            deps_p[live] += de
-            dgam_abs[live] += dg.abs()
-            dp[live] += math.sqrt(2.0 / 3.0) * torch.linalg.norm(de, dim=-1)
+            if bool(conv.any()):
+                c = live[conv]
+                hc = hl[conv]
+                _, J, dg = self._residual(s_new[conv], x_new[conv], s_tr[conv], x_prev[conv], dts[conv],
+                                          CP[c], P[c], jacobian=True)
+                A[c] = torch.linalg.solve(J, A[c] + B[c] * hc[:, None, None])
+                sig[c], xi[c] = s_new[conv], x_new[conv]
+                de = torch.einsum("na,nai->ni", dg, P[c])
+                deps_p[c] += de
+                dgam_abs[c] += dg.abs()
+                dp[c] += math.sqrt(2.0 / 3.0) * torch.linalg.norm(de, dim=-1)
+                t[c] += hc
+                nsub[c] += 1
+                h[c] = torch.minimum(2.0 * hc, 1.0 - t[c])
+            if not bool(conv.all()):
+                f = live[~conv]
+                h[f] = 0.5 * h[f]
+                ok[f[h[f] < h_min]] = False
+            live = live[(t[live] < 1.0) & ok[live]]
         return dict(ok=ok, sig=sig, xi=xi, tangent=A[:, :6, :], deps_p=deps_p, dgam_abs=dgam_abs, dp=dp,
-                    iterations=iters)
+                    iterations=iters, substeps=nsub)
 
     # -- local problem -----------------------------------------------------------------
     def _slip(self, tau, xi, dt):
