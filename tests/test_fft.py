@@ -169,6 +169,11 @@ def test_mixed_control_elastic_crystal_matches_directional_modulus():
     S = torch.linalg.inv(mat.C[0])
     assert abs(float(stress[0, 0]) - 1e-3 / float(S[0, 0])) <= 1e-8 * abs(float(stress[0, 0]))
     assert torch.allclose(strain[0], S[:, 0] * stress[0, 0], rtol=0, atol=1e-12)
+    # no load at all: converged at once, zero stress and strain
+    stress0, _, _, strain0 = rve.update_mixed(torch.zeros(1, 6), torch.zeros(1, 6), mask, 1.0,
+                                              rve.initial_state(1))
+    assert float(stress0.abs().max()) == 0.0 and float(strain0.abs().max()) == 0.0
+    assert int(rve.info["newton_iterations"][0]) == 0
 
 
 def test_non_convergence_raises_with_mask_and_no_nan():

@@ -375,7 +375,7 @@ class FFTRVE(Material):
         Each correction is damped by backtracking (halving, at most ``max_backtrack`` times)
         until the residual decreases (a Newton direction is a descent direction of it); full
         steps are taken near the solution.  Converged when the equilibrium residual is below
-        ``tol`` and (mixed) every stress error is below ``tol * |<sigma>|``.
+        ``tol`` and (mixed) every stress error is below ``tol * ||sigma||`` (RMS over the cell).
         Returns sigma, K, voxel state, eps fields, Newton and CG iteration counts (B,).
         Raises MaterialConvergenceError with the (B,) mask of failed RVEs.
         """
@@ -401,7 +401,8 @@ class FFTRVE(Material):
                 return torch.zeros(idx.shape[0], dtype=self.dtype, device=self.device)
             sbar = sig.mean(_DIMS)
             err = (sbar[:, u] - target[idx][:, u]).abs().amax(1)
-            return err / torch.linalg.norm(sbar, dim=1).clamp(min=1e-300)
+            rms = torch.sqrt((sig * sig).sum(1).mean(_DIMS))  # >= |<sigma>|, > 0 unless sigma = 0
+            return torch.where(err > 0, err / rms.clamp(min=1e-300), torch.zeros_like(err))
 
         sig, K, new, s_hat, res = self._trial(active, eps, dt_pts, vstate)
         if not bool(torch.isfinite(res).all()):
@@ -589,7 +590,8 @@ class FFTRVE(Material):
         ignored); ``stress_target`` (B, 6) or (6,) the prescribed stresses [Pa] (unmasked
         entries ignored).  The unknown macro strain components are Newton unknowns of the cell
         problem (see :meth:`_solve`; predictor: the tangent of the last converged increment);
-        converged when also ``|<sigma>_i - target_i| <= tol * |<sigma>|`` on the masked ones.
+        converged when also ``|<sigma>_i - target_i| <= tol * ||sigma||`` (RMS stress of the
+        cell) on the masked ones.
         Returns stress (B, 6), tangent (B, 6, 6) (strain-controlled), new state, strain (B, 6).
         """
         E = self._check(strain, state).clone()
