@@ -1,0 +1,38 @@
+"""Cut-backs roll the state back exactly: a run that fails and retries with smaller steps
+ends where a run taking those same steps directly ends."""
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import REPO
+
+
+def _problem():
+    from mpi4py import MPI  # noqa: F401
+
+    from fe2nn.macro import Problem, read_mesh
+    from fe2nn.materials.j2 import J2Plasticity
+
+    mesh = read_mesh(REPO / "meshes" / "plate_hole.msh")
+    prob = Problem(mesh, J2Plasticity(70e9, 0.33, 250e6, H_iso=1e9, H_kin=2e9), degree=1)
+    return prob.fix("xsym", x=0.0).fix("ysym", y=0.0).fix("zsym", z=0.0).fix("top", y=0.8e-3)
+
+
+def test_cut_back_steps_equal_direct_steps():
+    from fe2nn.macro import solve
+
+    cut = solve(_problem(), times=[0.0, 1.0], factors=[0.0, 1.0], steps=1, max_iterations=6, rtol=1e-10,
+                reaction="top", progress=False, linear_solver="direct")
+    assert any(s.cutbacks > 0 for s in cut.steps), "the big step must have been cut back"
+    assert 3 <= len(cut.steps) <= 30
+    times = np.concatenate([[0.0], cut.times])
+    direct = solve(_problem(), times=times, factors=times, max_dt=1.0, max_iterations=25, rtol=1e-10,
+                   reaction="top", progress=False, linear_solver="direct")
+    np.testing.assert_allclose(direct.times, cut.times, rtol=0, atol=1e-14)
+    assert all(s.cutbacks == 0 for s in direct.steps)
+    scale = np.abs(direct.reactions).max()
+    np.testing.assert_allclose(cut.reactions, direct.reactions, rtol=0, atol=1e-9 * scale)
+    p_cut = cut.solver.state["p"].numpy()
+    p_dir = direct.solver.state["p"].numpy()
+    assert p_dir.max() > 1e-3  # plastic
+    np.testing.assert_allclose(p_cut, p_dir, rtol=0, atol=1e-9 * p_dir.max())
