@@ -42,6 +42,11 @@ from fe2nn.config import in_range, non_negative, one_of, positive
 Tag = int | str
 
 
+def _petsc_values(d: dict):
+    bad = [k for k, v in d.items() if not isinstance(v, (str, int, float, bool))]
+    return f"values must be strings, numbers or booleans (bad: {', '.join(bad)})" if bad else None
+
+
 def _boundary_doc() -> dict:
     return dict(doc="a physical surface name (string) or number (integer) of the mesh")
 
@@ -105,7 +110,8 @@ class SolverConfig:
     max_iterations: int = field(default=25, metadata=dict(check=positive, doc="Newton iterations per step"))
     min_dt: Optional[float] = field(default=None, metadata=dict(check=positive, doc="smallest step after cut-backs [s]"))
     linear_solver: str = field(default="auto", metadata=dict(check=one_of("auto", "direct", "iterative")))
-    petsc_options: dict = field(default_factory=dict, metadata=dict(doc="PETSc options overriding the defaults"))
+    petsc_options: dict = field(default_factory=dict, metadata=dict(
+        check=_petsc_values, doc="PETSc options (without '-') overriding the defaults, e.g. {ksp_rtol = 1e-9}"))
 
 
 @dataclass

@@ -200,7 +200,7 @@ class NewtonSolver:
         self.ksp.setOperators(self.A)
         po = PETSc.Options()
         for k, val in opts.items():
-            po[prefix + k] = val
+            po[prefix + k] = ("true" if val else "false") if isinstance(val, bool) else val
         if str(opts.get("pc_type")) == "gamg":
             self.A.setNearNullSpace(self._rigid_body_modes())
         self.ksp.setFromOptions()
