@@ -331,10 +331,14 @@ class NewtonSolver:
 
     def _equilibrium(self, dt: float) -> tuple[float, float]:
         """Material update and internal forces at the current u; (|R_free|, reference) [N]."""
+        failure = None
         try:
             self.evaluate_material(dt)
         except MaterialConvergenceError as err:
-            raise StepFailed(f"material update failed: {str(err).splitlines()[0]}") from None
+            failure = str(err).splitlines()[0] if str(err) else "MaterialConvergenceError"
+        failures = self.comm.allgather(failure)  # collective: every rank cuts back together
+        if any(f is not None for f in failures):
+            raise StepFailed(f"material update failed: {next(f for f in failures if f is not None)}")
         self.assemble_internal()
         r, ref = self.residual_norms()
         if not math.isfinite(r):
