@@ -224,3 +224,16 @@ def test_bad_input():
         rve.update(torch.zeros(1, 3), 1.0, rve.initial_state(1))
     with pytest.raises(ValueError, match="RVEs"):
         rve.update(torch.zeros(2, 6), 1.0, rve.initial_state(1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    ms = Microstructure.voronoi(4, 4, seed=1)
+    E = torch.tensor([[3e-3, -1e-3, -1e-3, 0, 0, 0], [0, 2e-3, 0, 1e-3, 0, 0]])
+    out = {}
+    for dev in ("cpu", "cuda"):
+        rve = FFTRVE(load_params("aluminium"), ms, tol=1e-9, device=dev)
+        s, C, st = rve.update(E.to(dev), 0.5, rve.initial_state(2))
+        out[dev] = (s.cpu(), C.cpu(), st["p"].cpu())
+    for a, b in zip(out["cpu"], out["cuda"]):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-7 * float(a.abs().max()))

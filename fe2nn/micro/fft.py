@@ -542,7 +542,9 @@ class FFTRVE(Material):
             E[:, u] = eps.mean(_DIMS)[:, u]
         eps_flat = self._flat(eps)
         deps = eps_flat - state["strain_field"]
-        hm = hill_mandel_residual(self._flat(sig), deps)
+        #: converged stress field (B, Nvox, 6) [Pa] of the last update (for output/plots)
+        self.stress_field = self._flat(sig)
+        hm = hill_mandel_residual(self.stress_field, deps)
         new: State = {"strain": E, "stress": stress, "tangent": C, "strain_field": eps_flat,
                       "dstrain_field": deps}
         if self._has_p:
