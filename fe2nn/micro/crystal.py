@@ -376,11 +376,11 @@ class SingleCrystal(Material):
         return phi, dphi
 
     def _residual(self, sig, xi, sig_trial, xi_old, dt, CP, P, jacobian: bool = False):
-        tau = torch.einsum("nai,ni->na", P, sig)
+        tau = torch.bmm(P, sig[:, :, None])[..., 0]
         dgam, dg_dtau, dg_dxi = self._slip(tau, xi, dt)
         phi, dphi = self._hard(xi)
-        habs = torch.einsum("ab,nb->na", self.H, dgam.abs())
-        R = torch.cat([sig - sig_trial + torch.einsum("na,nai->ni", dgam, CP),
+        habs = dgam.abs() @ self.H.T
+        R = torch.cat([sig - sig_trial + torch.bmm(dgam[:, None, :], CP)[:, 0, :],
                        xi - xi_old - phi * habs], dim=-1)
         if not jacobian:
             return R, None, dgam
@@ -389,11 +389,12 @@ class SingleCrystal(Material):
         eye6 = torch.eye(6, dtype=sig.dtype, device=sig.device)
         eye12 = torch.eye(12, dtype=sig.dtype, device=sig.device)
         # d R_sigma / d sigma = I + sum_a dg_dtau_a (C P_a)(P_a)^T
-        J[:, :6, :6] = eye6 + torch.einsum("nai,na,naj->nij", CP, dg_dtau, P)
-        J[:, :6, 6:] = (CP * dg_dxi[:, :, None]).transpose(1, 2)
+        CPt = CP.transpose(1, 2)
+        J[:, :6, :6] = eye6 + torch.bmm(CPt * dg_dtau[:, None, :], P)
+        J[:, :6, 6:] = CPt * dg_dxi[:, None, :]
         sgn = torch.sign(dgam)
         W = phi[:, :, None] * self.H[None]  # (k,12,12)
-        J[:, 6:, :6] = -torch.einsum("nab,nb,nbj->naj", W, sgn * dg_dtau, P)
+        J[:, 6:, :6] = -torch.bmm(W * (sgn * dg_dtau)[:, None, :], P)
         J[:, 6:, 6:] = eye12 - torch.diag_embed(dphi * habs) - W * (sgn * dg_dxi)[:, None, :]
         return R, J, dgam
 
@@ -411,7 +412,13 @@ class SingleCrystal(Material):
         return cand[torch.arange(cand.shape[0], device=self.device), first]
 
     def _newton(self, sig_trial, sig_old, xi_old, dt, P, CP):
-        """Backward-Euler local problem for k points: (sigma, xi, iterations, converged)."""
+        """Backward-Euler local problem for k points: (sigma, xi, iterations, converged).
+
+        Newton with a backtracking (Armijo) line search on f = |R|^2 / 2; the residual
+        and Jacobian of a full step are evaluated together and reused by the next
+        iteration.  A point whose line search fails (no decrease in 30 halvings) is
+        reported as not converged at once (the caller then substeps).
+        """
         n = sig_trial.shape[0]
         tol = self.rtol * self.params.xi0 + 1e-14 * sig_trial.abs().amax(-1)  # + round-off floor
         sig = self._initial_guess(dt, sig_trial, sig_old, xi_old, P)
@@ -419,42 +426,58 @@ class SingleCrystal(Material):
         iters = torch.zeros(n, dtype=torch.int64, device=self.device)
         ok = torch.zeros(n, dtype=torch.bool, device=self.device)
         act = torch.arange(n, device=self.device)
+        R, J, _ = self._residual(sig, xi, sig_trial, xi_old, dt, CP, P, jacobian=True)
+        eye = torch.eye(18, dtype=self.dtype, device=self.device)
         for it in range(self.max_iter + 1):
-            s_a, x_a = sig[act], xi[act]
-            st_a, xo_a, dt_a, CP_a, P_a, tol_a = sig_trial[act], xi_old[act], dt[act], CP[act], P[act], tol[act]
-            R, J, _ = self._residual(s_a, x_a, st_a, xo_a, dt_a, CP_a, P_a, jacobian=True)
             rmax = R.abs().amax(-1)
-            conv = torch.isfinite(rmax) & (rmax <= tol_a)
-            if bool(conv.any()):
-                ok[act[conv]] = True
-                keep = ~conv
-                act, s_a, x_a, R, J = act[keep], s_a[keep], x_a[keep], R[keep], J[keep]
-                st_a, xo_a, dt_a, CP_a, P_a = st_a[keep], xo_a[keep], dt_a[keep], CP_a[keep], P_a[keep]
-            if act.numel() == 0 or it == self.max_iter:
+            conv = torch.isfinite(rmax) & (rmax <= tol[act])
+            ok[act[conv]] = True
+            keep = ~conv & torch.isfinite(R).all(-1) & torch.isfinite(J).all(-1).all(-1)
+            if it == self.max_iter or not bool(keep.any()):
                 break
+            if not bool(keep.all()):
+                act, R, J = act[keep], R[keep], J[keep]
             iters[act] += 1
-            finite = torch.isfinite(R).all(-1) & torch.isfinite(J).all(-1).all(-1)
-            Jr = torch.where(finite[:, None, None], J, torch.eye(18, dtype=J.dtype, device=J.device))
-            Rr = torch.where(finite[:, None], R, torch.zeros_like(R))
-            dx, info = torch.linalg.solve_ex(Jr, -Rr)
-            dx = torch.where((info == 0)[:, None] & torch.isfinite(dx).all(-1, keepdim=True), dx, torch.zeros_like(dx))
-            f0 = 0.5 * (Rr * Rr).sum(-1)
-            step = torch.ones(act.numel(), dtype=self.dtype, device=self.device)
-            pending = torch.ones(act.numel(), dtype=torch.bool, device=self.device)
-            s_new, x_new = s_a.clone(), x_a.clone()
-            for _ in range(30):  # backtracking line search (Armijo on f = |R|^2/2)
-                s_t = s_a + step[:, None] * dx[:, :6]
-                x_t = x_a + step[:, None] * dx[:, 6:]
-                Rt, _, _ = self._residual(s_t, x_t, st_a, xo_a, dt_a, CP_a, P_a)
-                ft = 0.5 * (Rt * Rt).sum(-1)
-                good = torch.isfinite(ft) & (x_t > 0).all(-1) & (ft <= (1.0 - 1e-4 * step) * f0)
-                acc = pending & good
-                s_new[acc], x_new[acc] = s_t[acc], x_t[acc]
-                pending = pending & ~good
-                if not bool(pending.any()):
+            s_a, x_a = sig[act], xi[act]
+            st_a, xo_a, dt_a, CP_a, P_a = sig_trial[act], xi_old[act], dt[act], CP[act], P[act]
+            dx, info = torch.linalg.solve_ex(J, -R)
+            good_dx = (info == 0) & torch.isfinite(dx).all(-1)
+            dx = torch.where(good_dx[:, None], dx, torch.zeros_like(dx))
+            f0 = 0.5 * (R * R).sum(-1)
+            # full step, with Jacobian
+            s_t, x_t = s_a + dx[:, :6], x_a + dx[:, 6:]
+            Rt, Jt, _ = self._residual(s_t, x_t, st_a, xo_a, dt_a, CP_a, P_a, jacobian=True)
+            ft = 0.5 * (Rt * Rt).sum(-1)
+            good = good_dx & torch.isfinite(ft) & (x_t > 0).all(-1) & (ft <= (1.0 - 1e-4) * f0)
+            R, J = torch.where(good[:, None], Rt, R), torch.where(good[:, None, None], Jt, J)
+            sig[act[good]], xi[act[good]] = s_t[good], x_t[good]
+            # backtracking for the others
+            bt = (~good & good_dx).nonzero().flatten()
+            step = torch.ones(bt.numel(), dtype=self.dtype, device=self.device)
+            done = torch.zeros(bt.numel(), dtype=torch.bool, device=self.device)
+            for _ in range(30):
+                if bt.numel() == 0 or bool(done.all()):
                     break
-                step = torch.where(pending, 0.5 * step, step)
-            sig[act], xi[act] = s_new, x_new  # failed line searches keep the iterate (-> not converged)
+                step = torch.where(done, step, 0.5 * step)
+                w = (~done).nonzero().flatten()
+                j = bt[w]
+                s_t = s_a[j] + step[w, None] * dx[j, :6]
+                x_t = x_a[j] + step[w, None] * dx[j, 6:]
+                Rt, _, _ = self._residual(s_t, x_t, st_a[j], xo_a[j], dt_a[j], CP_a[j], P_a[j])
+                ft = 0.5 * (Rt * Rt).sum(-1)
+                g = torch.isfinite(ft) & (x_t > 0).all(-1) & (ft <= (1.0 - 1e-4 * step[w]) * f0[j])
+                sig[act[j[g]]], xi[act[j[g]]] = s_t[g], x_t[g]
+                done[w[g]] = True
+            moved = bt[done]
+            if moved.numel():
+                i = act[moved]
+                Rm, Jm, _ = self._residual(sig[i], xi[i], st_a[moved], xo_a[moved], dt_a[moved], CP_a[moved],
+                                           P_a[moved], jacobian=True)
+                R[moved], J[moved] = Rm, Jm
+            # no descent possible (singular system or failed line search): give up on these points
+            stuck = ~good & ~torch.zeros_like(good).index_fill_(0, moved, True)
+            if bool(stuck.any()):
+                R = torch.where(stuck[:, None], torch.full_like(R, float("inf")), R)
         return sig, xi, iters, ok
 
 
