@@ -1,0 +1,113 @@
+"""FE² timings: the RNO surrogate against the J2 law and against the full FFT RVE.
+
+Two measurements, each on one process (run it on an otherwise idle machine):
+
+A. surrogate vs J2 -- the main demo's problem (demos/plate_hole_rno.toml: mesh, boundary
+   conditions, load table) solved with the shipped surrogate and with a J2 law
+   (aluminium-like parameters); whole-solve wall time (set-up and output excluded) and the
+   time spent in ``material.update``.  Target: surrogate <= 1.5 x J2.
+B. surrogate vs FFT-RVE FE² -- a tiny bar (12 tetrahedra = 12 quadrature points) pulled to
+   0.4 % strain, with an FFT RVE of ``--grid``^3 voxels and ``--grains`` grains per point;
+   whole-solve wall time and constitutive time per quadrature-point evaluation
+   (time in material.update / (points x material calls)).  Target: speedup >= 1000 x.
+
+    python benchmarks/fe2_speedup.py --out results/fe2_speedup.json
+    python benchmarks/fe2_speedup.py --quick          # smoke run (few steps)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def _run(cfg_path: Path, material: dict | None = None, steps: int | None = None):
+    from mpi4py import MPI
+
+    from fe2nn.config import resolve_path
+    from fe2nn.macro.problem import read_mesh
+    from fe2nn.macro.solver import solve
+    from fe2nn.materials.registry import build_material
+    from fe2nn.validate import _problem, load
+
+    from fe2nn.macro.run import load_config
+
+    cfg = load_config(cfg_path)
+    table = material or cfg.material
+    mat = build_material(table, str(cfg_path))
+    mesh = read_mesh(resolve_path(cfg_path, cfg.mesh.file), MPI.COMM_WORLD)
+    prob = _problem(cfg, mesh, mat)
+    t0 = time.perf_counter()
+    res = solve(prob, cfg.load.times, cfg.load.factors, steps=steps or cfg.load.steps, max_dt=None if steps else cfg.load.max_dt,
+                reaction=cfg.output.reaction, linear_solver=cfg.solver.linear_solver, progress=False,
+                rtol=cfg.solver.rtol, max_iterations=cfg.solver.max_iterations)
+    wall = time.perf_counter() - t0
+    n = res.solver.qf.n_points
+    calls = sum(s.iterations + 1 + 0 for s in res.steps)
+    const = sum(s.timings["constitutive"] for s in res.steps)
+    return {"model": table["model"], "solver": table.get("solver"), "wall_s": wall, "constitutive_s": const,
+            "points": n, "steps": len(res.steps), "material_calls": calls,
+            "iterations": [s.iterations for s in res.steps], "cutbacks": sum(s.cutbacks for s in res.steps),
+            "per_point_eval_s": const / max(n * calls, 1), "final_reaction": res.steps[-1].reaction.tolist()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="few steps (smoke run)")
+    ap.add_argument("--grid", type=int, default=8, help="FFT voxels per side")
+    ap.add_argument("--grains", type=int, default=10, help="FFT grains")
+    ap.add_argument("--skip-fft", action="store_true")
+    ap.add_argument("--out", help="JSON file")
+    args = ap.parse_args()
+    from test_fe2_util import SURROGATE, bar_config, rno_table
+
+    out = {"quick": args.quick}
+    demo = REPO / "demos" / "plate_hole_rno.toml"
+    j2 = {"model": "j2", "E": 70e9, "nu": 0.33, "sigma_y": 60e6, "H_iso": 0.5e9}
+    steps = 4 if args.quick else None
+    a_sur = _run(demo, steps=steps)
+    a_j2 = _run(demo, material=j2, steps=steps)
+    out["A_surrogate_vs_j2"] = {"surrogate": a_sur, "j2": a_j2, "wall_ratio": a_sur["wall_s"] / a_j2["wall_s"]}
+    rows = [("A: plate demo, RNO", a_sur), ("A: plate demo, J2", a_j2)]
+    if not args.skip_fft:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            mesh = tmp / "bar12.msh"
+            subprocess.run([sys.executable, str(REPO / "meshes" / "bar.py"), "--h", "1.0", "--out", str(mesh)],
+                           check=True, capture_output=True)
+            kw = dict(strain=4e-3, times=(0.0, 2.0), factors=(0.0, 1.0), steps=2 if args.quick else 4, mesh=mesh)
+            fft = {"model": "rve", "solver": "fft", "material": "aluminium", "options": {"tol": 1e-6},
+                   "microstructure": {"n_grains": args.grains, "grid": args.grid, "seed": 7}}
+            b_sur = _run(bar_config(tmp / "s.toml", rno_table(SURROGATE), **kw))
+            b_fft = _run(bar_config(tmp / "f.toml", fft, **kw))
+        out["B_surrogate_vs_fft"] = {
+            "surrogate": b_sur, "fft": b_fft, "grid": args.grid, "grains": args.grains,
+            "speedup_wall": b_fft["wall_s"] / b_sur["wall_s"],
+            "speedup_per_point_evaluation": b_fft["per_point_eval_s"] / b_sur["per_point_eval_s"]}
+        rows += [("B: 12-point bar, RNO", b_sur), (f"B: 12-point bar, FFT {args.grid}^3", b_fft)]
+    print(f"{'case':28s} {'points':>7s} {'steps':>5s} {'max it':>6s} {'wall [s]':>9s} {'const [s]':>9s} "
+          f"{'per pt-eval [s]':>15s}")
+    for name, r in rows:
+        print(f"{name:28s} {r['points']:7d} {r['steps']:5d} {max(r['iterations']):6d} {r['wall_s']:9.3f} "
+              f"{r['constitutive_s']:9.3f} {r['per_point_eval_s']:15.3e}")
+    print(f"A: surrogate / J2 wall time = {out['A_surrogate_vs_j2']['wall_ratio']:.2f} (target <= 1.5)")
+    if "B_surrogate_vs_fft" in out:
+        b = out["B_surrogate_vs_fft"]
+        print(f"B: FFT / surrogate: whole solve {b['speedup_wall']:.0f}x, per point evaluation "
+              f"{b['speedup_per_point_evaluation']:.0f}x (target >= 1000)")
+    if args.out:
+        from fe2nn.io_utils import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
