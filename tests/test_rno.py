@@ -8,12 +8,13 @@ from fe2nn.surrogate.material import RNOMaterial, compute_envelope
 from fe2nn.surrogate.rno import RNO, RNOArch, refine_path, rollout_at_dt_factor
 
 
-def _model(k=3, activation="silu", seed=0):
+def _model(k=3, activation="silu", seed=0, g_rate=False):
     torch.manual_seed(seed)
-    m = RNO(RNOArch(k=k, f_hidden=[24, 24], g_hidden=[16], activation=activation),
+    m = RNO(RNOArch(k=k, f_hidden=[24, 24], g_hidden=[16], activation=activation, g_rate=g_rate),
             strain_scale=1e-2, rate_scale=1e-3, stress_scale=1e8).double()
     # larger G weights so that xi_n really depends on eps_n within one step
     with torch.no_grad():
+        m.F_linear.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(seed))
         if m.G is not None:
             for p in m.G.parameters():
                 p.mul_(3.0)
@@ -38,10 +39,11 @@ def _fd_tangent(m, eps, prev, dt, xi, h=1e-8):
     return torch.stack(cols, dim=-1)
 
 
-@pytest.mark.parametrize("activation", ["silu", "gelu", "tanh", "softplus"])
+@pytest.mark.parametrize("activation,g_rate", [("silu", False), ("gelu", False), ("tanh", False),
+                                               ("softplus", False), ("silu", True)])
 @pytest.mark.parametrize("k", [0, 3])
-def test_tangent_matches_central_differences(activation, k):
-    m = _model(k, activation)
+def test_tangent_matches_central_differences(activation, k, g_rate):
+    m = _model(k, activation, g_rate=g_rate)
     eps, prev, dt, xi = _inputs(k=k)
     with torch.no_grad():
         sig, tan, xi_n = m.step_with_tangent(eps, prev, dt, xi)

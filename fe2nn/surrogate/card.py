@@ -77,7 +77,9 @@ def save_surrogate(model: RNO, directory: str | os.PathLike, card: Dict[str, Any
         "format_version": FORMAT_VERSION,
         "model": "recurrent neural operator (Liu et al., J. Mech. Phys. Solids 2023)",
         "equations": {
-            "internal_variables": "xi_n = xi_{n-1} + (dt_n/t_s) G(eps_n/e_s, xi_{n-1}), xi_0 = 0",
+            "internal_variables": ("xi_n = xi_{n-1} + (dt_n/t_s) G(eps_n/e_s, (eps_n - eps_{n-1})/(dt_n r_s), xi_{n-1})"
+                                   if model.arch.g_rate else
+                                   "xi_n = xi_{n-1} + (dt_n/t_s) G(eps_n/e_s, xi_{n-1})") + ", xi_0 = 0",
             "stress": "sigma_n = s_s F(eps_n/e_s, asinh((eps_n - eps_{n-1})/(dt_n r_s)), xi_n)",
             "xi_in_F": "updated (xi_n)",
         },
@@ -142,7 +144,7 @@ def load_surrogate(path: str | os.PathLike, device: str | torch.device = "cpu") 
                        f_hidden=[int(w) for w in _get(card, cpath, "architecture", "f_hidden")],
                        g_hidden=[int(w) for w in _get(card, cpath, "architecture", "g_hidden")],
                        activation=str(_get(card, cpath, "architecture", "activation")),
-                       strain_dim=int(arch_d.get("strain_dim", 6)))
+                       strain_dim=int(arch_d.get("strain_dim", 6)), g_rate=bool(arch_d.get("g_rate", False)))
         arch.validate()
     except (TypeError, ValueError) as err:
         raise UserError(f"{cpath}: incompatible surrogate architecture ({err})") from None

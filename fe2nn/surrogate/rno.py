@@ -7,7 +7,8 @@ With k internal variables xi (dimensionless), explicit-Euler time stepping:
     xi_n    = xi_{n-1} + (dt_n / t_s) * G(eps_n / e_s, xi_{n-1}),        xi_0 = 0
     sigma_n = s_s * F(eps_n / e_s, asinh((eps_n - eps_{n-1}) / (dt_n r_s)), xi_n)
 
-F and G are MLPs with a smooth activation.  **F uses the updated xi_n** (as in the
+F and G are MLPs with a smooth activation; F also has a linear skip (F = MLP + L x,
+L initialised by least squares on the training data) that carries the elastic-like part.  **F uses the updated xi_n** (as in the
 paper), so xi_n depends on eps_n and the consistent tangent contains the path
 d sigma/d xi_n . d xi_n/d eps_n besides the direct strain term and the rate term
 (1/dt_n) d sigma/d rate; :meth:`RNO.step_with_tangent` differentiates the whole step.
@@ -45,6 +46,10 @@ class RNOArch:
     g_hidden: List[int] = field(default_factory=lambda: [64, 64])
     activation: str = "silu"
     strain_dim: int = 6
+    #: False: G(eps_n, xi_{n-1}) as in the paper; True: G(eps_n, rate_n / r_s, xi_{n-1}) (the
+    #: rate enters G linearly, so increments of xi can follow strain increments -- needed
+    #: for (nearly) rate-independent plasticity with large steps)
+    g_rate: bool = False
 
     def validate(self) -> None:
         if self.k < 0:
@@ -61,8 +66,9 @@ class RNOArch:
         return [2 * self.strain_dim + self.k, *self.f_hidden, self.strain_dim]
 
     def g_sizes(self) -> List[int]:
-        """Layer sizes of G: [6 + k, hidden..., k] (empty when k == 0)."""
-        return [self.strain_dim + self.k, *self.g_hidden, self.k] if self.k > 0 else []
+        """Layer sizes of G: [6 (+6 with g_rate) + k, hidden..., k] (empty when k == 0)."""
+        n_in = self.strain_dim * (2 if self.g_rate else 1) + self.k
+        return [n_in, *self.g_hidden, self.k] if self.k > 0 else []
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -122,6 +128,9 @@ class RNO(nn.Module):
         self.arch = arch
         self.k = arch.k
         self.F = _mlp(arch.f_sizes(), arch.activation)
+        #: linear skip of F (no bias): F(x) = MLP(x) + L x -- carries the elastic-like part
+        self.F_linear = nn.Linear(arch.f_sizes()[0], arch.strain_dim, bias=False)
+        nn.init.zeros_(self.F_linear.weight)
         self.G = _mlp(arch.g_sizes(), arch.activation) if arch.k > 0 else None
         self.register_buffer("scales", torch.tensor([strain_scale, rate_scale, stress_scale], dtype=torch.float64))
 
@@ -154,12 +163,15 @@ class RNO(nn.Module):
         s = self.scales.to(strain.dtype)
         e = strain / s[0]
         dtn = dt[..., None]
-        r = torch.asinh((strain - prev_strain) / (dtn * s[1]))
+        q = (strain - prev_strain) / (dtn * s[1])
+        r = torch.asinh(q)
         if self.G is not None:
-            xi = xi_prev + (dtn * (s[1] / s[0])) * self.G(torch.cat([e, xi_prev], dim=-1))
+            g_in = [e, q, xi_prev] if self.arch.g_rate else [e, xi_prev]
+            xi = xi_prev + (dtn * (s[1] / s[0])) * self.G(torch.cat(g_in, dim=-1))
         else:
             xi = xi_prev
-        stress = self.F(torch.cat([e, r, xi], dim=-1)) * s[2]
+        x = torch.cat([e, r, xi], dim=-1)
+        stress = (self.F(x) + self.F_linear(x)) * s[2]
         return stress, xi
 
     def step_with_tangent(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
@@ -187,12 +199,19 @@ class RNO(nn.Module):
         dr = torch.diag_embed(torch.rsqrt(1.0 + q * q) / (dtn * s[1]))
         if self.G is not None:
             c = dtn * (s[1] / s[0])
-            g, dg = _mlp_jvp(self.G, torch.cat([e, xi_prev], -1),
-                             torch.cat([de, strain.new_zeros(n, 6, self.k)], 2))
+            dxi0 = strain.new_zeros(n, 6, self.k)
+            if self.arch.g_rate:
+                dq = (eye / (dtn * s[1])[..., None])
+                g, dg = _mlp_jvp(self.G, torch.cat([e, q, xi_prev], -1), torch.cat([de, dq, dxi0], 2))
+            else:
+                g, dg = _mlp_jvp(self.G, torch.cat([e, xi_prev], -1), torch.cat([de, dxi0], 2))
             xi, dxi = xi_prev + c * g, c[..., None] * dg
         else:
             xi, dxi = xi_prev, strain.new_zeros(n, 6, 0)
-        f, df = _mlp_jvp(self.F, torch.cat([e, r, xi], -1), torch.cat([de, dr, dxi], 2))
+        x, dx = torch.cat([e, r, xi], -1), torch.cat([de, dr, dxi], 2)
+        f, df = _mlp_jvp(self.F, x, dx)
+        f = f + self.F_linear(x)
+        df = df + dx @ self.F_linear.weight.T
         return f * s[2], df.transpose(1, 2) * s[2], xi
 
     # -- whole trajectories -------------------------------------------------------------

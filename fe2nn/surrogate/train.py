@@ -126,6 +126,7 @@ class ModelConfig:
     f_hidden: List[int] = field(default_factory=lambda: [128, 128])
     g_hidden: List[int] = field(default_factory=lambda: [64, 64])
     activation: str = field(default="silu", metadata=dict(check=one_of(*ACTIVATIONS)))
+    g_rate: bool = field(default=False, metadata=dict(doc="feed the strain rate to G as well (not in the paper)"))
 
     def validate(self):
         if any(w <= 0 for w in self.f_hidden + self.g_hidden) or not self.f_hidden:
@@ -149,7 +150,8 @@ class TrainingConfig:
     device: str = field(default="auto", metadata=dict(check=one_of("auto", "cpu", "cuda")))
     checkpoint_every: int = field(default=10, metadata=dict(check=positive))
     time_limit: float = field(default=0.0, metadata=dict(check=non_negative,
-                                                          doc="stop (checkpointed) after this many seconds, 0 = none"))
+                                                          doc="stop and export the best model after this many "
+                                                              "seconds of this run, 0 = none"))
     sweep_k: List[int] = field(default_factory=list, metadata=dict(doc="train one model per k and compare"))
 
 
@@ -225,8 +227,9 @@ class Trainer:
         tr = split["train"]
         sc = scales_from_data(ds["strain"][tr], ds["stress"][tr], ds["time"][tr])
         arch = RNOArch(k=cfg.model.k, f_hidden=list(cfg.model.f_hidden), g_hidden=list(cfg.model.g_hidden),
-                       activation=cfg.model.activation)
+                       activation=cfg.model.activation, g_rate=cfg.model.g_rate)
         self.model = RNO(arch, **sc).to(device=device, dtype=torch.float64)
+        self._init_linear_skip(ds["strain"][tr], ds["stress"][tr])
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         if tc.schedule == "cosine":
             self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=tc.epochs, eta_min=tc.lr_min)
@@ -244,6 +247,14 @@ class Trainer:
         self.history: List[Dict[str, float]] = []
         self.cfg_hash = _config_hash(cfg)
         self.ckpt = out_dir / "checkpoint.pt"
+
+    def _init_linear_skip(self, strain: np.ndarray, stress: np.ndarray) -> None:
+        """Least-squares secant stiffness sigma ~ L e (normalized) as the start of F's linear skip."""
+        e = strain[:, 1:].reshape(-1, 6) / self.model.strain_scale
+        sig = stress[:, 1:].reshape(-1, 6) / self.model.stress_scale
+        L, *_ = np.linalg.lstsq(e, sig, rcond=None)  # (6, 6): sig = e @ L
+        with torch.no_grad():
+            self.model.F_linear.weight[:, :6] = torch.as_tensor(L.T, dtype=torch.float64)
 
     # -- checkpoints ------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -331,9 +342,12 @@ class Trainer:
                 self.history.append({"epoch": self.epoch, "loss": loss, "val": val, "lr": lr})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", val=f"{val:.4f}", best=f"{self.best_val:.4f}")
-                finished = self.bad_epochs >= tc.patience or self.epoch >= tc.epochs
-                interrupted = (stop_after is not None and self.epoch - start >= stop_after) or (
-                    tc.time_limit > 0 and _time.monotonic() - t0 >= tc.time_limit)
+                out_of_time = tc.time_limit > 0 and _time.monotonic() - t0 >= tc.time_limit
+                if out_of_time:
+                    print(f"time limit {tc.time_limit:g} s reached at epoch {self.epoch}: exporting the best model",
+                          flush=True)
+                finished = self.bad_epochs >= tc.patience or self.epoch >= tc.epochs or out_of_time
+                interrupted = stop_after is not None and self.epoch - start >= stop_after
                 if finished or interrupted or self.epoch % tc.checkpoint_every == 0:
                     self.save_checkpoint()
                 if interrupted and not finished:
