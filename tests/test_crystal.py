@@ -220,8 +220,8 @@ def test_hardening_follows_slip_ode(flow_curves):
         k3 = f(x + 0.5 * dg * k2)
         k4 = f(x + dg * k3)
         x += dg / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    # backward Euler with 40 steps: first-order error, well below 0.5% of the hardening
-    assert float(xi[active].mean()) - AL.xi0 == pytest.approx(x - AL.xi0, rel=5e-3)
+    # backward Euler with 40 steps: first-order error (~4e-4 here), bounded by 0.2 % of the hardening
+    assert float(xi[active].mean()) - AL.xi0 == pytest.approx(x - AL.xi0, rel=2e-3)
     assert (xi <= AL.xi_inf).all() and (xi > AL.xi0).all()  # latent hardening of inactive systems
 
 
