@@ -162,3 +162,11 @@ def test_path_errors_metric_is_relative_l2():
     t = np.ones((1, 4, 6))
     assert ev.path_errors(1.02 * t, t)[0] == pytest.approx(0.02)
     assert float(torch.tensor(ev.stats(np.array([0.0, 1.0]))["mean"])) == pytest.approx(0.5)
+
+
+def test_time_limit_exports_best_model(tmp_path, dataset, capsys):
+    cfg = _config(tmp_path, dataset, "tl", epochs=50, extra="time_limit = 1e-6")
+    assert tr.main([str(cfg), "--no-progress"]) == 0
+    assert "time limit" in capsys.readouterr().out
+    hist = json.loads((tmp_path / "tl" / "history.json").read_text())
+    assert len(hist) == 1 and load_surrogate(tmp_path / "tl")[1]["training"]["epochs_run"] == 1
