@@ -108,6 +108,7 @@ def config_hash(cfg: GenerateConfig, rve_meta: dict) -> str:
         key.pop(k)
     key["rve_meta"] = rve_meta
     key["part_format"] = PART_FORMAT
+    key["fe2nn_version"] = fe2nn.__version__  # parts of another release are not mixed in
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=repr).encode()).hexdigest()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
@@ -76,7 +77,12 @@ def _call(factory, kwargs: dict, what: str, config_file: str, args: tuple = (), 
         pass
     try:
         return factory(*args, **kwargs)
-    except (TypeError, ValueError) as err:
+    except TypeError as err:
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if m:
+            raise UserError(f"{config_file}: unknown key 'rve.options.{m.group(1)}' for {what}") from None
+        raise UserError(f"{config_file}: {where} ({what}): {err}") from None
+    except ValueError as err:
         raise UserError(f"{config_file}: {where} ({what}): {err}") from None
 
 
