@@ -127,6 +127,7 @@ class FFTRVE(Material):
         self._has_p = "p" in self._voxel_names
         self._build_fourier()
         self._C_initial: Optional[torch.Tensor] = None
+        self._chi_initial: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ Fourier set-up
     def _build_fourier(self) -> None:
@@ -489,6 +490,7 @@ class FFTRVE(Material):
                 f"FFT RVE: tangent CG not converged in {self.max_cg} iterations for "
                 f"{int(mask.sum())} RVE(s)", mask)
         stress = (s + self._apply_K(K, x)).mean(_DIMS)  # (B, m, i)
+        self._last_fluctuations = x
         return stress.transpose(1, 2).contiguous(), its.max(1).values
 
     # ------------------------------------------------------------------ Material contract
@@ -509,6 +511,8 @@ class FFTRVE(Material):
             _, K, _ = self._evaluate(zero, torch.ones(self.n_voxels, dtype=self.dtype,
                                                       device=self.device), v0)
             self._C_initial = self.homogenized_tangent(K)[0][0]
+            # elastic localisation: fluctuation fields of the six unit macro strains (6, 6, *grid)
+            self._chi_initial = self._last_fluctuations[0]
         return self._C_initial
 
     def initial_state(self, n: int) -> State:
@@ -560,8 +564,9 @@ class FFTRVE(Material):
 
         The last converged field plus the last increment's field, scaled by the projection
         ``s`` of the new macro increment on the last one (clamped to [0, 2]), plus the rest of
-        the macro increment applied uniformly: exact for a proportional linear response and a
-        good start on monotonic plastic paths.
+        the macro increment localised with the initial (elastic) fluctuation fields: exact
+        for linear elasticity, for a proportional linear response, and for elastic unloading
+        from a virgin state; a good start on monotonic plastic paths.
         """
         dE = E - state["strain"]
         dF = state["dstrain_field"]  # (B, Nvox, 6)
@@ -569,7 +574,10 @@ class FFTRVE(Material):
         s = ((dE * dEp).sum(1) / (dEp * dEp).sum(1).clamp(min=1e-300)).clamp(0.0, 2.0)
         s = torch.where((dEp * dEp).sum(1) > 0, s, torch.zeros_like(s))
         field = state["strain_field"] + s[:, None, None] * dF
-        return self._field(field) + (dE - s[:, None] * dEp)[:, :, None, None, None]
+        rest = dE - s[:, None] * dEp
+        self.initial_tangent()  # makes sure the elastic localisation is cached
+        chi = torch.einsum("bj,jixyz->bixyz", rest, self._chi_initial)
+        return self._field(field) + rest[:, :, None, None, None] + chi
 
     def _check(self, strain, state: State) -> torch.Tensor:
         E = self.as_tensor(strain)
