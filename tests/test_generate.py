@@ -363,3 +363,25 @@ def test_taylor_dataset_end_to_end(tmp_path):
         for t in range(1, cfg.n_steps + 1):
             s, _, state = rve.update(torch.from_numpy(A["strain"][i, t:t + 1]), float(dt[t - 1]), state)
             np.testing.assert_allclose(A["stress"][i, t], s[0].numpy(), rtol=1e-9, atol=1e-9 * 1e8)
+
+
+def test_rve_from_saved_microstructure(tmp_path):
+    """rve.microstructure.file gives the same RVE (and metadata hash) as the Voronoi keys it was made from."""
+    from fe2nn.micro.microstructure import Microstructure
+    from fe2nn.micro.rve import MicrostructureConfig, RVEConfig, build_rve, describe
+
+    Microstructure.voronoi(3, 6, seed=1).save(tmp_path / "ms.h5")
+    cfg_file = str(tmp_path / "gen.toml")
+    voronoi = RVEConfig(microstructure=MicrostructureConfig(n_grains=3, grid=6, seed=1))
+    saved = RVEConfig(microstructure=MicrostructureConfig(file="ms.h5"))
+    assert describe(saved, cfg_file)["microstructure"]["hash"] == describe(voronoi, cfg_file)["microstructure"]["hash"]
+    eps = torch.tensor([[2e-3, -1e-3, -1e-3, 0.0, 5e-4, 0.0]])
+    a, b = build_rve(voronoi, cfg_file), build_rve(saved, cfg_file)
+    sa = a.update(eps, 1.0, a.initial_state(1))[0]
+    sb = b.update(eps, 1.0, b.initial_state(1))[0]
+    assert torch.equal(sa, sb)
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    with pytest.raises(UserError, match="bad.h5"):
+        build_rve(RVEConfig(microstructure=MicrostructureConfig(file="bad.h5")), cfg_file)
+    with pytest.raises(UserError, match="rve.microstructure.file"):
+        build_rve(RVEConfig(microstructure=MicrostructureConfig(file="missing.h5")), cfg_file)
