@@ -154,6 +154,47 @@ def _substepped(material, eps0, eps1, dt, state, max_substeps: int):
     return None
 
 
+def _failed_mask(err: MaterialConvergenceError, n: int) -> Optional[np.ndarray]:
+    f = getattr(err, "failed", None)
+    if f is None:
+        return None
+    f = np.asarray(torch.as_tensor(f).detach().cpu()).astype(bool).reshape(-1)
+    return f if f.shape == (n,) else None
+
+
+def _recover(material, eps, dts, t, act, act_t, sub, err, max_substeps, stress, hill, iters, converged):
+    """After a failed batched increment t: redo the points not flagged as failed in one batched call,
+    then the rest (or everything, if that fails too) point by point with sub-stepping.  Fills the
+    output arrays in place and returns the new state of the active points."""
+    new = {k: v.clone() for k, v in sub.items()}
+    pending = np.ones(act.size, dtype=bool)
+    failed = _failed_mask(err, act.size)
+    if failed is not None and failed.any() and not failed.all():
+        ok = torch.as_tensor(np.nonzero(~failed)[0], device=eps.device)
+        try:
+            s, st, hm, it = _update(material, eps[act_t[ok], t], dts[act_t[ok], t - 1], take_state(sub, ok))
+            rows = act[~failed]
+            stress[rows, t] = s.detach().cpu().numpy()
+            hill[rows, t - 1], iters[rows, t - 1] = hm, it
+            for k in new:
+                new[k][ok] = st[k]
+            pending = failed.copy()
+        except MaterialConvergenceError:
+            pass
+    for k in np.nonzero(pending)[0]:
+        i = act[k]
+        res = _substepped(material, eps[i:i + 1, t - 1], eps[i:i + 1, t], dts[i:i + 1, t - 1],
+                          take_state(sub, slice(k, k + 1)), max_substeps)
+        if res is None:  # keep the old state; the sample is dropped from now on
+            converged[i] = False
+            continue
+        stress[i, t] = res[0][0].detach().cpu().numpy()
+        hill[i, t - 1], iters[i, t - 1] = res[2], res[3]
+        for name in new:
+            new[name][k:k + 1] = res[1][name]
+    return new
+
+
 def simulate(material: Material, strain: np.ndarray, time: np.ndarray, max_substeps: int = 16,
              progress=None) -> Dict[str, np.ndarray]:
     """Drive ``material`` along paths strain (n,T+1,6) [-], time (n,T+1) [s], all points batched.
@@ -182,20 +223,8 @@ def simulate(material: Material, strain: np.ndarray, time: np.ndarray, max_subst
             s, new, hm, it = _update(material, eps[act_t, t], dts[act_t, t - 1], sub)
             stress[act, t] = s.detach().cpu().numpy()
             hill[act, t - 1], iters[act, t - 1] = hm, it
-        except MaterialConvergenceError:  # retry point by point with sub-stepping
-            parts = []
-            for k, i in enumerate(act):
-                one = take_state(sub, slice(k, k + 1))
-                res = _substepped(material, eps[i:i + 1, t - 1], eps[i:i + 1, t], dts[i:i + 1, t - 1], one,
-                                  max_substeps)
-                if res is None:
-                    converged[i] = False
-                    parts.append(one)  # keep the old state; the point is dropped from now on
-                    continue
-                stress[i, t] = res[0][0].detach().cpu().numpy()
-                hill[i, t - 1], iters[i, t - 1] = res[2], res[3]
-                parts.append(res[1])
-            new = {k: torch.cat([p[k] for p in parts]) for k in sub} if sub else {}
+        except MaterialConvergenceError as err:
+            new = _recover(material, eps, dts, t, act, act_t, sub, err, max_substeps, stress, hill, iters, converged)
         if full:
             state = new
         elif state:
