@@ -437,7 +437,7 @@ class SingleCrystal(Material):
             rmax = R.abs().amax(-1)
             conv = torch.isfinite(rmax) & (rmax <= tol[act])
             ok[act[conv]] = True
-            keep = ~conv & torch.isfinite(R).all(-1) & torch.isfinite(J).all(-1).all(-1)
+            keep = ~conv & torch.isfinite(rmax)  # non-finite residuals cannot recover
             if it == self.max_iter or not bool(keep.any()):
                 break
             if not bool(keep.all()):
