@@ -35,7 +35,7 @@ def _run(cfg_path: Path, material: dict | None = None, steps: int | None = None)
     from fe2nn.macro.problem import read_mesh
     from fe2nn.macro.solver import solve
     from fe2nn.materials.registry import build_material
-    from fe2nn.validate import _problem, load
+    from fe2nn.validate import _problem
 
     from fe2nn.macro.run import load_config
 

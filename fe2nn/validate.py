@@ -5,10 +5,9 @@ The config is a ``fe2nn solve`` config whose ``[material]`` is the surrogate
 
     [validate]
     stress_steps = [10, 20, 30]   # steps at which the stress fields are compared ([] = every step)
-    [validate.reference]          # the reference material table (full RVE), e.g.
-    model = "rve"
-    solver = "taylor"
-    material = "aluminium"
+    # [validate.reference]        # optional reference material table; default: the [material]
+    # model = "rve"               # table with model = "rve" (the RVE keys given next to the
+    # solver = "fft"              # surrogate), i.e. the RVE the surrogate was trained on
 
 Both solves run in the same process on the same mesh partition (so the quadrature
 points match one to one), under ``mpirun`` too.  Written to ``[output].dir``:
@@ -44,7 +43,8 @@ from fe2nn.io_utils import atomic_path, rank0_print, write_text_atomic
 
 @dataclass
 class ValidateConfig:
-    reference: dict = field(metadata=dict(doc="reference material table, e.g. {model = 'rve', solver = 'taylor'}"))
+    reference: dict = field(default_factory=dict, metadata=dict(
+        doc="reference material table (default: [material] with model = 'rve')"))
     stress_steps: List[int] = field(default_factory=list, metadata=dict(
         doc="steps (1-based) at which the stress fields are compared; [] = every step"))
     max_reaction_deviation: float = field(default=0.03, metadata=dict(
@@ -58,7 +58,8 @@ def load(path: str | Path):
     file = str(path)
     data = load_toml(path)
     if "validate" not in data:
-        raise UserError(f"{file}: missing table '[validate]' (with '[validate.reference]', the full-RVE material)")
+        raise UserError(f"{file}: missing table '[validate]' (e.g. [validate] stress_steps = [10, 20]; "
+                        "the reference is [material] with model = 'rve' unless [validate.reference] is given)")
     vdata = data.pop("validate")
     if not isinstance(vdata, dict):
         raise UserError(f"{file}: 'validate' must be a table")
@@ -67,6 +68,8 @@ def load(path: str | Path):
         if s < 1:
             raise UserError(f"{file}: key 'validate.stress_steps' must hold step numbers >= 1, got {s}")
     scfg = parse(SolveConfig, data, file)
+    if not vcfg.reference:
+        vcfg.reference = dict(scfg.material, model="rve")
     if scfg.output.reaction is None:
         raise UserError(f"{file}: key 'output.reaction' is required by validate (the compared reaction force)")
     return scfg, vcfg

@@ -69,7 +69,7 @@ def test_forced_failure_rolls_back_history_and_matches_unfailed_run(tmp_path):
     assert res.steps[1].cutbacks == 1
     ref_cfg = bar_config(tmp_path / "b.toml", rno_table(), strain=strain,
                          times=(0.0, 0.25, 0.375, 0.5, 0.75, 1.0), factors=(0.0, 0.25, 0.375, 0.5, 0.75, 1.0),
-                         steps=5)
+                         max_dt=0.25)
     ref = solve_in_process(ref_cfg)
     assert np.allclose(ref.times, res.times, rtol=0, atol=1e-12)
     np.testing.assert_allclose(res.reactions, ref.reactions, rtol=1e-10, atol=1e-6)

@@ -2,23 +2,27 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SURROGATE = REPO / "surrogates" / "aluminium_taylor"
+SURROGATE = Path(os.environ.get("FE2NN_TEST_SURROGATE", REPO / "surrogates" / "aluminium_taylor"))
 TINY_MESH = REPO / "meshes" / "bar_tiny.msh"  # 1 m x 0.2 m x 0.2 m, 80 tetrahedra (80 points at degree 1)
-#: microstructure of the shipped surrogate's training data (surrogates/aluminium_taylor/generate.toml)
-TAYLOR = {"model": "rve", "solver": "taylor", "material": "aluminium",
-          "microstructure": {"n_grains": 30, "grid": 32, "seed": 7}}
+#: the RVE of the shipped surrogate's training data (surrogates/aluminium_taylor/generate.toml)
+RVE_KEYS = {"solver": "taylor", "material": "aluminium", "microstructure": {"n_grains": 30, "grid": 32, "seed": 7}}
 
 needs_surrogate = pytest.mark.skipif(not (SURROGATE / "card.json").is_file(),
                                      reason="shipped surrogate surrogates/aluminium_taylor not present yet")
 
 
 def rno_table(path=SURROGATE, **extra) -> dict:
-    return {"model": "rno", "surrogate": str(path), **extra}
+    """[material] of the surrogate, with the keys of the RVE it stands for (switch: model = "rve")."""
+    return {"model": "rno", "surrogate": str(path), **RVE_KEYS, **extra}
+
+
+TAYLOR = dict(rno_table(), model="rve")
 
 
 def _toml_value(v) -> str:
@@ -34,8 +38,10 @@ def _toml_value(v) -> str:
 
 
 def bar_config(path: Path, material: dict, strain: float = 2e-3, times=(0.0, 1.0), factors=(0.0, 1.0),
-               steps: int = 4, out: str = "out", extra: str = "", mesh: Path = TINY_MESH) -> Path:
+               steps: int | None = 4, out: str = "out", extra: str = "", mesh: Path = TINY_MESH,
+               max_dt: float | None = None) -> Path:
     """A uniaxial bar (rollers on xmin/ymin/zmin, u_x = strain * 1 m on xmax) config written to ``path``."""
+    stepping = f"steps = {steps}" if max_dt is None else f"max_dt = {max_dt!r}"
     mat = "\n".join(f"{k} = {_toml_value(v)}" for k, v in material.items())
     path.write_text(f"""
 [mesh]
@@ -61,7 +67,7 @@ x = {strain!r}
 [load]
 times = {_toml_value(list(times))}
 factors = {_toml_value(list(factors))}
-steps = {steps}
+{stepping}
 
 [solver]
 linear_solver = "direct"

@@ -5,6 +5,11 @@
     surrogate = "../surrogates/aluminium_taylor"   # directory (or its card.json), relative to the config
     device = "cpu"                                  # "cpu", "cuda[:i]" or "auto"
     envelope_margin = 0.05                          # relative slack of the out-of-distribution check
+    # optional: the RVE the surrogate stands for (keys of model = "rve"; ignored here), so that
+    # switching to the full RVE is the one key  model = "rve"
+    solver = "taylor"
+    material = "aluminium"
+    microstructure = {n_grains = 30, grid = 32, seed = 7}
 
 The card is read and checked (format, version, architecture, strain dimension 6,
 weights sha256) when the material is built, i.e. before the macro solve starts;
@@ -18,9 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Any, Dict
+
 from fe2nn.config import non_negative, positive
 from fe2nn.errors import UserError
 from fe2nn.materials.registry import _device, _device_check, register
+from fe2nn.micro.rve import SOLVERS, MicrostructureConfig
+from fe2nn.config import one_of
 
 
 @dataclass
@@ -30,6 +39,11 @@ class RnoParams:
     envelope_margin: float = field(default=0.05, metadata=dict(
         check=non_negative, doc="relative slack of the training-envelope check"))
     chunk: int = field(default=16384, metadata=dict(check=positive, doc="points per batched network call"))
+    # the RVE the surrogate stands for: used by model = "rve" (and fe2nn validate), ignored here
+    solver: str = field(default="taylor", metadata=dict(check=one_of(*SOLVERS), doc="RVE solver (model 'rve')"))
+    material: str = field(default="aluminium", metadata=dict(doc="crystal parameter set (model 'rve')"))
+    options: Dict[str, Any] = field(default_factory=dict, metadata=dict(doc="RVE solver options (model 'rve')"))
+    microstructure: MicrostructureConfig = field(default_factory=MicrostructureConfig)
 
 
 def surrogate_path(p: RnoParams, base_dir: Path) -> Path:
@@ -53,9 +67,11 @@ def build_rno(p: RnoParams, base_dir: Path):
         if not torch.cuda.is_available():
             raise ValueError(f"key 'material.device' = {p.device!r}: CUDA is not available (use 'cpu' or 'auto')")
     try:
-        return RNOMaterial(path, device=device, envelope_margin=p.envelope_margin, chunk=p.chunk)
+        mat = RNOMaterial(path, device=device, envelope_margin=p.envelope_margin, chunk=p.chunk)
     except UserError as err:  # the card loader names the file; add the config context
         raise ValueError(f"key 'material.surrogate': {err}") from None
+    mat.point_info = ("ood",)  # scalar per-point info written/counted by the macro output
+    return mat
 
 
 register("rno", build_rno, RnoParams)

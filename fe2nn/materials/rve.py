@@ -20,6 +20,7 @@ points of a rank advance in one batched RVE call.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fe2nn.errors import UserError
@@ -41,4 +42,14 @@ def build_rve_material(cfg: RVEConfig, base_dir: Path):
         raise ValueError(msg) from None
 
 
-register("rve", build_rve_material, RVEConfig)
+@dataclass
+class RveParams(RVEConfig):
+    """The ``[rve]`` keys plus the surrogate keys of model 'rno' (accepted and ignored), so that a
+    ``[material]`` table switches between the surrogate and its RVE with the one key ``model``."""
+
+    surrogate: str = field(default="", metadata=dict(doc="surrogate of model 'rno' (ignored by 'rve')"))
+    envelope_margin: float = field(default=0.05, metadata=dict(doc="model 'rno' only (ignored by 'rve')"))
+    chunk: int = field(default=16384, metadata=dict(doc="model 'rno' only (ignored by 'rve')"))
+
+
+register("rve", build_rve_material, RveParams)
