@@ -385,3 +385,17 @@ def test_rve_from_saved_microstructure(tmp_path):
         build_rve(RVEConfig(microstructure=MicrostructureConfig(file="bad.h5")), cfg_file)
     with pytest.raises(UserError, match="rve.microstructure.file"):
         build_rve(RVEConfig(microstructure=MicrostructureConfig(file="missing.h5")), cfg_file)
+
+
+def test_existing_output_from_another_config_and_overwrite(tmp_path):
+    j2 = 'solver = "j2"\noptions = {E = 70e9, nu = 0.33, sigma_y = 100e6, H_iso = 1e9}\n'
+    cfg = write_config(tmp_path, n_steps=6)
+    cfg.write_text(cfg.read_text().replace('solver = "taylor"\nmaterial = "aluminium"\n', j2)
+                   .replace("[rve.microstructure]\nn_grains = 3\ngrid = 6\nseed = 1\n", ""))
+    G.generate(G.load_config(cfg), str(cfg), progress=False)
+    first = content_hash(tmp_path / "data.h5")
+    cfg.write_text(cfg.read_text().replace("seed = 3", "seed = 4"))
+    with pytest.raises(UserError, match="data.h5: output exists"):
+        G.generate(G.load_config(cfg), str(cfg), progress=False)
+    s = G.generate(G.load_config(cfg), str(cfg), progress=False, overwrite=True)
+    assert s["n_samples"] == 11 and content_hash(tmp_path / "data.h5") != first

@@ -457,10 +457,9 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
     parts = Parts(output, cfg_hash, N, cfg.batch_size)
 
     def check_output():
+        if output.exists() and overwrite:
+            output.unlink()
         if output.exists():
-            if overwrite:
-                output.unlink()
-                return False
             try:
                 _, attrs = read_arrays(output)
             except UserError as err:
