@@ -94,3 +94,20 @@ def point_weights(qf) -> np.ndarray:
     w = fem.Function(Q)
     w.x.array[:] = vec.array
     return np.array(qf.view(w)).reshape(-1)
+
+
+def point_info_names(material) -> tuple:
+    """Names of the scalar per-point info entries a material asks the macro output to write
+    (its ``point_info`` attribute, e.g. ("ood",) for the surrogate backend)."""
+    return tuple(getattr(material, "point_info", ()) or ())
+
+
+def point_info_values(material, n: int, name: str) -> np.ndarray:
+    """Converged per-point values (n,) of info entry ``name`` (zeros when not published)."""
+    return scalar_info(material, n).get(name, np.zeros(n))
+
+
+def point_info_counts(material, n: int, comm) -> Dict[str, int]:
+    """Per name in :func:`point_info_names`: points with a non-zero value, summed over ranks (collective)."""
+    return {name: int(comm.allreduce(int(np.count_nonzero(point_info_values(material, n, name)))))
+            for name in point_info_names(material)}
