@@ -475,7 +475,8 @@ class FFTRVE(Material):
             eps[active] = trial
         return out_sig, out_K, out_state, eps, newton, cg
 
-    def homogenized_tangent(self, K: torch.Tensor, tol: Optional[float] = None):
+    def homogenized_tangent(self, K: torch.Tensor, tol: Optional[float] = None,
+                            keep_fluctuations: bool = False):
         """Consistent homogenised tangent (B, 6, 6) from voxel tangents K (B, 6, 6, *grid).
 
         Solves the linearised cell problem for the six unit macro strains in one batched PCG.
@@ -490,7 +491,8 @@ class FFTRVE(Material):
                 f"FFT RVE: tangent CG not converged in {self.max_cg} iterations for "
                 f"{int(mask.sum())} RVE(s)", mask)
         stress = (s + self._apply_K(K, x)).mean(_DIMS)  # (B, m, i)
-        self._last_fluctuations = x
+        if keep_fluctuations:
+            self._last_fluctuations = x
         return stress.transpose(1, 2).contiguous(), its.max(1).values
 
     # ------------------------------------------------------------------ Material contract
@@ -510,9 +512,10 @@ class FFTRVE(Material):
             zero = torch.zeros((1, 6) + self.grid, dtype=self.dtype, device=self.device)
             _, K, _ = self._evaluate(zero, torch.ones(self.n_voxels, dtype=self.dtype,
                                                       device=self.device), v0)
-            self._C_initial = self.homogenized_tangent(K)[0][0]
+            self._C_initial = self.homogenized_tangent(K, keep_fluctuations=True)[0][0]
             # elastic localisation: fluctuation fields of the six unit macro strains (6, 6, *grid)
             self._chi_initial = self._last_fluctuations[0]
+            del self._last_fluctuations
         return self._C_initial
 
     def initial_state(self, n: int) -> State:
@@ -634,7 +637,8 @@ def uniaxial_stress_path(rve: FFTRVE, component: int = 0, strain_rate: float = 1
 
     Returns tensors: "time" (T+1,), "strain" (T+1, B, 6), "stress" (T+1, B, 6) [Pa],
     "p" (T+1, B) (when the voxel material has it), "newton_iterations", "cg_iterations",
-    "tangent_cg_iterations", "hill_mandel" (T, B), "wall_time" (T,) [s].
+    "tangent_cg_iterations", "hill_mandel" (T, B), "wall_time" (T,) [s] ("time" and
+    "wall_time" on the CPU, the rest on the RVE's device).
     """
     if not (0 <= int(component) < 6):
         raise ValueError(f"component must be a Mandel index 0..5, got {component}")
@@ -664,7 +668,7 @@ def uniaxial_stress_path(rve: FFTRVE, component: int = 0, strain_rate: float = 1
         stress, _, state, E = rve.update_mixed(E, zeros, mask, dt, state)
         if rve.device.type == "cuda":
             torch.cuda.synchronize(rve.device)
-        out["wall_time"].append(torch.tensor(time.perf_counter() - t0))
+        out["wall_time"].append(torch.tensor(time.perf_counter() - t0, dtype=torch.float64))
         out["strain"].append(E.clone())
         out["stress"].append(stress)
         if "p" in state:
