@@ -191,6 +191,25 @@ def test_non_convergence_raises_with_mask_and_no_nan():
         rve2.update(E[:1], 1.0, rve2.initial_state(1))
 
 
+class _BrittleElastic(VoxelElastic):
+    """Elastic voxels whose 'local solver' fails above a strain magnitude (test double)."""
+
+    def update(self, strain, dt, state):
+        bad = strain.abs().amax(1) > 1e-2
+        if bool(bad.any()):
+            raise MaterialConvergenceError("local failure", failed=bad)
+        return super().update(strain, dt, state)
+
+
+def test_voxel_failure_is_reported_per_rve():
+    mat = _BrittleElastic(mandel.isotropic_stiffness(70e9, 0.3).expand(8, 6, 6))
+    rve = FFTRVE(mat, (2, 2, 2))
+    E = torch.tensor([[1e-3, 0, 0, 0, 0, 0], [2e-2, 0, 0, 0, 0, 0], [3e-3, 0, 0, 0, 0, 0]])
+    with pytest.raises(MaterialConvergenceError) as exc:
+        rve.update(E, 1.0, rve.initial_state(3))
+    assert exc.value.failed.tolist() == [False, True, False]
+
+
 def test_batch_equals_one_by_one():
     rve = _plastic_rve(tol=1e-9)
     E = torch.tensor([[3e-3, -1e-3, -1e-3, 0, 0, 0], [0, 2e-3, 0, 1e-3, 0, 0],
