@@ -84,6 +84,12 @@ class FFTRVE(Material):
         Step halvings allowed per Newton correction (line search on the residual, >= 0).
     device
         torch device ("cpu", "cuda").
+
+    After each update ``info`` holds, per RVE (B,): "hill_mandel" (relative residual of the
+    converged stress and strain-increment fields), "newton_iterations" (= "iterations"),
+    "cg_iterations" (PCG iterations summed over the Newton corrections; in mixed control the
+    largest count of the systems solved together) and "tangent_cg_iterations" (largest of the
+    six tangent solves).  ``stress_field`` (B, Nvox, 6) is the last converged stress field.
     """
 
     def __init__(self, params, microstructure, tol: float = 1e-8,
@@ -448,7 +454,7 @@ class FFTRVE(Material):
                 dx, its, ok = self._linear_solve(K, sig.unsqueeze(1), eta, s_hat.unsqueeze(1))
                 dx = dx[:, 0]
             newton[active] += 1
-            cg[active] += its[:, 0]
+            cg[active] += its.max(1).values  # PCG iterations (the batch of systems runs together)
             if not bool(ok.all()):
                 raise fail(~ok[:, 0], f"CG not converged in {self.max_cg} iterations "
                                       "(or tangent not positive definite)")
