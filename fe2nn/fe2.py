@@ -111,3 +111,28 @@ def point_info_counts(material, n: int, comm) -> Dict[str, int]:
     """Per name in :func:`point_info_names`: points with a non-zero value, summed over ranks (collective)."""
     return {name: int(comm.allreduce(int(np.count_nonzero(point_info_values(material, n, name)))))
             for name in point_info_names(material)}
+
+
+def share_threads(threads: int = 0) -> int:
+    """Set torch's intra-op threads: ``threads`` > 0 as given, 0 = the CPU cores of this node
+    divided by the MPI ranks (at least 1), so that ``mpirun -n N`` does not oversubscribe the cores;
+    with 0 and OMP_NUM_THREADS set, torch's setting is kept.  Returns the number in use."""
+    import os
+
+    import torch
+
+    if threads <= 0 and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    if threads <= 0:
+        try:
+            from mpi4py import MPI
+
+            comm = MPI.COMM_WORLD
+            local = comm.Split_type(MPI.COMM_TYPE_SHARED).size
+        except Exception:  # noqa: BLE001 - no MPI: one process
+            local = 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // max(local, 1))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads

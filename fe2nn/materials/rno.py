@@ -39,6 +39,7 @@ class RnoParams:
     envelope_margin: float = field(default=0.05, metadata=dict(
         check=non_negative, doc="relative slack of the training-envelope check"))
     chunk: int = field(default=16384, metadata=dict(check=positive, doc="points per batched network call"))
+    threads: int = field(default=0, metadata=dict(doc="torch threads per rank; 0 = cores / ranks (or OMP_NUM_THREADS)"))
     # the RVE the surrogate stands for: used by model = "rve" (and fe2nn validate), ignored here
     solver: str = field(default="taylor", metadata=dict(check=one_of(*SOLVERS), doc="RVE solver (model 'rve')"))
     material: str = field(default="aluminium", metadata=dict(doc="crystal parameter set (model 'rve')"))
@@ -60,6 +61,9 @@ def build_rno(p: RnoParams, base_dir: Path):
     if not path.exists():
         raise ValueError(f"key 'material.surrogate': {path}: surrogate not found "
                          "(expected a directory with card.json and weights.safetensors, or a card.json)")
+    from fe2nn.fe2 import share_threads
+
+    share_threads(p.threads)
     device = _device(p.device)
     if device.startswith("cuda"):
         import torch
