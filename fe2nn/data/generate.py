@@ -450,7 +450,8 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
     N = codes.size
 
     def setup():
-        rve_meta = describe(cfg.rve, config_file) if material is None else {"material": repr(material)}
+        rve_meta = describe(cfg.rve, config_file) if material is None else \
+            {"material": f"{type(material).__module__}.{type(material).__qualname__}"}
         return rve_meta, config_hash(cfg, rve_meta)
 
     rve_meta, cfg_hash = _collective(comm, setup)
@@ -487,7 +488,7 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
     mine = [k for k in range(parts.n_chunks) if k % comm.size == comm.rank and k not in done]
 
     def work():
-        mat = material if material is not None else build_rve(cfg.rve, config_file)
+        mat = material if (material is not None or not mine) else build_rve(cfg.rve, config_file)
         bar = None
         if progress and comm.rank == 0:
             from tqdm import tqdm
