@@ -235,6 +235,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     file = args.config
     cfg, vcfg = load(file)
+    import fe2nn.materials.rno  # noqa: F401 - register the FE² backends (lists them in error hints)
+    import fe2nn.materials.rve  # noqa: F401
     from fe2nn.materials.registry import build_material, parse_material
 
     parse_material(cfg.material, file)

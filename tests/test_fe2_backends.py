@@ -154,3 +154,18 @@ def test_ood_monitor_counts_points_outside_the_envelope(tmp_path, strain, expect
         assert "WARNING" in mon.line()
     else:
         assert s["total_ood_point_steps"] == 0 and s["steps"] == 3
+
+
+# -- fe2nn validate: config errors ----------------------------------------------------------
+@pytest.mark.parametrize("extra,needle", [("", "missing table '[validate]'"),
+                                          ("\n[validate]\nstress_steps = [0]\n", "validate.stress_steps"),
+                                          ("\n[validate]\nstres_steps = [1]\n", "validate.stres_steps"),
+                                          ("\n[validate]\n[validate.reference]\nmodel = \"rvee\"\n", "did you mean 'rve'")])
+def test_validate_config_errors_are_one_line(tmp_path, extra, needle):
+    cfg = bar_config(tmp_path / "v.toml", rno_table(tmp_path / "nowhere"), out=str(tmp_path / "out"), extra=extra)
+    from fe2nn.validate import main
+
+    with pytest.raises(UserError, match=needle.replace("[", r"\[").replace("]", r"\]")) as err:
+        main([str(cfg)])
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
