@@ -391,16 +391,17 @@ class SingleCrystal(Material):
             return R, None, dgam
         k = sig.shape[0]
         J = torch.empty(k, 18, 18, dtype=sig.dtype, device=sig.device)
-        eye6 = torch.eye(6, dtype=sig.dtype, device=sig.device)
-        eye12 = torch.eye(12, dtype=sig.dtype, device=sig.device)
-        # d R_sigma / d sigma = I + sum_a dg_dtau_a (C P_a)(P_a)^T
+        # d R_sigma / d sigma = I + sum_a dg_dtau_a (C P_a)(P_a)^T ;  d R_sigma / d xi_a = dg_dxi_a C P_a
         CPt = CP.transpose(1, 2)
-        J[:, :6, :6] = eye6 + torch.bmm(CPt * dg_dtau[:, None, :], P)
+        J[:, :6, :6] = torch.bmm(CPt * dg_dtau[:, None, :], P)
         J[:, :6, 6:] = CPt * dg_dxi[:, None, :]
-        sgn = torch.sign(dgam)
-        W = phi[:, :, None] * self.H[None]  # (k,12,12)
-        J[:, 6:, :6] = -torch.bmm(W * (sgn * dg_dtau)[:, None, :], P)
-        J[:, 6:, 6:] = eye12 - torch.diag_embed(dphi * habs) - W * (sgn * dg_dxi)[:, None, :]
+        # d R_xi / d sigma = -phi_a H_ab sgn_b dg_dtau_b P_b ;  d R_xi / d xi (diagonal added below)
+        Hv = self.H[None] * torch.sign(dgam)[:, None, :]  # H_ab sgn_b
+        J[:, 6:, :6] = torch.bmm(Hv * (-phi[:, :, None] * dg_dtau[:, None, :]), P)
+        J[:, 6:, 6:] = Hv * (-phi[:, :, None] * dg_dxi[:, None, :])
+        diag = J.diagonal(dim1=1, dim2=2)
+        diag[:, :6] += 1.0
+        diag[:, 6:] += 1.0 - dphi * habs
         return R, J, dgam
 
     def _initial_guess(self, dt, sig_trial, sig_old, xi_old, P):
@@ -457,7 +458,10 @@ class SingleCrystal(Material):
             Rt, Jt, _ = self._residual(s_t, x_t, st_a, xo_a, dt_a, CP_a, P_a, jacobian=True)
             ft = 0.5 * (Rt * Rt).sum(-1)
             good = good_dx & torch.isfinite(ft) & (x_t > 0).all(-1) & (ft <= (1.0 - 1e-4) * f0)
-            R, J = torch.where(good[:, None], Rt, R), torch.where(good[:, None, None], Jt, J)
+            bad = ~good
+            if bool(bad.any()):  # keep the old residual/Jacobian only where the full step is rejected
+                Rt[bad], Jt[bad] = R[bad], J[bad]
+            R, J = Rt, Jt
             sig[act[good]], xi[act[good]] = s_t[good], x_t[good]
             # backtracking for the others
             bt = (~good & good_dx).nonzero().flatten()
