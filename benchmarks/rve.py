@@ -136,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fft-steps", type=int, default=None, help="increments to 2%% strain (default 20)")
     ap.add_argument("--fft-grids", type=int, nargs="*", default=None, help="grid sizes N (N^3 voxels)")
     ap.add_argument("--skip-fft", action="store_true")
+    ap.add_argument("--sections", nargs="*", default=["crystal", "taylor", "fft"],
+                    choices=["crystal", "taylor", "fft"], help="which parts to run (default all)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     torch.set_default_dtype(torch.float64)
@@ -148,14 +150,17 @@ def main(argv=None) -> int:
 
     result = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
                   machine=platform.machine(), python=sys.version.split()[0])
-    result["single_crystal"] = bench_single_crystal(sc_batches, steps, device)
-    print(_table(f"Single crystal (aluminium, {device}), {steps} plastic increments",
-                 result["single_crystal"], ["batch", "wall_s", "updates_per_s", "newton_iterations"]), flush=True)
-    result["taylor"] = bench_taylor(tay_batches, 10 if args.quick else 100, steps, device)
-    print(_table("Taylor RVE", result["taylor"],
-                 ["grains", "batch", "wall_s", "increments_per_s", "grain_updates_per_s", "hill_mandel_max"]),
-          flush=True)
-    if args.skip_fft:
+    if "crystal" in args.sections:
+        result["single_crystal"] = bench_single_crystal(sc_batches, steps, device)
+        print(_table(f"Single crystal (aluminium, {device}), {steps} plastic increments",
+                     result["single_crystal"], ["batch", "wall_s", "updates_per_s", "newton_iterations"]),
+              flush=True)
+    if "taylor" in args.sections:
+        result["taylor"] = bench_taylor(tay_batches, 10 if args.quick else 100, steps, device)
+        print(_table("Taylor RVE", result["taylor"],
+                     ["grains", "batch", "wall_s", "increments_per_s", "grain_updates_per_s", "hill_mandel_max"]),
+              flush=True)
+    if args.skip_fft or "fft" not in args.sections:
         result["fft"] = dict(skipped="--skip-fft", rows=[])
     else:
         result["fft"] = bench_fft(grids, 20, fft_steps, 0.02, device)
