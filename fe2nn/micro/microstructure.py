@@ -208,7 +208,7 @@ class Microstructure:
                     raise ValueError(f"{path}: not a fe2nn microstructure file")
                 seed = int(f.attrs["seed"])
                 ms = cls(f["grain_ids"][...], f["orientations"][...], None if seed < 0 else seed)
-        except OSError as err:
+        except (OSError, KeyError) as err:
             raise ValueError(f"{path}: cannot read microstructure ({err})") from None
         return ms
 
