@@ -8,9 +8,10 @@ from fe2nn.surrogate.material import RNOMaterial, compute_envelope
 from fe2nn.surrogate.rno import RNO, RNOArch, refine_path, rollout_at_dt_factor
 
 
-def _model(k=3, activation="silu", seed=0, g_rate=False):
+def _model(k=3, activation="silu", seed=0, g_rate=False, xi_bound=0.0):
     torch.manual_seed(seed)
-    m = RNO(RNOArch(k=k, f_hidden=[24, 24], g_hidden=[16], activation=activation, g_rate=g_rate),
+    m = RNO(RNOArch(k=k, f_hidden=[24, 24], g_hidden=[16], activation=activation, g_rate=g_rate,
+                    xi_bound=xi_bound),
             strain_scale=1e-2, rate_scale=1e-3, stress_scale=1e8).double()
     # larger G weights so that xi_n really depends on eps_n within one step
     with torch.no_grad():
@@ -39,11 +40,12 @@ def _fd_tangent(m, eps, prev, dt, xi, h=1e-8):
     return torch.stack(cols, dim=-1)
 
 
-@pytest.mark.parametrize("activation,g_rate", [("silu", False), ("gelu", False), ("tanh", False),
-                                               ("softplus", False), ("silu", True)])
+@pytest.mark.parametrize("activation,g_rate,xi_bound", [("silu", False, 0.0), ("gelu", False, 0.0),
+                                                        ("tanh", False, 0.0), ("softplus", False, 0.0),
+                                                        ("silu", True, 0.0), ("silu", True, 0.7)])
 @pytest.mark.parametrize("k", [0, 3])
-def test_tangent_matches_central_differences(activation, k, g_rate):
-    m = _model(k, activation, g_rate=g_rate)
+def test_tangent_matches_central_differences(activation, k, g_rate, xi_bound):
+    m = _model(k, activation, g_rate=g_rate, xi_bound=xi_bound)
     eps, prev, dt, xi = _inputs(k=k)
     with torch.no_grad():
         sig, tan, xi_n = m.step_with_tangent(eps, prev, dt, xi)

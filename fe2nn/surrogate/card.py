@@ -144,7 +144,8 @@ def load_surrogate(path: str | os.PathLike, device: str | torch.device = "cpu") 
                        f_hidden=[int(w) for w in _get(card, cpath, "architecture", "f_hidden")],
                        g_hidden=[int(w) for w in _get(card, cpath, "architecture", "g_hidden")],
                        activation=str(_get(card, cpath, "architecture", "activation")),
-                       strain_dim=int(arch_d.get("strain_dim", 6)), g_rate=bool(arch_d.get("g_rate", False)))
+                       strain_dim=int(arch_d.get("strain_dim", 6)), g_rate=bool(arch_d.get("g_rate", False)),
+                       xi_bound=float(arch_d.get("xi_bound", 0.0)))
         arch.validate()
     except (TypeError, ValueError) as err:
         raise UserError(f"{cpath}: incompatible surrogate architecture ({err})") from None

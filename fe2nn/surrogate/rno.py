@@ -50,12 +50,17 @@ class RNOArch:
     #: rate enters G linearly, so increments of xi can follow strain increments -- needed
     #: for (nearly) rate-independent plasticity with large steps)
     g_rate: bool = False
+    #: > 0: F and G see xi through the soft bound B tanh(xi/B) (robustness: unseen paths
+    #: cannot drive the MLPs far outside their training inputs); 0: off
+    xi_bound: float = 0.0
 
     def validate(self) -> None:
         if self.k < 0:
             raise ValueError(f"k (number of internal variables) must be >= 0, got {self.k}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if not self.xi_bound >= 0:
+            raise ValueError(f"xi_bound must be >= 0, got {self.xi_bound}")
         if self.strain_dim != 6:
             raise ValueError(f"strain dimension must be 6 (Mandel), got {self.strain_dim}")
         if any(w <= 0 for w in list(self.f_hidden) + list(self.g_hidden)):
@@ -156,6 +161,11 @@ class RNO(nn.Module):
         return {"strain_scale": self.strain_scale, "rate_scale": self.rate_scale,
                 "stress_scale": self.stress_scale, "time_scale": self.time_scale}
 
+    def _bound(self, xi: torch.Tensor) -> torch.Tensor:
+        """Internal variables as the MLPs see them: B tanh(xi/B) (identity when B = 0)."""
+        B = self.arch.xi_bound
+        return B * torch.tanh(xi / B) if B > 0 else xi
+
     # -- one time step -------------------------------------------------------------------
     def step(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
              xi_prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -166,11 +176,12 @@ class RNO(nn.Module):
         q = (strain - prev_strain) / (dtn * s[1])
         r = torch.asinh(q)
         if self.G is not None:
-            g_in = [e, q, xi_prev] if self.arch.g_rate else [e, xi_prev]
+            xb = self._bound(xi_prev)
+            g_in = [e, q, xb] if self.arch.g_rate else [e, xb]
             xi = xi_prev + (dtn * (s[1] / s[0])) * self.G(torch.cat(g_in, dim=-1))
         else:
             xi = xi_prev
-        x = torch.cat([e, r, xi], dim=-1)
+        x = torch.cat([e, r, self._bound(xi)], dim=-1)
         stress = (self.F(x) + self.F_linear(x)) * s[2]
         return stress, xi
 
@@ -200,15 +211,22 @@ class RNO(nn.Module):
         if self.G is not None:
             c = dtn * (s[1] / s[0])
             dxi0 = strain.new_zeros(n, 6, self.k)
+            xb = self._bound(xi_prev)
             if self.arch.g_rate:
                 dq = (eye / (dtn * s[1])[..., None])
-                g, dg = _mlp_jvp(self.G, torch.cat([e, q, xi_prev], -1), torch.cat([de, dq, dxi0], 2))
+                g, dg = _mlp_jvp(self.G, torch.cat([e, q, xb], -1), torch.cat([de, dq, dxi0], 2))
             else:
-                g, dg = _mlp_jvp(self.G, torch.cat([e, xi_prev], -1), torch.cat([de, dxi0], 2))
+                g, dg = _mlp_jvp(self.G, torch.cat([e, xb], -1), torch.cat([de, dxi0], 2))
             xi, dxi = xi_prev + c * g, c[..., None] * dg
         else:
             xi, dxi = xi_prev, strain.new_zeros(n, 6, 0)
-        x, dx = torch.cat([e, r, xi], -1), torch.cat([de, dr, dxi], 2)
+        B = self.arch.xi_bound
+        if B > 0:
+            th = torch.tanh(xi / B)
+            xf, dxf = B * th, (1.0 - th * th)[:, None, :] * dxi
+        else:
+            xf, dxf = xi, dxi
+        x, dx = torch.cat([e, r, xf], -1), torch.cat([de, dr, dxf], 2)
         f, df = _mlp_jvp(self.F, x, dx)
         f = f + self.F_linear(x)
         df = df + dx @ self.F_linear.weight.T

@@ -127,6 +127,8 @@ class ModelConfig:
     g_hidden: List[int] = field(default_factory=lambda: [64, 64])
     activation: str = field(default="silu", metadata=dict(check=one_of(*ACTIVATIONS)))
     g_rate: bool = field(default=False, metadata=dict(doc="feed the strain rate to G as well (not in the paper)"))
+    xi_bound: float = field(default=0.0, metadata=dict(check=non_negative,
+                                                       doc="MLPs see B tanh(xi/B); 0 = off"))
 
     def validate(self):
         if any(w <= 0 for w in self.f_hidden + self.g_hidden) or not self.f_hidden:
@@ -227,7 +229,8 @@ class Trainer:
         tr = split["train"]
         sc = scales_from_data(ds["strain"][tr], ds["stress"][tr], ds["time"][tr])
         arch = RNOArch(k=cfg.model.k, f_hidden=list(cfg.model.f_hidden), g_hidden=list(cfg.model.g_hidden),
-                       activation=cfg.model.activation, g_rate=cfg.model.g_rate)
+                       activation=cfg.model.activation, g_rate=cfg.model.g_rate,
+                       xi_bound=cfg.model.xi_bound)
         self.model = RNO(arch, **sc).to(device=device, dtype=torch.float64)
         self._init_linear_skip(ds["strain"][tr], ds["stress"][tr])
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
