@@ -26,9 +26,10 @@ def test_surrogate_reaction_history_same_on_1_and_2_ranks(tmp_path):
         proc = run_cli("solve", str(cfg), "-q", n=n, check=True)
         assert "results in" in proc.stdout
         R[n], rows = _reactions(tmp_path / f"out{n}" / "steps.csv")
-        assert len(rows) == 5 and (tmp_path / f"out{n}" / "fields.bp").is_dir()
+        assert len(rows) >= 5 and (tmp_path / f"out{n}" / "fields.bp").is_dir()
     scale = np.abs(R[1]).max()
     assert scale > 1e5  # N: a real load
+    assert R[2].shape == R[1].shape
     np.testing.assert_allclose(R[2], R[1], rtol=0, atol=1e-8 * scale)
 
 
@@ -48,10 +49,10 @@ def test_validate_under_mpirun_reports_consistent_metrics(tmp_path):
     Rr, _ = _reactions(out / "reference" / "steps.csv")
     dev = np.linalg.norm(Rs - Rr, axis=1).max() / np.linalg.norm(Rr, axis=1).max()
     c = rep["comparison"]
-    assert c["compared_steps"] == 4 and rep["ranks"] == 2
+    assert c["compared_steps"] == len(Rr) == len(Rs) >= 4 and rep["ranks"] == 2
     assert abs(c["max_reaction_deviation"] - dev) <= 1e-12 + 1e-9 * dev
     assert [s["step"] for s in c["stress_relative_l2"]] == [2, 4]
     assert dev <= card["errors"]["test_dt_x1"]["max"]
     assert 0 < c["max_stress_relative_l2"] < 0.2
-    assert rep["ood"]["monitored"] and rep["ood"]["steps"] == 4
+    assert rep["ood"]["monitored"] and rep["ood"]["steps"] == len(Rs)
     assert rep["timing"]["speedup_constitutive"] > 1
