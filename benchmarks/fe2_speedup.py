@@ -9,7 +9,10 @@ A. surrogate vs J2 -- the main demo's problem (demos/plate_hole_rno.toml: mesh, 
 B. surrogate vs FFT-RVE FE² -- a tiny bar (12 tetrahedra = 12 quadrature points) pulled to
    0.4 % strain, with an FFT RVE of ``--grid``^3 voxels and ``--grains`` grains per point;
    whole-solve wall time and constitutive time per quadrature-point evaluation
-   (time in material.update / (points x material calls)).  Target: speedup >= 1000 x.
+   (time in the solver's material evaluation / (points x material calls)).  At 12 points the
+   surrogate's cost is per-call overhead, so its cost per point is also measured in a batch
+   of 4832 points (the main demo's size; one rank) -- the FFT cost per RVE hardly depends on
+   the batch size.  Target: speedup >= 1000 x.
 
     python benchmarks/fe2_speedup.py --out results/fe2_speedup.json
     python benchmarks/fe2_speedup.py --quick          # smoke run (few steps)
@@ -58,6 +61,24 @@ def _run(cfg_path: Path, material: dict | None = None, steps: int | None = None)
             "per_point_eval_s": const / max(n * calls, 1), "final_reaction": res.steps[-1].reaction.tolist()}
 
 
+def _update_cost(table: dict, n: int, reps: int = 5) -> float:
+    """Median wall time [s] of one ``material.update`` of n points (random 0.1 % strains, dt 0.3 s)."""
+    import torch
+
+    from fe2nn.materials.registry import build_material
+
+    mat = build_material(table, str(REPO / "demos" / "x.toml"))
+    state = mat.initial_state(n)
+    g = torch.Generator().manual_seed(0)
+    eps = 1e-3 * torch.randn(n, 6, generator=g, dtype=torch.float64)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        mat.update(eps, 0.3, state)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few steps (smoke run)")
@@ -90,7 +111,11 @@ def main() -> int:
                    "microstructure": {"n_grains": args.grains, "grid": args.grid, "seed": 7}}
             b_sur = _run(bar_config(tmp / "s.toml", rno_table(SURROGATE), **kw))
             b_fft = _run(bar_config(tmp / "f.toml", fft, **kw))
+        n_big = 4832  # points of the main demo
+        per_pt_big = _update_cost(rno_table(SURROGATE), n_big) / n_big
         out["B_surrogate_vs_fft"] = {
+            "surrogate_update_per_point_s_at_4832_points": per_pt_big,
+            "speedup_per_point_evaluation_at_demo_batch": b_fft["per_point_eval_s"] / per_pt_big,
             "surrogate": b_sur, "fft": b_fft, "grid": args.grid, "grains": args.grains,
             "speedup_wall": b_fft["wall_s"] / b_sur["wall_s"],
             "speedup_per_point_evaluation": b_fft["per_point_eval_s"] / b_sur["per_point_eval_s"]}
@@ -105,7 +130,9 @@ def main() -> int:
     if "B_surrogate_vs_fft" in out:
         b = out["B_surrogate_vs_fft"]
         print(f"B: FFT / surrogate: whole solve {b['speedup_wall']:.0f}x, per point evaluation "
-              f"{b['speedup_per_point_evaluation']:.0f}x (target >= 1000)")
+              f"{b['speedup_per_point_evaluation']:.0f}x at the same 12-point batch, "
+              f"{b['speedup_per_point_evaluation_at_demo_batch']:.0f}x against the surrogate's cost per point "
+              f"in a {n_big}-point batch ({per_pt_big:.2e} s) (target >= 1000)")
     if args.out:
         from fe2nn.io_utils import write_text_atomic
 
