@@ -35,7 +35,7 @@ def build_rve_material(cfg: RVEConfig, base_dir: Path):
     """Batched RVE material; configuration errors become ValueErrors naming the ``material.*`` key."""
     from fe2nn.fe2 import share_threads
 
-    share_threads(getattr(cfg, "threads", 0))
+    share_threads(getattr(cfg, "threads", 1))
     fake = str(Path(base_dir) / _PLACEHOLDER)
     try:
         return build_rve(cfg, fake)
@@ -53,7 +53,7 @@ class RveParams(RVEConfig):
     surrogate: str = field(default="", metadata=dict(doc="surrogate of model 'rno' (ignored by 'rve')"))
     envelope_margin: float = field(default=0.05, metadata=dict(doc="model 'rno' only (ignored by 'rve')"))
     chunk: int = field(default=16384, metadata=dict(doc="model 'rno' only (ignored by 'rve')"))
-    threads: int = field(default=0, metadata=dict(doc="torch threads per rank; 0 = cores / ranks (or OMP_NUM_THREADS)"))
+    threads: int = field(default=1, metadata=dict(doc="torch threads per rank; 0 = cores / ranks (or OMP_NUM_THREADS)"))
 
 
 register("rve", build_rve_material, RveParams)
