@@ -27,6 +27,8 @@ def test_surrogate_reaction_history_same_on_1_and_2_ranks(tmp_path):
         assert "results in" in proc.stdout
         R[n], rows = _reactions(tmp_path / f"out{n}" / "steps.csv")
         assert len(rows) >= 5 and (tmp_path / f"out{n}" / "fields.bp").is_dir()
+        assert all(int(r["ood_points"]) == 0 for r in rows)  # 0.4 % at 2e-3 1/s: inside the envelope
+        assert proc.stdout.count("stayed inside the surrogate's training envelope") == 1
     scale = np.abs(R[1]).max()
     assert scale > 1e5  # N: a real load
     assert R[2].shape == R[1].shape
@@ -56,3 +58,18 @@ def test_validate_under_mpirun_reports_consistent_metrics(tmp_path):
     assert 0 < c["max_stress_relative_l2"] < 0.2
     assert rep["ood"]["monitored"] and rep["ood"]["steps"] == len(Rs)
     assert rep["timing"]["speedup_constitutive"] > 1
+
+
+@needs_surrogate
+def test_solve_cli_writes_ood_column_field_and_summary(tmp_path):
+    """fe2nn solve with the surrogate: steps.csv column ood_points, VTX field 'ood', rank-0 summary line;
+    beyond the envelope (3 % strain, 1.5x the largest training strain) the count is > 0."""
+    cfg = bar_config(tmp_path / "c.toml", rno_table(), strain=3e-2, times=(0.0, 4.0), steps=4,
+                     out=str(tmp_path / "out"))
+    proc = run_cli("solve", str(cfg), "-q", n=2)
+    with open(tmp_path / "out" / "steps.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    counts = [int(r["ood_points"]) for r in rows]
+    assert rows and counts[0] == 0 and max(counts) > 0, (counts, proc.stderr)
+    assert proc.stdout.count("out-of-distribution monitor: WARNING") == 1 or proc.returncode != 0
+    assert b"ood" in (tmp_path / "out" / "fields.bp" / "md.0").read_bytes()

@@ -53,6 +53,14 @@ class CellAverages:
             self.p_q = fem.Function(qf.space(()))
             self.p = fem.Function(self.S, name="p")
             self._L_p = fem.form(self.p_q * w * qf.dx)
+        # scalar per-point material diagnostics (material.point_info, e.g. the surrogate's "ood"
+        # mask): cell averages of the point values (for "ood": the fraction of points outside)
+        from fe2nn.fe2 import point_info_names
+
+        self.info_names = point_info_names(solver.material)
+        self.info_q = {n: fem.Function(qf.space(())) for n in self.info_names}
+        self.info = {n: fem.Function(self.S, name=n) for n in self.info_names}
+        self._L_info = {n: fem.form(self.info_q[n] * w * qf.dx) for n in self.info_names}
 
     @staticmethod
     def _assemble(form) -> np.ndarray:
@@ -72,10 +80,17 @@ class CellAverages:
             p = self.solver.state["p"].detach().cpu().numpy()
             self.solver.qf.assign(self.p_q, p)
             self.p.x.array[:] = self._assemble(self._L_p) / vol
+        if self.info_names:
+            from fe2nn.fe2 import point_info_values
+
+            qf = self.solver.qf
+            for n in self.info_names:
+                qf.assign(self.info_q[n], point_info_values(self.solver.material, qf.n_points, n))
+                self.info[n].x.array[:] = self._assemble(self._L_info[n]) / vol
 
     @property
     def functions(self):
-        return [self.stress, self.von_mises] + ([self.p] if self.has_p else [])
+        return [self.stress, self.von_mises] + ([self.p] if self.has_p else []) + list(self.info.values())
 
 
 class OutputWriter:
@@ -86,6 +101,7 @@ class OutputWriter:
         self.solver, self.comm = solver, solver.comm
         self.plot = plot
         self.rows: List[list] = []
+        self.extra_columns: List[str] = []  # "<name>_points" per material.point_info entry
         tmp = None
         if self.comm.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -110,8 +126,12 @@ class OutputWriter:
             w.write(t)
 
     def write_step(self, rec, fields: bool = True) -> None:
+        from fe2nn.fe2 import point_info_counts
+
+        counts = point_info_counts(self.solver.material, self.solver.qf.n_points, self.comm)  # collective
+        self.extra_columns = [f"{n}_points" for n in counts]
         self.rows.append([rec.step, rec.time, rec.factor, *rec.displacement, *rec.reaction, rec.iterations,
-                          rec.residuals[-1], rec.wall_time])
+                          rec.residuals[-1], rec.wall_time, *counts.values()])
         if fields and self.writers:
             self._write_fields(rec.time)
         self._write_csv()
@@ -121,9 +141,10 @@ class OutputWriter:
             return
         buf = io.StringIO()
         wr = csv.writer(buf)
-        wr.writerow(CSV_COLUMNS)
+        wr.writerow(CSV_COLUMNS + self.extra_columns)
         for r in self.rows:
-            wr.writerow([r[0]] + [f"{x:.17g}" for x in r[1:9]] + [r[9], f"{r[10]:.6e}", f"{r[11]:.6f}"])
+            wr.writerow([r[0]] + [f"{x:.17g}" for x in r[1:9]] + [r[9], f"{r[10]:.6e}", f"{r[11]:.6f}"]
+                        + [int(x) for x in r[12:]])
         with atomic_path(self.dir / "steps.csv") as tmp:
             tmp.write_text(buf.getvalue())
 
