@@ -172,4 +172,4 @@ def parse(cls, data: dict, file: str = "<config>", where: str = ""):
 def resolve_path(base_file: str | os.PathLike, path: str) -> Path:
     """Interpret ``path`` relative to the directory of the config file."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else (Path(base_file).resolve().parent / p)
+    return p if p.is_absolute() else (Path(base_file).resolve().parent / p).resolve()

@@ -165,6 +165,7 @@ class OutputWriter:
         ax.set_xlabel(f"mean displacement u_{axis} on '{self.solver.reaction_boundary}' [m]")
         ax.set_ylabel(f"reaction force R_{axis} [N]")
         ax.grid(True, alpha=0.3)
+        ax.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))
         fig.tight_layout()
         with atomic_path(self.dir / "force_displacement.png") as tmp:
             fig.savefig(tmp, dpi=120, format="png")

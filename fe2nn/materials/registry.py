@@ -35,7 +35,7 @@ _REGISTRY: Dict[str, Tuple[Builder, Optional[type]]] = {}
 
 #: model name -> module whose import registers it (tried on first use of the name);
 #: a name not listed here is looked up as module ``fe2nn.materials.<name>``
-_LAZY: Dict[str, str] = {}
+_LAZY: Dict[str, str] = {"rno": "fe2nn.materials.rno", "rve": "fe2nn.materials.rve"}
 
 
 def register(name: str, builder: Builder, params: Optional[type] = None) -> None:
@@ -46,7 +46,8 @@ def register(name: str, builder: Builder, params: Optional[type] = None) -> None
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    """Registered model names, including the FE² backends that register on first use."""
+    return sorted(set(_REGISTRY) | set(_LAZY))
 
 
 def parse_material(table: dict, file: str = "<config>", key: str = "material"):
