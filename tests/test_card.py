@@ -50,6 +50,21 @@ def test_round_trip_same_predictions(tmp_path):
     assert load_surrogate(d)[1]["errors"]["test"] == 0.02
 
 
+def test_round_trip_elastic_split(tmp_path):
+    torch.manual_seed(0)
+    m = RNO(RNOArch(k=7, f_hidden=[12], g_hidden=[8], g_rate=True, xi_bound=5.0, elastic_split=True),
+            2e-3, 1e-3, 5e7).double()
+    with torch.no_grad():
+        m.C_el.normal_()
+    d = tmp_path / "sur"
+    save_surrogate(m, d, {"envelope": ENV, "dataset": {"sha256": "0" * 64}, "errors": {"test": 0.01}})
+    m2, card = load_surrogate(d)
+    assert card["architecture"]["elastic_split"] is True and m2.C_el is not None
+    s, t = _paths()
+    with torch.no_grad():
+        torch.testing.assert_close(m2.rollout(s, t), m.rollout(s, t), rtol=0, atol=0)
+
+
 def test_tampered_weights_hash_mismatch(tmp_path):
     _, d = _export(tmp_path)
     w = d / "weights.safetensors"

@@ -8,14 +8,16 @@ from fe2nn.surrogate.material import RNOMaterial, compute_envelope
 from fe2nn.surrogate.rno import RNO, RNOArch, refine_path, rollout_at_dt_factor
 
 
-def _model(k=3, activation="silu", seed=0, g_rate=False, xi_bound=0.0):
+def _model(k=3, activation="silu", seed=0, g_rate=False, xi_bound=0.0, elastic_split=False):
     torch.manual_seed(seed)
     m = RNO(RNOArch(k=k, f_hidden=[24, 24], g_hidden=[16], activation=activation, g_rate=g_rate,
-                    xi_bound=xi_bound),
+                    xi_bound=xi_bound, elastic_split=elastic_split),
             strain_scale=1e-2, rate_scale=1e-3, stress_scale=1e8).double()
     # larger G weights so that xi_n really depends on eps_n within one step
     with torch.no_grad():
         m.F_linear.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(seed))
+        if m.C_el is not None:
+            m.C_el.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(seed + 1))
         if m.G is not None:
             for p in m.G.parameters():
                 p.mul_(3.0)
@@ -55,6 +57,33 @@ def test_tangent_matches_central_differences(activation, k, g_rate, xi_bound):
     torch.testing.assert_close(xi_n, xi_ref, rtol=1e-13, atol=1e-13)
     # FD truncation O(h^2 * F''') and round-off O(eps_mach * |sigma| / h) both ~1e-8 relative
     assert float((tan - fd).norm() / fd.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("g_rate,xi_bound", [(False, 0.0), (True, 5.0)])
+def test_elastic_split_tangent_and_plastic_strain_role(g_rate, xi_bound):
+    """sigma = s_s [C_el (eps/e_s - xi[:6]) + F]: exact tangent (central differences) and the
+    first 6 internal variables shift the stress by exactly -s_s C_el dxi (F made constant)."""
+    k = 8
+    m = _model(k, g_rate=g_rate, xi_bound=xi_bound, elastic_split=True)
+    eps, prev, dt, xi = _inputs(k=k)
+    with torch.no_grad():
+        sig, tan, xi_n = m.step_with_tangent(eps, prev, dt, xi)
+        sig_ref, xi_ref = m.step(eps, prev, dt, xi)
+        fd = _fd_tangent(m, eps, prev, dt, xi)
+    torch.testing.assert_close(sig, sig_ref, rtol=1e-13, atol=1e-6)
+    torch.testing.assert_close(xi_n, xi_ref, rtol=1e-13, atol=1e-13)
+    assert float((tan - fd).norm() / fd.norm()) < 1e-6
+    # with F == 0, G == 0 the law is linear elastic with plastic strain s_e xi[:6]
+    with torch.no_grad():
+        for p in list(m.F.parameters()) + list(m.G.parameters()) + list(m.F_linear.parameters()):
+            p.zero_()
+        sig, tan, _ = m.step_with_tangent(eps, prev, dt, xi)
+    C = m.C_el.detach() * m.stress_scale / m.strain_scale
+    expected = (eps - m.strain_scale * xi[:, :6]) @ C.T
+    torch.testing.assert_close(sig, expected, rtol=1e-12, atol=1e-6)
+    torch.testing.assert_close(tan, C.expand(eps.shape[0], 6, 6), rtol=1e-12, atol=0.0)
+    with pytest.raises(ValueError, match="k >= 6"):
+        RNOArch(k=5, elastic_split=True).validate()
 
 
 def test_tangent_has_rate_and_internal_variable_paths():

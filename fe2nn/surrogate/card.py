@@ -80,7 +80,10 @@ def save_surrogate(model: RNO, directory: str | os.PathLike, card: Dict[str, Any
             "internal_variables": ("xi_n = xi_{n-1} + (dt_n/t_s) G(eps_n/e_s, (eps_n - eps_{n-1})/(dt_n r_s), xi_{n-1})"
                                    if model.arch.g_rate else
                                    "xi_n = xi_{n-1} + (dt_n/t_s) G(eps_n/e_s, xi_{n-1})") + ", xi_0 = 0",
-            "stress": "sigma_n = s_s F(eps_n/e_s, asinh((eps_n - eps_{n-1})/(dt_n r_s)), xi_n)",
+            "stress": ("sigma_n = s_s [C_el (eps_n/e_s - xi_n[:6]) + F(eps_n/e_s, asinh((eps_n - eps_{n-1})/(dt_n r_s)), "
+                       "B tanh(xi_n/B))] (elastic split: xi[:6] is a normalized plastic strain)"
+                       if model.arch.elastic_split else
+                       "sigma_n = s_s F(eps_n/e_s, asinh((eps_n - eps_{n-1})/(dt_n r_s)), xi_n)"),
             "xi_in_F": "updated (xi_n)",
         },
         "architecture": model.arch.to_dict(),
@@ -145,7 +148,8 @@ def load_surrogate(path: str | os.PathLike, device: str | torch.device = "cpu") 
                        g_hidden=[int(w) for w in _get(card, cpath, "architecture", "g_hidden")],
                        activation=str(_get(card, cpath, "architecture", "activation")),
                        strain_dim=int(arch_d.get("strain_dim", 6)), g_rate=bool(arch_d.get("g_rate", False)),
-                       xi_bound=float(arch_d.get("xi_bound", 0.0)))
+                       xi_bound=float(arch_d.get("xi_bound", 0.0)),
+                       elastic_split=bool(arch_d.get("elastic_split", False)))
         arch.validate()
     except (TypeError, ValueError) as err:
         raise UserError(f"{cpath}: incompatible surrogate architecture ({err})") from None

@@ -53,6 +53,10 @@ class RNOArch:
     #: > 0: F and G see xi through the soft bound B tanh(xi/B) (robustness: unseen paths
     #: cannot drive the MLPs far outside their training inputs); 0: off
     xi_bound: float = 0.0
+    #: True: the first 6 internal variables act as a (normalized) plastic-strain-like variable
+    #: with an unbounded elastic term, sigma/s_s = C_el (eps/e_s - xi[:6]) + F(...); C_el (6x6)
+    #: is learned (initialised from the first increments).  Needs k >= 6.  False: off
+    elastic_split: bool = False
 
     def validate(self) -> None:
         if self.k < 0:
@@ -61,6 +65,8 @@ class RNOArch:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if not self.xi_bound >= 0:
             raise ValueError(f"xi_bound must be >= 0, got {self.xi_bound}")
+        if self.elastic_split and self.k < 6:
+            raise ValueError(f"elastic_split needs k >= 6 internal variables, got k = {self.k}")
         if self.strain_dim != 6:
             raise ValueError(f"strain dimension must be 6 (Mandel), got {self.strain_dim}")
         if any(w <= 0 for w in list(self.f_hidden) + list(self.g_hidden)):
@@ -137,6 +143,8 @@ class RNO(nn.Module):
         self.F_linear = nn.Linear(arch.f_sizes()[0], arch.strain_dim, bias=False)
         nn.init.zeros_(self.F_linear.weight)
         self.G = _mlp(arch.g_sizes(), arch.activation) if arch.k > 0 else None
+        #: elastic stiffness of the elastic split (normalized units), sigma += C_el (e - xi[:6])
+        self.C_el = nn.Parameter(torch.zeros(arch.strain_dim, arch.strain_dim)) if arch.elastic_split else None
         self.register_buffer("scales", torch.tensor([strain_scale, rate_scale, stress_scale], dtype=torch.float64))
 
     # -- normalization ------------------------------------------------------------------
@@ -182,8 +190,10 @@ class RNO(nn.Module):
         else:
             xi = xi_prev
         x = torch.cat([e, r, self._bound(xi)], dim=-1)
-        stress = (self.F(x) + self.F_linear(x)) * s[2]
-        return stress, xi
+        f = self.F(x) + self.F_linear(x)
+        if self.C_el is not None:
+            f = f + (e - xi[..., :6]) @ self.C_el.T
+        return f * s[2], xi
 
     def step_with_tangent(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
                           xi_prev: torch.Tensor, chunk: int = 16384):
@@ -230,6 +240,9 @@ class RNO(nn.Module):
         f, df = _mlp_jvp(self.F, x, dx)
         f = f + self.F_linear(x)
         df = df + dx @ self.F_linear.weight.T
+        if self.C_el is not None:
+            f = f + (e - xi[:, :6]) @ self.C_el.T
+            df = df + (de - dxi[:, :, :6]) @ self.C_el.T
         return f * s[2], df.transpose(1, 2) * s[2], xi
 
     # -- whole trajectories -------------------------------------------------------------

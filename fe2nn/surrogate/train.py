@@ -129,10 +129,15 @@ class ModelConfig:
     g_rate: bool = field(default=False, metadata=dict(doc="feed the strain rate to G as well (not in the paper)"))
     xi_bound: float = field(default=0.0, metadata=dict(check=non_negative,
                                                        doc="MLPs see B tanh(xi/B); 0 = off"))
+    elastic_split: bool = field(default=False, metadata=dict(
+        doc="sigma = C_el (eps - xi[:6]) + F(...): the first 6 internal variables act as plastic strain (k >= 6)"))
 
     def validate(self):
         if any(w <= 0 for w in self.f_hidden + self.g_hidden) or not self.f_hidden:
             raise ValueError("hidden widths must be > 0 (f_hidden non-empty)")
+        if self.elastic_split and self.k < 6:
+            raise ValueError(f"elastic_split = true needs k >= 6 (the first 6 internal variables are the "
+                             f"plastic strain), got k = {self.k}")
 
 
 @dataclass
@@ -230,7 +235,7 @@ class Trainer:
         sc = scales_from_data(ds["strain"][tr], ds["stress"][tr], ds["time"][tr])
         arch = RNOArch(k=cfg.model.k, f_hidden=list(cfg.model.f_hidden), g_hidden=list(cfg.model.g_hidden),
                        activation=cfg.model.activation, g_rate=cfg.model.g_rate,
-                       xi_bound=cfg.model.xi_bound)
+                       xi_bound=cfg.model.xi_bound, elastic_split=cfg.model.elastic_split)
         self.model = RNO(arch, **sc).to(device=device, dtype=torch.float64)
         self._init_linear_skip(ds["strain"][tr], ds["stress"][tr])
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -257,7 +262,14 @@ class Trainer:
         sig = stress[:, 1:].reshape(-1, 6) / self.model.stress_scale
         L, *_ = np.linalg.lstsq(e, sig, rcond=None)  # (6, 6): sig = e @ L
         with torch.no_grad():
-            self.model.F_linear.weight[:, :6] = torch.as_tensor(L.T, dtype=torch.float64)
+            if self.model.C_el is None:
+                self.model.F_linear.weight[:, :6] = torch.as_tensor(L.T, dtype=torch.float64)
+                return
+            # elastic split: initial (elastic) stiffness from the first increment of every path
+            e1 = strain[:, 1] / self.model.strain_scale
+            s1 = stress[:, 1] / self.model.stress_scale
+            C, *_ = np.linalg.lstsq(e1, s1, rcond=None)
+            self.model.C_el.copy_(torch.as_tensor(C.T, dtype=torch.float64))
 
     # -- checkpoints ------------------------------------------------------------------
     def save_checkpoint(self) -> None:
