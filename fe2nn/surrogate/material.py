@@ -52,14 +52,18 @@ class RNOMaterial(Material):
     :func:`fe2nn.surrogate.card.load_surrogate`) or an :class:`RNO` instance (then
     ``envelope`` may be given as a dict like :func:`compute_envelope` returns).
     ``envelope_margin``: relative slack of the out-of-distribution check.
+    ``tangent_dtype``: "float64" (exact) or "float32" precision of the Newton tangent.
 
     State: ``xi`` (n, k) internal variables [-], ``strain`` (n, 6) strain of the last
     converged increment [-].  ``dt`` must be > 0.
     """
 
+    #: scalar per-point info the macro output writes as fields and counts per step
+    point_info = ("ood",)
+
     def __init__(self, path_or_model: str | os.PathLike | RNO, device: str | torch.device = "cpu",
                  envelope: Optional[Dict[str, Any]] = None, envelope_margin: float = 0.05,
-                 chunk: int = 16384):
+                 chunk: int = 16384, tangent_dtype: str = "float64"):
         super().__init__()
         self.device = torch.device(device)
         if isinstance(path_or_model, RNO):
@@ -73,6 +77,15 @@ class RNOMaterial(Material):
             p.requires_grad_(False)
         self.k = self.model.k
         self.chunk = chunk
+        # The stress and internal variables always come from the float64 forward pass; the
+        # Newton tangent may be computed in float32 (relative error ~1e-7, same iteration
+        # counts, ~2.5x cheaper on CPUs).
+        self.tangent_dtype = getattr(torch, tangent_dtype)
+        self._model_t = self.model
+        if self.tangent_dtype != self.dtype:
+            import copy
+
+            self._model_t = copy.deepcopy(self.model).to(self.tangent_dtype).eval()
         self.envelope_margin = float(envelope_margin)
         env = envelope if envelope is not None else self.card.get("envelope")
         self._env = None
@@ -94,7 +107,14 @@ class RNOMaterial(Material):
             raise ValueError("dt must be > 0")
         prev, xi0 = state["strain"], state["xi"]
         with torch.no_grad():
-            stress, tangent, xi = self.model.step_with_tangent(strain, prev, h, xi0, chunk=self.chunk)
+            if self.tangent_dtype == self.dtype:
+                stress, tangent, xi = self.model.step_with_tangent(strain, prev, h, xi0, chunk=self.chunk)
+            else:
+                td = self.tangent_dtype
+                stress, xi = self.model.step(strain, prev, h, xi0)
+                _, tangent, _ = self._model_t.step_with_tangent(strain.to(td), prev.to(td), h.to(td),
+                                                                xi0.to(td), chunk=self.chunk)
+                tangent = tangent.to(self.dtype)
         self.info = {"ood": self.envelope_violation(strain, (strain - prev) / h[:, None])}
         return stress, tangent, {"xi": xi, "strain": strain.clone()}
 
