@@ -75,20 +75,6 @@ def load(path: str | Path):
     return scfg, vcfg
 
 
-def _problem(cfg, mesh, material):
-    from fe2nn.macro.problem import Problem
-
-    problem = Problem(mesh, material, degree=cfg.mesh.degree, quadrature_degree=cfg.mesh.quadrature_degree)
-    for d in cfg.dirichlet:
-        problem.fix(d.boundary, **{"xyz"[i]: v for i, v in d.components.items()})
-    for t in cfg.traction:
-        if t.pressure is not None:
-            problem.pressure(t.boundary, t.pressure)
-        else:
-            problem.traction(t.boundary, t.value)
-    return problem
-
-
 class _Recorder:
     """solve() callback: OOD counts and the quadrature-point stresses of the chosen steps."""
 
@@ -111,13 +97,14 @@ class _Recorder:
 
 
 def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm):
+    from fe2nn.macro.run import build_problem
     from fe2nn.macro.solver import solve
 
     rec = _Recorder(steps)
     s = cfg.solver
     comm.barrier()
     t0 = time.perf_counter()
-    result = solve(_problem(cfg, mesh, material), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
+    result = solve(build_problem(cfg, mesh, material), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
                    max_dt=cfg.load.max_dt, min_dt=s.min_dt, reaction=cfg.output.reaction, output=out,
                    rtol=s.rtol, atol=s.atol, max_iterations=s.max_iterations, linear_solver=s.linear_solver,
                    petsc_options=s.petsc_options, vtx=cfg.output.vtx, every=cfg.output.every,

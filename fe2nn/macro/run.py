@@ -45,6 +45,21 @@ def check_boundaries(cfg: SolveConfig, file: str, info) -> None:
             raise UserError(f"{file}: {err}") from None
 
 
+def build_problem(cfg: SolveConfig, mesh, material):
+    """A :class:`~fe2nn.macro.problem.Problem` with the config's boundary conditions and loads."""
+    from fe2nn.macro.problem import Problem
+
+    problem = Problem(mesh, material, degree=cfg.mesh.degree, quadrature_degree=cfg.mesh.quadrature_degree)
+    for d in cfg.dirichlet:
+        problem.fix(d.boundary, **{"xyz"[i]: v for i, v in d.components.items()})
+    for t in cfg.traction:
+        if t.pressure is not None:
+            problem.pressure(t.boundary, t.pressure)
+        else:
+            problem.traction(t.boundary, t.value)
+    return problem
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     file = args.config
@@ -66,18 +81,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     check_boundaries(cfg, file, info)
     material = build_material(cfg.material, file)
 
-    from fe2nn.macro.problem import Problem, read_mesh
+    from fe2nn.macro.problem import read_mesh
     from fe2nn.macro.solver import solve
 
     mesh = read_mesh(mesh_path, MPI.COMM_WORLD)
-    problem = Problem(mesh, material, degree=cfg.mesh.degree, quadrature_degree=cfg.mesh.quadrature_degree)
-    for d in cfg.dirichlet:
-        problem.fix(d.boundary, **{"xyz"[i]: v for i, v in d.components.items()})
-    for t in cfg.traction:
-        if t.pressure is not None:
-            problem.pressure(t.boundary, t.pressure)
-        else:
-            problem.traction(t.boundary, t.value)
+    problem = build_problem(cfg, mesh, material)
     s = cfg.solver
     from fe2nn.fe2 import OODMonitor
 
