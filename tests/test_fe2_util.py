@@ -87,14 +87,13 @@ def solve_in_process(cfg_path: Path, material=None, callback=None, max_iteration
 
     from fe2nn.config import resolve_path
     from fe2nn.macro.problem import read_mesh
-    from fe2nn.macro.run import load_config
+    from fe2nn.macro.run import build_problem, load_config
     from fe2nn.macro.solver import solve
     from fe2nn.materials.registry import build_material
-    from fe2nn.validate import _problem
 
     cfg = load_config(cfg_path)
     mat = material if material is not None else build_material(cfg.material, str(cfg_path))
     mesh = read_mesh(resolve_path(cfg_path, cfg.mesh.file), MPI.COMM_SELF)
-    return solve(_problem(cfg, mesh, mat), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
+    return solve(build_problem(cfg, mesh, mat), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
                  max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, linear_solver="direct", progress=False,
                  max_iterations=max_iterations or cfg.solver.max_iterations, callback=callback)
