@@ -8,10 +8,10 @@ from fe2nn.surrogate.material import RNOMaterial, compute_envelope
 from fe2nn.surrogate.rno import RNO, RNOArch, refine_path, rollout_at_dt_factor
 
 
-def _model(k=3, activation="silu", seed=0, g_rate=False, xi_bound=0.0, elastic_split=False):
+def _model(k=3, activation="silu", seed=0, g_rate=False, xi_bound=0.0, elastic_split=False, g_increment=False):
     torch.manual_seed(seed)
     m = RNO(RNOArch(k=k, f_hidden=[24, 24], g_hidden=[16], activation=activation, g_rate=g_rate,
-                    xi_bound=xi_bound, elastic_split=elastic_split),
+                    xi_bound=xi_bound, elastic_split=elastic_split, g_increment=g_increment),
             strain_scale=1e-2, rate_scale=1e-3, stress_scale=1e8).double()
     # larger G weights so that xi_n really depends on eps_n within one step
     with torch.no_grad():
@@ -57,6 +57,37 @@ def test_tangent_matches_central_differences(activation, k, g_rate, xi_bound):
     torch.testing.assert_close(xi_n, xi_ref, rtol=1e-13, atol=1e-13)
     # FD truncation O(h^2 * F''') and round-off O(eps_mach * |sigma| / h) both ~1e-8 relative
     assert float((tan - fd).norm() / fd.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("xi_bound", [0.0, 0.7])
+def test_increment_form_tangent_and_step_size_independence(xi_bound):
+    """G = A + B q: tangent matches central differences; with A = 0 (no relaxation) a straight
+    strain segment gives the same xi whether it is taken in one step or in ten."""
+    k = 3
+    m = _model(k, g_increment=True, xi_bound=xi_bound)
+    eps, prev, dt, xi = _inputs(k=k)
+    with torch.no_grad():
+        sig, tan, xi_n = m.step_with_tangent(eps, prev, dt, xi)
+        sig_ref, xi_ref = m.step(eps, prev, dt, xi)
+        fd = _fd_tangent(m, eps, prev, dt, xi)
+    torch.testing.assert_close(sig, sig_ref, rtol=1e-13, atol=1e-6)
+    torch.testing.assert_close(xi_n, xi_ref, rtol=1e-13, atol=1e-13)
+    assert float((tan - fd).norm() / fd.norm()) < 1e-6
+    # rate-independent limit: zero the A rows of G's last layer and make B depend on nothing
+    # but the bias (constant); then xi_n - xi_0 = B (eps_n - eps_0)/e_s exactly, for any dt
+    with torch.no_grad():
+        last = m.G[-1]
+        last.weight.zero_()
+        last.bias[:k] = 0.0
+        one = m.step(eps, prev, dt, xi)[1]
+        x, e0 = xi.clone(), prev.clone()
+        for i in range(1, 11):
+            e1 = prev + (eps - prev) * i / 10
+            x = m.step(e1, e0, dt / 10, x)[1]
+            e0 = e1
+    torch.testing.assert_close(x, one, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="g_increment"):
+        RNOArch(k=2, g_rate=True, g_increment=True).validate()
 
 
 @pytest.mark.parametrize("g_rate,xi_bound", [(False, 0.0), (True, 5.0)])

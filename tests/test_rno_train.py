@@ -174,3 +174,17 @@ def test_time_limit_exports_best_model(tmp_path, dataset, capsys):
     assert "time limit" in capsys.readouterr().out
     hist = json.loads((tmp_path / "tl" / "history.json").read_text())
     assert len(hist) == 1 and load_surrogate(tmp_path / "tl")[1]["training"]["epochs_run"] == 1
+
+
+def test_float32_training_with_increment_form_exports_float64(tmp_path, dataset):
+    """training.dtype = float32 (faster on CPU) still exports float64 weights; the exported model's
+    validation error equals the float32 one to float32 round-off accumulated over a path."""
+    cfg = _config(tmp_path, dataset, "f32", epochs=6, extra='dtype = "float32"').read_text()
+    cfg = cfg.replace("g_hidden = [8]", "g_hidden = [8]\ng_increment = true")
+    p = tmp_path / "f32.toml"
+    p.write_text(cfg)
+    assert tr.main([str(p), "--no-progress"]) == 0
+    model, card = load_surrogate(tmp_path / "f32")
+    assert card["architecture"]["g_increment"] is True and card["architecture"]["g_layers"] == [14, 8, 14]
+    assert all(t.dtype == torch.float64 for t in model.state_dict().values())
+    assert card["errors"]["val_dt_x1"]["mean"] == pytest.approx(card["training"]["best_val_rel_l2"], rel=1e-4)

@@ -77,7 +77,10 @@ def save_surrogate(model: RNO, directory: str | os.PathLike, card: Dict[str, Any
         "format_version": FORMAT_VERSION,
         "model": "recurrent neural operator (Liu et al., J. Mech. Phys. Solids 2023)",
         "equations": {
-            "internal_variables": ("xi_n = xi_{n-1} + (dt_n/t_s) G(eps_n/e_s, (eps_n - eps_{n-1})/(dt_n r_s), xi_{n-1})"
+            "internal_variables": ("xi_n = xi_{n-1} + (dt_n/t_s) [A + B q], (A, B) = G(eps_n/e_s, asinh q, xi_{n-1}), "
+                                   "q = (eps_n - eps_{n-1})/(dt_n r_s), B (k x 6)"
+                                   if model.arch.g_increment else
+                                   "xi_n = xi_{n-1} + (dt_n/t_s) G(eps_n/e_s, (eps_n - eps_{n-1})/(dt_n r_s), xi_{n-1})"
                                    if model.arch.g_rate else
                                    "xi_n = xi_{n-1} + (dt_n/t_s) G(eps_n/e_s, xi_{n-1})") + ", xi_0 = 0",
             "stress": ("sigma_n = s_s [C_el (eps_n/e_s - xi_n[:6]) + F(eps_n/e_s, asinh((eps_n - eps_{n-1})/(dt_n r_s)), "
@@ -149,7 +152,8 @@ def load_surrogate(path: str | os.PathLike, device: str | torch.device = "cpu") 
                        activation=str(_get(card, cpath, "architecture", "activation")),
                        strain_dim=int(arch_d.get("strain_dim", 6)), g_rate=bool(arch_d.get("g_rate", False)),
                        xi_bound=float(arch_d.get("xi_bound", 0.0)),
-                       elastic_split=bool(arch_d.get("elastic_split", False)))
+                       elastic_split=bool(arch_d.get("elastic_split", False)),
+                       g_increment=bool(arch_d.get("g_increment", False)))
         arch.validate()
     except (TypeError, ValueError) as err:
         raise UserError(f"{cpath}: incompatible surrogate architecture ({err})") from None

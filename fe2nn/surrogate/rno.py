@@ -57,6 +57,11 @@ class RNOArch:
     #: with an unbounded elastic term, sigma/s_s = C_el (eps/e_s - xi[:6]) + F(...); C_el (6x6)
     #: is learned (initialised from the first increments).  Needs k >= 6.  False: off
     elastic_split: bool = False
+    #: True: G is affine in the strain rate, G = A(eps_n, asinh q, xi) + B(eps_n, asinh q, xi) q with
+    #: q = (eps_n - eps_{n-1})/(dt_n r_s) and B a (k x 6) matrix; then xi_n - xi_{n-1} =
+    #: (dt_n/t_s) A + B (eps_n - eps_{n-1})/e_s, so rate-independent flow (A = 0) gives increments
+    #: that follow strain increments exactly, at any step size.  Replaces g_rate.  False: off
+    g_increment: bool = False
 
     def validate(self) -> None:
         if self.k < 0:
@@ -67,6 +72,8 @@ class RNOArch:
             raise ValueError(f"xi_bound must be >= 0, got {self.xi_bound}")
         if self.elastic_split and self.k < 6:
             raise ValueError(f"elastic_split needs k >= 6 internal variables, got k = {self.k}")
+        if self.g_increment and self.g_rate:
+            raise ValueError("g_increment already feeds the strain rate to G: set g_rate = false")
         if self.strain_dim != 6:
             raise ValueError(f"strain dimension must be 6 (Mandel), got {self.strain_dim}")
         if any(w <= 0 for w in list(self.f_hidden) + list(self.g_hidden)):
@@ -77,9 +84,11 @@ class RNOArch:
         return [2 * self.strain_dim + self.k, *self.f_hidden, self.strain_dim]
 
     def g_sizes(self) -> List[int]:
-        """Layer sizes of G: [6 (+6 with g_rate) + k, hidden..., k] (empty when k == 0)."""
-        n_in = self.strain_dim * (2 if self.g_rate else 1) + self.k
-        return [n_in, *self.g_hidden, self.k] if self.k > 0 else []
+        """Layer sizes of G: [6 (+6 with g_rate or g_increment) + k, hidden..., k (x7 with g_increment)]
+        (empty when k == 0)."""
+        n_in = self.strain_dim * (2 if (self.g_rate or self.g_increment) else 1) + self.k
+        n_out = self.k * (1 + self.strain_dim) if self.g_increment else self.k
+        return [n_in, *self.g_hidden, n_out] if self.k > 0 else []
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -185,8 +194,13 @@ class RNO(nn.Module):
         r = torch.asinh(q)
         if self.G is not None:
             xb = self._bound(xi_prev)
-            g_in = [e, q, xb] if self.arch.g_rate else [e, xb]
-            xi = xi_prev + (dtn * (s[1] / s[0])) * self.G(torch.cat(g_in, dim=-1))
+            if self.arch.g_increment:
+                out = self.G(torch.cat([e, r, xb], dim=-1))
+                k = self.k
+                g = out[..., :k] + (out[..., k:].unflatten(-1, (k, 6)) @ q[..., None])[..., 0]
+            else:
+                g = self.G(torch.cat([e, q, xb] if self.arch.g_rate else [e, xb], dim=-1))
+            xi = xi_prev + (dtn * (s[1] / s[0])) * g
         else:
             xi = xi_prev
         x = torch.cat([e, r, self._bound(xi)], dim=-1)
@@ -222,8 +236,14 @@ class RNO(nn.Module):
             c = dtn * (s[1] / s[0])
             dxi0 = strain.new_zeros(n, 6, self.k)
             xb = self._bound(xi_prev)
-            if self.arch.g_rate:
-                dq = (eye / (dtn * s[1])[..., None])
+            dq = (eye / (dtn * s[1])[..., None]).expand(n, 6, 6)
+            if self.arch.g_increment:
+                k = self.k
+                out, dout = _mlp_jvp(self.G, torch.cat([e, r, xb], -1), torch.cat([de, dr, dxi0], 2))
+                Bm, dBm = out[:, k:].unflatten(-1, (k, 6)), dout[:, :, k:].unflatten(-1, (k, 6))
+                g = out[:, :k] + (Bm @ q[..., None])[..., 0]
+                dg = dout[:, :, :k] + torch.einsum("ndkj,nj->ndk", dBm, q) + torch.einsum("nkj,ndj->ndk", Bm, dq)
+            elif self.arch.g_rate:
                 g, dg = _mlp_jvp(self.G, torch.cat([e, q, xb], -1), torch.cat([de, dq, dxi0], 2))
             else:
                 g, dg = _mlp_jvp(self.G, torch.cat([e, xb], -1), torch.cat([de, dxi0], 2))

@@ -129,6 +129,8 @@ class ModelConfig:
     g_rate: bool = field(default=False, metadata=dict(doc="feed the strain rate to G as well (not in the paper)"))
     xi_bound: float = field(default=0.0, metadata=dict(check=non_negative,
                                                        doc="MLPs see B tanh(xi/B); 0 = off"))
+    g_increment: bool = field(default=False, metadata=dict(
+        doc="G = A + B q, affine in the strain rate q: xi increments follow strain increments (replaces g_rate)"))
     elastic_split: bool = field(default=False, metadata=dict(
         doc="sigma = C_el (eps - xi[:6]) + F(...): the first 6 internal variables act as plastic strain (k >= 6)"))
 
@@ -138,6 +140,8 @@ class ModelConfig:
         if self.elastic_split and self.k < 6:
             raise ValueError(f"elastic_split = true needs k >= 6 (the first 6 internal variables are the "
                              f"plastic strain), got k = {self.k}")
+        if self.g_increment and self.g_rate:
+            raise ValueError("g_increment already feeds the strain rate to G: set g_rate = false")
 
 
 @dataclass
@@ -153,6 +157,8 @@ class TrainingConfig:
     dt_factors: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0],
                                     metadata=dict(check=_factors_check))
     seed: int = 0
+    dtype: str = field(default="float64", metadata=dict(
+        check=one_of("float64", "float32"), doc="training precision (the exported weights are float64)"))
     threads: int = field(default=1, metadata=dict(check=non_negative, doc="torch threads, 0 = torch default"))
     device: str = field(default="auto", metadata=dict(check=one_of("auto", "cpu", "cuda")))
     checkpoint_every: int = field(default=10, metadata=dict(check=positive))
@@ -228,15 +234,17 @@ class Trainer:
         tc = cfg.training
         torch.manual_seed(tc.seed)
         np.random.seed(tc.seed)
-        t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
+        self.dtype = getattr(torch, tc.dtype)
+        t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=device)  # noqa: E731
         self.data = {name: {key: t(ds[key][idx]) for key in ("strain", "stress", "time")}
                      for name, idx in split.items()}
         tr = split["train"]
         sc = scales_from_data(ds["strain"][tr], ds["stress"][tr], ds["time"][tr])
         arch = RNOArch(k=cfg.model.k, f_hidden=list(cfg.model.f_hidden), g_hidden=list(cfg.model.g_hidden),
                        activation=cfg.model.activation, g_rate=cfg.model.g_rate,
-                       xi_bound=cfg.model.xi_bound, elastic_split=cfg.model.elastic_split)
-        self.model = RNO(arch, **sc).to(device=device, dtype=torch.float64)
+                       xi_bound=cfg.model.xi_bound, elastic_split=cfg.model.elastic_split,
+                       g_increment=cfg.model.g_increment)
+        self.model = RNO(arch, **sc).to(device=device, dtype=self.dtype)
         self._init_linear_skip(ds["strain"][tr], ds["stress"][tr])
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         if tc.schedule == "cosine":
@@ -263,13 +271,13 @@ class Trainer:
         L, *_ = np.linalg.lstsq(e, sig, rcond=None)  # (6, 6): sig = e @ L
         with torch.no_grad():
             if self.model.C_el is None:
-                self.model.F_linear.weight[:, :6] = torch.as_tensor(L.T, dtype=torch.float64)
+                self.model.F_linear.weight[:, :6] = torch.as_tensor(L.T, dtype=self.dtype)
                 return
             # elastic split: initial (elastic) stiffness from the first increment of every path
             e1 = strain[:, 1] / self.model.strain_scale
             s1 = stress[:, 1] / self.model.stress_scale
             C, *_ = np.linalg.lstsq(e1, s1, rcond=None)
-            self.model.C_el.copy_(torch.as_tensor(C.T, dtype=torch.float64))
+            self.model.C_el.copy_(torch.as_tensor(C.T, dtype=self.dtype))
 
     # -- checkpoints ------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -383,11 +391,11 @@ def export(trainer: Trainer, out_dir: Path) -> Dict[str, Any]:
     from fe2nn.surrogate.material import compute_envelope
 
     cfg, ds, split = trainer.cfg, trainer.ds, trainer.split
-    model = trainer.best_model()
+    model = trainer.best_model().double()
     tr = split["train"]
     errors: Dict[str, Any] = {}
     for part in ("train", "val", "test"):
-        d = trainer.data[part]
+        d = {key: v.double() for key, v in trainer.data[part].items()}
         if d["strain"].shape[0] == 0:
             continue
         for f in (0.25, 1.0, 4.0):
