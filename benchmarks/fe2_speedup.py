@@ -38,15 +38,13 @@ def _run(cfg_path: Path, material: dict | None = None, steps: int | None = None)
     from fe2nn.macro.problem import read_mesh
     from fe2nn.macro.solver import solve
     from fe2nn.materials.registry import build_material
-    from fe2nn.validate import _problem
-
-    from fe2nn.macro.run import load_config
+    from fe2nn.macro.run import build_problem, load_config
 
     cfg = load_config(cfg_path)
     table = material or cfg.material
     mat = build_material(table, str(cfg_path))
     mesh = read_mesh(resolve_path(cfg_path, cfg.mesh.file), MPI.COMM_WORLD)
-    prob = _problem(cfg, mesh, mat)
+    prob = build_problem(cfg, mesh, mat)
     t0 = time.perf_counter()
     res = solve(prob, cfg.load.times, cfg.load.factors, steps=steps or cfg.load.steps, max_dt=None if steps else cfg.load.max_dt,
                 reaction=cfg.output.reaction, linear_solver=cfg.solver.linear_solver, progress=False,
