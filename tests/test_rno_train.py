@@ -188,3 +188,14 @@ def test_float32_training_with_increment_form_exports_float64(tmp_path, dataset)
     assert card["architecture"]["g_increment"] is True and card["architecture"]["g_layers"] == [14, 8, 14]
     assert all(t.dtype == torch.float64 for t in model.state_dict().values())
     assert card["errors"]["val_dt_x1"]["mean"] == pytest.approx(card["training"]["best_val_rel_l2"], rel=1e-4)
+
+
+def test_card_paths_are_relative_to_the_surrogate(tmp_path, dataset):
+    """The card names its dataset and config paths relative to the surrogate directory, so a
+    surrogate moved together with its data (or checked out elsewhere) still points at it."""
+    cfg = _config(tmp_path, dataset, "rel", epochs=1)
+    assert tr.main([str(cfg), "--no-progress"]) == 0
+    card = json.loads((tmp_path / "rel" / "card.json").read_text())
+    for p in (card["dataset"]["path"], card["training"]["config"]["data"]["path"]):
+        assert not p.startswith("/") and (tmp_path / "rel" / p).resolve() == dataset.resolve()
+    assert card["training"]["config"]["output"]["dir"] == "."

@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 import time as _time
 from dataclasses import dataclass, field
@@ -402,13 +403,18 @@ def export(trainer: Trainer, out_dir: Path) -> Dict[str, Any]:
             e = evaluate_loss(model, d["strain"], d["stress"], d["time"], f).cpu().numpy()
             errors[f"{part}_dt_x{f:g}"] = {"mean": float(e.mean()), "p95": float(np.percentile(e, 95)),
                                            "max": float(e.max()), "n": int(e.size)}
+    def rel(p: str) -> str:  # paths in the card relative to the surrogate directory (portable)
+        return Path(os.path.relpath(os.path.realpath(p), os.path.realpath(out_dir))).as_posix()
+
+    cfg_d = dataclasses.asdict(cfg)
+    cfg_d["data"]["path"], cfg_d["output"]["dir"] = rel(cfg.data.path), rel(cfg.output.dir)
     card = {
         "envelope": compute_envelope(ds["strain"][tr], ds["time"][tr]),
-        "dataset": {"path": ds["path"], "sha256": ds["sha256"], "family_names": ds["family_names"],
+        "dataset": {"path": rel(ds["path"]), "sha256": ds["sha256"], "family_names": ds["family_names"],
                     "train_families": list(cfg.data.train_families), "split_seed": cfg.data.seed,
                     "split": split},
         "training": {"epochs_run": trainer.epoch, "best_epoch": trainer.best_epoch,
-                     "best_val_rel_l2": trainer.best_val, "config": dataclasses.asdict(cfg)},
+                     "best_val_rel_l2": trainer.best_val, "config": cfg_d},
         "errors": {"metric": "relative L2 of stress per path over the whole trajectory", **errors},
     }
     save_surrogate(model, out_dir, card)
