@@ -8,7 +8,7 @@ STAMP := $(VENV)/.fe2nn-installed
 PYTHON312 := $(shell if python3.12 --version >/dev/null 2>&1; then command -v python3.12; \
 	else ls -d $$HOME/.pyenv/versions/3.12.*/bin/python3.12 2>/dev/null | sort -V | tail -n 1; fi)
 
-.PHONY: venv test demo demo-validate bench clean-venv
+.PHONY: venv test demo demo-validate bench bench-quick clean-venv
 
 venv: $(STAMP)
 
@@ -32,9 +32,17 @@ demo: $(STAMP)
 demo-validate: $(STAMP)
 	$(VENV)/bin/fe2nn validate demos/validate_small.toml
 
+# Every benchmark at its documented size (about an hour on 2 cores; run on an idle machine),
+# each printing a table and writing results/<name>.json.  bench-quick: smoke sizes, ~3 min.
+BENCHMARKS := macro_j2 rve generate surrogate fe2_speedup
+
 bench: $(STAMP)
 	mkdir -p results
-	$(PY) benchmarks/macro_j2.py --out results/macro_j2.json
+	for b in $(BENCHMARKS); do OMP_NUM_THREADS=1 $(PY) benchmarks/$$b.py --out results/$$b.json || exit 1; done
+
+bench-quick: $(STAMP)
+	mkdir -p results/quick
+	for b in $(BENCHMARKS); do OMP_NUM_THREADS=1 $(PY) benchmarks/$$b.py --quick --out results/quick/$$b.json || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)
