@@ -199,3 +199,21 @@ def test_card_paths_are_relative_to_the_surrogate(tmp_path, dataset):
     for p in (card["dataset"]["path"], card["training"]["config"]["data"]["path"]):
         assert not p.startswith("/") and (tmp_path / "rel" / p).resolve() == dataset.resolve()
     assert card["training"]["config"]["output"]["dir"] == "."
+
+
+def test_init_from_warm_starts_and_checks_architecture(tmp_path, dataset):
+    """training.init_from continues from an exported surrogate (fine-tuning): the first epoch
+    starts at the exported model's validation error, not at a fresh model's; another
+    architecture is one clear error."""
+    assert tr.main([str(_config(tmp_path, dataset, "base", epochs=10)), "--no-progress"]) == 0
+    base = json.loads((tmp_path / "base" / "card.json").read_text())
+    fine = _config(tmp_path, dataset, "fine", epochs=1, extra=f'init_from = "{tmp_path / "base"}"\nlr_min = 0\n')
+    fine.write_text(fine.read_text().replace("lr = 1e-2", "lr = 1e-12"))
+    assert tr.main([str(fine), "--no-progress"]) == 0
+    hist = json.loads((tmp_path / "fine" / "history.json").read_text())
+    # with a vanishing learning rate the weights stay the exported ones
+    assert hist[0]["val"] == pytest.approx(base["training"]["best_val_rel_l2"], rel=1e-9)
+    other = _config(tmp_path, dataset, "other", epochs=1, extra=f'init_from = "{tmp_path / "base"}"')
+    other.write_text(other.read_text().replace("k = 2", "k = 3"))
+    with pytest.raises(UserError, match="init_from.*architecture"):
+        tr.main([str(other), "--no-progress"])

@@ -167,6 +167,8 @@ class TrainingConfig:
                                                           doc="stop and export the best model after this many "
                                                               "seconds of this run, 0 = none"))
     sweep_k: List[int] = field(default_factory=list, metadata=dict(doc="train one model per k and compare"))
+    init_from: str = field(default="", metadata=dict(
+        doc="surrogate directory to start from (fine-tuning; same architecture, its normalization is kept)"))
 
 
 @dataclass
@@ -186,6 +188,8 @@ def load_config(path: str | Path) -> TrainConfig:
     cfg = parse(TrainConfig, load_toml(path), str(path))
     cfg.data.path = str(resolve_path(path, cfg.data.path))
     cfg.output.dir = str(resolve_path(path, cfg.output.dir))
+    if cfg.training.init_from:
+        cfg.training.init_from = str(resolve_path(path, cfg.training.init_from))
     return cfg
 
 
@@ -245,8 +249,11 @@ class Trainer:
                        activation=cfg.model.activation, g_rate=cfg.model.g_rate,
                        xi_bound=cfg.model.xi_bound, elastic_split=cfg.model.elastic_split,
                        g_increment=cfg.model.g_increment)
-        self.model = RNO(arch, **sc).to(device=device, dtype=self.dtype)
-        self._init_linear_skip(ds["strain"][tr], ds["stress"][tr])
+        if tc.init_from:
+            self.model = self._warm_start(tc.init_from, arch)
+        else:
+            self.model = RNO(arch, **sc).to(device=device, dtype=self.dtype)
+            self._init_linear_skip(ds["strain"][tr], ds["stress"][tr])
         self.opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         if tc.schedule == "cosine":
             self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=tc.epochs, eta_min=tc.lr_min)
@@ -264,6 +271,16 @@ class Trainer:
         self.history: List[Dict[str, float]] = []
         self.cfg_hash = _config_hash(cfg)
         self.ckpt = out_dir / "checkpoint.pt"
+
+    def _warm_start(self, path: str, arch: RNOArch) -> RNO:
+        """The model of an existing surrogate (weights and normalization) as the starting point."""
+        from fe2nn.surrogate.card import load_surrogate
+
+        model, _ = load_surrogate(path)
+        if model.arch.to_dict() != arch.to_dict():
+            raise UserError(f"training.init_from = {path}: its architecture {model.arch.to_dict()} differs from "
+                            f"[model] {arch.to_dict()}; use the same [model] keys")
+        return model.to(device=self.device, dtype=self.dtype).train()
 
     def _init_linear_skip(self, strain: np.ndarray, stress: np.ndarray) -> None:
         """Least-squares secant stiffness sigma ~ L e (normalized) as the start of F's linear skip."""
