@@ -167,3 +167,22 @@ def test_cli_reports_bad_surrogate_in_one_line(tmp_path):
     p = run_cli("evaluate", str(d), str(tmp_path / "x.h5"))
     assert p.returncode == 2 and "corrupt surrogate card" in p.stderr and str(d / "card.json") in p.stderr
     assert p.stderr.strip().count("\n") == 0
+
+
+def test_substep_setting_round_trip_and_bad_value(tmp_path):
+    torch.manual_seed(0)
+    m = RNO(RNOArch(k=2, f_hidden=[12], g_hidden=[8], g_increment=True), 2e-3, 1e-3, 5e7).double()
+    m.max_substep_strain = 4e-4
+    d = tmp_path / "sub"
+    save_surrogate(m, d, {"envelope": ENV})
+    m2, card = load_surrogate(d)
+    assert m2.max_substep_strain == 4e-4 and card["integration"]["max_substep_strain"] == 4e-4
+    strain, time = _paths()
+    strain = 10 * strain  # increments well above 4e-4: sub-stepped in both
+    with torch.no_grad():
+        torch.testing.assert_close(m2.rollout(strain, time), m.rollout(strain, time), rtol=0, atol=0)
+    c = json.loads((d / "card.json").read_text())
+    c["integration"]["max_substep_strain"] = -3
+    (d / "card.json").write_text(json.dumps(c))
+    with pytest.raises(UserError, match="max_substep_strain"):
+        load_surrogate(d)

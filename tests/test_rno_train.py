@@ -46,7 +46,8 @@ dir = "{tmp_path / name}"
 
 
 def test_training_reduces_loss_and_exports(tmp_path, dataset):
-    cfg = _config(tmp_path, dataset, epochs=25)
+    # max_substep_strain = 0: the exported model integrates exactly as in training
+    cfg = _config(tmp_path, dataset, epochs=25, extra="max_substep_strain = 0")
     assert tr.main([str(cfg), "--no-progress"]) == 0
     out = tmp_path / "cfg"
     hist = json.loads((out / "history.json").read_text())
@@ -217,3 +218,15 @@ def test_init_from_warm_starts_and_checks_architecture(tmp_path, dataset):
     other.write_text(other.read_text().replace("k = 2", "k = 3"))
     with pytest.raises(UserError, match="init_from.*architecture"):
         tr.main([str(other), "--no-progress"])
+
+
+def test_export_sets_substep_limit_from_training_increments(tmp_path, dataset):
+    """By default the card's integration.max_substep_strain is the largest strain increment of the
+    training paths, and the loaded model uses it."""
+    assert tr.main([str(_config(tmp_path, dataset, "sub", epochs=1)), "--no-progress"]) == 0
+    model, card = load_surrogate(tmp_path / "sub")
+    ds = tr.read_dataset(dataset)
+    inc = torch.linalg.vector_norm(torch.diff(torch.as_tensor(ds["strain"][card["dataset"]["split"]["train"]]), dim=1),
+                                   dim=-1)
+    assert card["integration"]["max_substep_strain"] == pytest.approx(float(inc.max()), rel=1e-12)
+    assert model.max_substep_strain == card["integration"]["max_substep_strain"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -90,6 +91,8 @@ def save_surrogate(model: RNO, directory: str | os.PathLike, card: Dict[str, Any
             "xi_in_F": "updated (xi_n)",
         },
         "architecture": model.arch.to_dict(),
+        "integration": {"max_substep_strain": float(model.max_substep_strain),
+                        "doc": "strain increments (Mandel norm) above this are integrated in equal sub-steps; 0 = never"},
         "k": model.k,
         "normalization": model.normalization(),
         "units": UNITS,
@@ -176,6 +179,12 @@ def load_surrogate(path: str | os.PathLike, device: str | torch.device = "cpu") 
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{cpath}: invalid normalization ({err})") from None
     model = model.to(torch.float64)
+    try:
+        model.max_substep_strain = float(card.get("integration", {}).get("max_substep_strain", 0.0))
+        if not (math.isfinite(model.max_substep_strain) and model.max_substep_strain >= 0):
+            raise ValueError(model.max_substep_strain)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise UserError(f"{cpath}: integration.max_substep_strain must be a number >= 0 ({err})") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))

@@ -155,6 +155,9 @@ class RNO(nn.Module):
         #: elastic stiffness of the elastic split (normalized units), sigma += C_el (e - xi[:6])
         self.C_el = nn.Parameter(torch.zeros(arch.strain_dim, arch.strain_dim)) if arch.elastic_split else None
         self.register_buffer("scales", torch.tensor([strain_scale, rate_scale, stress_scale], dtype=torch.float64))
+        #: integration setting (not a weight): largest strain increment (Mandel norm) per explicit-Euler
+        #: sub-step of xi; larger increments are split into equal sub-steps.  0 = never split.
+        self.max_substep_strain = 0.0
 
     # -- normalization ------------------------------------------------------------------
     @property
@@ -184,23 +187,68 @@ class RNO(nn.Module):
         return B * torch.tanh(xi / B) if B > 0 else xi
 
     # -- one time step -------------------------------------------------------------------
+    def substeps(self, strain: torch.Tensor, prev_strain: torch.Tensor) -> torch.Tensor:
+        """Number of explicit-Euler sub-steps per point (...,): ceil(|eps_n - eps_{n-1}| / h_max),
+        at least 1, with h_max = :attr:`max_substep_strain` (all ones when it is 0)."""
+        h = self.max_substep_strain
+        if h <= 0 or self.G is None:
+            return torch.ones(strain.shape[:-1], dtype=torch.long, device=strain.device)
+        return torch.clamp(torch.ceil(torch.linalg.vector_norm(strain - prev_strain, dim=-1) / h), min=1).long()
+
+    def _g(self, e, q, r, xb):
+        """G's value (..., k) at normalized strain e, rate q (asinh r), bounded xi xb."""
+        if self.arch.g_increment:
+            out = self.G(torch.cat([e, r, xb], dim=-1))
+            k = self.k
+            return out[..., :k] + (out[..., k:].unflatten(-1, (k, 6)) @ q[..., None])[..., 0]
+        return self.G(torch.cat([e, q, xb] if self.arch.g_rate else [e, xb], dim=-1))
+
+    def _g_jvp(self, e, de, q, dq, r, dr, xb, dxb):
+        """G's value (n, k) and directional derivatives (n, m, k) given input tangents (n, m, .)."""
+        if self.arch.g_increment:
+            k = self.k
+            out, dout = _mlp_jvp(self.G, torch.cat([e, r, xb], -1), torch.cat([de, dr, dxb], 2))
+            Bm, dBm = out[:, k:].unflatten(-1, (k, 6)), dout[:, :, k:].unflatten(-1, (k, 6))
+            g = out[:, :k] + (Bm @ q[..., None])[..., 0]
+            dg = dout[:, :, :k] + torch.einsum("ndkj,nj->ndk", dBm, q) + torch.einsum("nkj,ndj->ndk", Bm, dq)
+            return g, dg
+        if self.arch.g_rate:
+            return _mlp_jvp(self.G, torch.cat([e, q, xb], -1), torch.cat([de, dq, dxb], 2))
+        return _mlp_jvp(self.G, torch.cat([e, xb], -1), torch.cat([de, dxb], 2))
+
+    def _bound_jvp(self, xi, dxi):
+        B = self.arch.xi_bound
+        if B <= 0:
+            return xi, dxi
+        th = torch.tanh(xi / B)
+        return B * th, (1.0 - th * th)[:, None, :] * dxi
+
     def step(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
              xi_prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One increment: (stress (...,6) [Pa], xi_n (...,k)) from eps_n, eps_{n-1}, dt_n, xi_{n-1}."""
+        """One increment: (stress (...,6) [Pa], xi_n (...,k)) from eps_n, eps_{n-1}, dt_n, xi_{n-1}.
+
+        With :attr:`max_substep_strain` > 0, a point whose strain increment exceeds it integrates
+        xi in m equal sub-steps (linear strain in time, same rate); other points are unchanged.
+        """
         s = self.scales.to(strain.dtype)
         e = strain / s[0]
         dtn = dt[..., None]
         q = (strain - prev_strain) / (dtn * s[1])
         r = torch.asinh(q)
         if self.G is not None:
-            xb = self._bound(xi_prev)
-            if self.arch.g_increment:
-                out = self.G(torch.cat([e, r, xb], dim=-1))
-                k = self.k
-                g = out[..., :k] + (out[..., k:].unflatten(-1, (k, 6)) @ q[..., None])[..., 0]
+            m = self.substeps(strain, prev_strain) if self.max_substep_strain > 0 else None
+            M = int(m.max()) if m is not None and m.numel() else 1
+            if M == 1:
+                xi = xi_prev + (dtn * (s[1] / s[0])) * self._g(e, q, r, self._bound(xi_prev))
             else:
-                g = self.G(torch.cat([e, q, xb] if self.arch.g_rate else [e, xb], dim=-1))
-            xi = xi_prev + (dtn * (s[1] / s[0])) * g
+                mf = m.to(strain.dtype)[..., None]
+                c = dtn / mf * (s[1] / s[0])
+                de_ = (strain - prev_strain) / s[0]
+                xi = xi_prev
+                for j in range(1, M + 1):
+                    ej = prev_strain / s[0] + torch.clamp(j / mf, max=1.0) * de_
+                    xj = xi + c * self._g(ej, q, r, self._bound(xi))
+                    xi = torch.where(j <= m[..., None], xj, xi)
         else:
             xi = xi_prev
         x = torch.cat([e, r, self._bound(xi)], dim=-1)
@@ -213,10 +261,10 @@ class RNO(nn.Module):
                           xi_prev: torch.Tensor, chunk: int = 16384):
         """Stress (n,6), consistent tangent d sigma_n/d eps_n (n,6,6) [Pa] and xi_n (n,k).
 
-        Exact forward-mode differentiation of :meth:`step`: the Jacobian w.r.t. the 6
-        strain components is propagated through both MLPs alongside the values (in
-        chunks of ``chunk`` points to bound memory).  It includes the direct strain
-        term, the rate term (1/dt) dF/d(rate) and the path dF/d(xi_n) . d(xi_n)/d(eps_n).
+        Exact forward-mode differentiation of :meth:`step` (sub-steps included): the Jacobian
+        w.r.t. the 6 strain components is propagated through both MLPs alongside the values (in
+        chunks of ``chunk`` points to bound memory).  It includes the direct strain term, the
+        rate term (1/dt) dF/d(rate) and the path dF/d(xi_n) . d(xi_n)/d(eps_n).
         """
         n = strain.shape[0]
         if n > chunk:
@@ -231,31 +279,26 @@ class RNO(nn.Module):
         dtn = dt[..., None]
         q = (strain - prev_strain) / (dtn * s[1])
         r = torch.asinh(q)
+        dq = (eye / (dtn * s[1])[..., None]).expand(n, 6, 6)
         dr = torch.diag_embed(torch.rsqrt(1.0 + q * q) / (dtn * s[1]))
         if self.G is not None:
-            c = dtn * (s[1] / s[0])
-            dxi0 = strain.new_zeros(n, 6, self.k)
-            xb = self._bound(xi_prev)
-            dq = (eye / (dtn * s[1])[..., None]).expand(n, 6, 6)
-            if self.arch.g_increment:
-                k = self.k
-                out, dout = _mlp_jvp(self.G, torch.cat([e, r, xb], -1), torch.cat([de, dr, dxi0], 2))
-                Bm, dBm = out[:, k:].unflatten(-1, (k, 6)), dout[:, :, k:].unflatten(-1, (k, 6))
-                g = out[:, :k] + (Bm @ q[..., None])[..., 0]
-                dg = dout[:, :, :k] + torch.einsum("ndkj,nj->ndk", dBm, q) + torch.einsum("nkj,ndj->ndk", Bm, dq)
-            elif self.arch.g_rate:
-                g, dg = _mlp_jvp(self.G, torch.cat([e, q, xb], -1), torch.cat([de, dq, dxi0], 2))
-            else:
-                g, dg = _mlp_jvp(self.G, torch.cat([e, xb], -1), torch.cat([de, dxi0], 2))
-            xi, dxi = xi_prev + c * g, c[..., None] * dg
+            m = self.substeps(strain, prev_strain)
+            M = int(m.max()) if n else 1
+            mf = m.to(strain.dtype)[:, None]
+            c = dtn / mf * (s[1] / s[0])
+            de_ = (strain - prev_strain) / s[0]
+            xi, dxi = xi_prev, strain.new_zeros(n, 6, self.k)
+            for j in range(1, M + 1):
+                w = torch.clamp(j / mf, max=1.0)  # (n, 1): d e_j / d eps_n = w / e_s
+                ej = prev_strain / s[0] + w * de_
+                xb, dxb = self._bound_jvp(xi, dxi)
+                g, dg = self._g_jvp(ej, w[..., None] * de, q, dq, r, dr, xb, dxb)
+                act = (j <= m)[:, None]
+                xi = torch.where(act, xi + c * g, xi)
+                dxi = torch.where(act[..., None], dxi + c[..., None] * dg, dxi)
         else:
             xi, dxi = xi_prev, strain.new_zeros(n, 6, 0)
-        B = self.arch.xi_bound
-        if B > 0:
-            th = torch.tanh(xi / B)
-            xf, dxf = B * th, (1.0 - th * th)[:, None, :] * dxi
-        else:
-            xf, dxf = xi, dxi
+        xf, dxf = self._bound_jvp(xi, dxi)
         x, dx = torch.cat([e, r, xf], -1), torch.cat([de, dr, dxf], 2)
         f, df = _mlp_jvp(self.F, x, dx)
         f = f + self.F_linear(x)

@@ -167,6 +167,10 @@ class TrainingConfig:
                                                           doc="stop and export the best model after this many "
                                                               "seconds of this run, 0 = none"))
     sweep_k: List[int] = field(default_factory=list, metadata=dict(doc="train one model per k and compare"))
+    max_substep_strain: float = field(default=-1.0, metadata=dict(
+        check=lambda v: None if v == -1 or v >= 0 else "must be -1 (auto) or >= 0",
+        doc="exported integration setting: strain increments (Mandel norm) above it are split into equal "
+            "sub-steps when the surrogate is used; -1 = the largest increment of the training paths, 0 = never"))
     init_from: str = field(default="", metadata=dict(
         doc="surrogate directory to start from (fine-tuning; same architecture, its normalization is kept)"))
 
@@ -411,6 +415,10 @@ def export(trainer: Trainer, out_dir: Path) -> Dict[str, Any]:
     cfg, ds, split = trainer.cfg, trainer.ds, trainer.split
     model = trainer.best_model().double()
     tr = split["train"]
+    h = cfg.training.max_substep_strain
+    if h < 0:  # the largest strain increment the model was trained on at the data's step size
+        h = float(np.linalg.norm(np.diff(ds["strain"][tr], axis=1), axis=-1).max())
+    model.max_substep_strain = h
     errors: Dict[str, Any] = {}
     for part in ("train", "val", "test"):
         d = {key: v.double() for key, v in trainer.data[part].items()}
