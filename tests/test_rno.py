@@ -248,37 +248,43 @@ def test_envelope_violation_flags_out_of_range_points():
 
 @pytest.mark.parametrize("g_increment", [False, True])
 def test_substepping_equals_fine_steps_and_tangent_matches_fd(g_increment):
-    """max_substep_strain splits a large increment into m equal sub-steps: the result is exactly
-    that of m explicit steps along the linear-in-time strain path (same rate), points with small
-    increments are untouched, and the tangent through the sub-steps matches central differences."""
+    """max_substep_strain = h splits a large increment into sub-steps of strain length h plus a
+    remainder: the result is exactly that of plain explicit steps along the linear-in-time strain
+    path (same rate), points with small increments are untouched, xi_n is continuous when the
+    increment crosses a multiple of h, and the tangent through the sub-steps matches central
+    differences."""
     k = 3
     m = _model(k, g_rate=not g_increment, g_increment=g_increment, xi_bound=0.7)
     eps, prev, dt, xi = _inputs(n=6, k=k)
     prev = eps - (eps - prev) * torch.tensor([0.3, 1.0, 2.5, 0.6, 4.0, 1.7])[:, None]  # spread the increments
     inc = torch.linalg.vector_norm(eps - prev, dim=-1)
     h = 1.3 * float(inc.min())
-    ratio = inc / h  # keep away from the jumps of ceil() so that the FD check is valid
+    ratio = inc / h  # keep away from the kinks at integers so that the FD check is valid
     assert float((ratio - ratio.round()).abs().min()) > 1e-3
     m.max_substep_strain = h
     sub = m.substeps(eps, prev)
     assert int(sub.min()) == 1 and int(sub.max()) >= 3
     with torch.no_grad():
         sig, xi_n = m.step(eps, prev, dt, xi)
-        for i in range(eps.shape[0]):  # reference: sub[i] plain steps of one point
-            mi = int(sub[i])
+        m.max_substep_strain = 0.0
+        for i in range(eps.shape[0]):  # reference: plain steps of one point to fractions min(j h/|d eps|, 1)
+            w = [min(j * h / float(inc[i]), 1.0) for j in range(int(sub[i]) + 1)]
             x, e0 = xi[i:i + 1], prev[i:i + 1]
-            m.max_substep_strain = 0.0
-            for j in range(1, mi + 1):
-                e1 = prev[i:i + 1] + (eps[i:i + 1] - prev[i:i + 1]) * j / mi
-                s_ref, x = m.step(e1, e0, dt[i:i + 1] / mi, x)
+            for j in range(1, len(w)):
+                e1 = prev[i:i + 1] + (eps[i:i + 1] - prev[i:i + 1]) * w[j]
+                s_ref, x = m.step(e1, e0, dt[i:i + 1] * (w[j] - w[j - 1]), x)
                 e0 = e1
-            m.max_substep_strain = h
             # F sees the rate of the whole increment (equal to that of each sub-step)
             torch.testing.assert_close(xi_n[i:i + 1], x, rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(sig[i:i + 1], s_ref, rtol=1e-10, atol=1e-3)
+        m.max_substep_strain = h
         sig_t, tan, xi_t = m.step_with_tangent(eps, prev, dt, xi)
         fd = _fd_tangent(m, eps, prev, dt, xi, h=1e-9)
+        # continuity: increments just below and above 2 h give (almost) the same xi
+        d = (eps - prev)[:1] / inc[:1, None]
+        lo, hi = [m.step(prev[:1] + (2 * h + sgn * 1e-12) * d, prev[:1], dt[:1], xi[:1])[1] for sgn in (-1, 1)]
+        assert m.substeps(prev[:1] + (2 * h + 1e-12) * d, prev[:1]).item() == 3
+    torch.testing.assert_close(lo, hi, rtol=0, atol=1e-8)
     torch.testing.assert_close(sig_t, sig, rtol=1e-12, atol=1e-6)
     torch.testing.assert_close(xi_t, xi_n, rtol=1e-12, atol=1e-12)
-    # the sub-step count is piecewise constant in eps: FD steps of 1e-9 do not cross a jump here
     assert float((tan - fd).norm() / fd.norm()) < 1e-5

@@ -156,7 +156,8 @@ class RNO(nn.Module):
         self.C_el = nn.Parameter(torch.zeros(arch.strain_dim, arch.strain_dim)) if arch.elastic_split else None
         self.register_buffer("scales", torch.tensor([strain_scale, rate_scale, stress_scale], dtype=torch.float64))
         #: integration setting (not a weight): largest strain increment (Mandel norm) per explicit-Euler
-        #: sub-step of xi; larger increments are split into equal sub-steps.  0 = never split.
+        #: sub-step of xi; larger increments are split into sub-steps of this length plus a
+        #: remainder.  0 = never split.
         self.max_substep_strain = 0.0
 
     # -- normalization ------------------------------------------------------------------
@@ -195,6 +196,15 @@ class RNO(nn.Module):
             return torch.ones(strain.shape[:-1], dtype=torch.long, device=strain.device)
         return torch.clamp(torch.ceil(torch.linalg.vector_norm(strain - prev_strain, dim=-1) / h), min=1).long()
 
+    def _fractions(self, inc_norm: torch.Tensor, j: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """End of sub-step j as a fraction w_j (...,) of the increment, and whether w_j < 1.
+
+        Sub-steps have the strain length h_max each and the last one takes the remainder,
+        w_j = min(j h_max / |d eps|, 1): as |d eps| crosses a multiple of h_max a new sub-step
+        appears with zero length, so xi_n is continuous in eps_n (equal sub-steps would jump)."""
+        x = j * self.max_substep_strain / torch.clamp(inc_norm, min=1e-300)
+        return torch.clamp(x, max=1.0), x < 1.0
+
     def _g(self, e, q, r, xb):
         """G's value (..., k) at normalized strain e, rate q (asinh r), bounded xi xb."""
         if self.arch.g_increment:
@@ -227,8 +237,9 @@ class RNO(nn.Module):
              xi_prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One increment: (stress (...,6) [Pa], xi_n (...,k)) from eps_n, eps_{n-1}, dt_n, xi_{n-1}.
 
-        With :attr:`max_substep_strain` > 0, a point whose strain increment exceeds it integrates
-        xi in m equal sub-steps (linear strain in time, same rate); other points are unchanged.
+        With :attr:`max_substep_strain` = h > 0, a point whose strain increment exceeds h integrates
+        xi in sub-steps of strain length h plus a remainder (linear strain in time, same rate);
+        other points are unchanged.
         """
         s = self.scales.to(strain.dtype)
         e = strain / s[0]
@@ -236,19 +247,18 @@ class RNO(nn.Module):
         q = (strain - prev_strain) / (dtn * s[1])
         r = torch.asinh(q)
         if self.G is not None:
-            m = self.substeps(strain, prev_strain) if self.max_substep_strain > 0 else None
-            M = int(m.max()) if m is not None and m.numel() else 1
+            M = int(self.substeps(strain, prev_strain).max()) if self.max_substep_strain > 0 and e.numel() else 1
             if M == 1:
                 xi = xi_prev + (dtn * (s[1] / s[0])) * self._g(e, q, r, self._bound(xi_prev))
             else:
-                mf = m.to(strain.dtype)[..., None]
-                c = dtn / mf * (s[1] / s[0])
+                inc = torch.linalg.vector_norm(strain - prev_strain, dim=-1)
                 de_ = (strain - prev_strain) / s[0]
-                xi = xi_prev
+                xi, w0 = xi_prev, torch.zeros_like(inc)
                 for j in range(1, M + 1):
-                    ej = prev_strain / s[0] + torch.clamp(j / mf, max=1.0) * de_
-                    xj = xi + c * self._g(ej, q, r, self._bound(xi))
-                    xi = torch.where(j <= m[..., None], xj, xi)
+                    w, _ = self._fractions(inc, j)
+                    ej = prev_strain / s[0] + w[..., None] * de_
+                    c = ((w - w0) * dt * (s[1] / s[0]))[..., None]
+                    xi, w0 = xi + c * self._g(ej, q, r, self._bound(xi)), w
         else:
             xi = xi_prev
         x = torch.cat([e, r, self._bound(xi)], dim=-1)
@@ -282,20 +292,26 @@ class RNO(nn.Module):
         dq = (eye / (dtn * s[1])[..., None]).expand(n, 6, 6)
         dr = torch.diag_embed(torch.rsqrt(1.0 + q * q) / (dtn * s[1]))
         if self.G is not None:
-            m = self.substeps(strain, prev_strain)
-            M = int(m.max()) if n else 1
-            mf = m.to(strain.dtype)[:, None]
-            c = dtn / mf * (s[1] / s[0])
+            inc = torch.linalg.vector_norm(strain - prev_strain, dim=-1)
+            M = int(self.substeps(strain, prev_strain).max()) if self.max_substep_strain > 0 and n else 1
             de_ = (strain - prev_strain) / s[0]
+            u = (strain - prev_strain) / torch.clamp(inc, min=1e-300)[:, None]  # d|d eps|/d eps_n
+            cs = dt * (s[1] / s[0])
             xi, dxi = xi_prev, strain.new_zeros(n, 6, self.k)
+            w0, dw0 = torch.zeros_like(inc), torch.zeros_like(strain)
             for j in range(1, M + 1):
-                w = torch.clamp(j / mf, max=1.0)  # (n, 1): d e_j / d eps_n = w / e_s
-                ej = prev_strain / s[0] + w * de_
+                if M == 1:
+                    w, dw = torch.ones_like(inc), torch.zeros_like(strain)
+                else:
+                    w, inner = self._fractions(inc, j)
+                    dw = torch.where(inner, -w / torch.clamp(inc, min=1e-300), 0.0)[:, None] * u  # (n, 6 dirs)
+                ej = prev_strain / s[0] + w[:, None] * de_
+                dej = w[:, None, None] * de + dw[:, :, None] * de_[:, None, :]
+                c, dc = (w - w0) * cs, (dw - dw0) * cs[:, None]
                 xb, dxb = self._bound_jvp(xi, dxi)
-                g, dg = self._g_jvp(ej, w[..., None] * de, q, dq, r, dr, xb, dxb)
-                act = (j <= m)[:, None]
-                xi = torch.where(act, xi + c * g, xi)
-                dxi = torch.where(act[..., None], dxi + c[..., None] * dg, dxi)
+                g, dg = self._g_jvp(ej, dej, q, dq, r, dr, xb, dxb)
+                xi, dxi = xi + c[:, None] * g, dxi + dc[:, :, None] * g[:, None, :] + c[:, None, None] * dg
+                w0, dw0 = w, dw
         else:
             xi, dxi = xi_prev, strain.new_zeros(n, 6, 0)
         xf, dxf = self._bound_jvp(xi, dxi)
