@@ -288,3 +288,23 @@ def test_substepping_equals_fine_steps_and_tangent_matches_fd(g_increment):
     torch.testing.assert_close(sig_t, sig, rtol=1e-12, atol=1e-6)
     torch.testing.assert_close(xi_t, xi_n, rtol=1e-12, atol=1e-12)
     assert float((tan - fd).norm() / fd.norm()) < 1e-5
+
+
+def test_substep_cap_is_continuous_and_tangent_exact():
+    """Increments beyond RNO.MAX_SUBSTEPS * h use MAX_SUBSTEPS equal sub-steps: xi is continuous
+    at the cap and the tangent there still matches central differences."""
+    k = 3
+    m = _model(k, g_increment=True, xi_bound=0.7)
+    eps, prev, dt, xi = _inputs(n=4, k=k)
+    inc = torch.linalg.vector_norm(eps - prev, dim=-1)
+    cap = RNO.MAX_SUBSTEPS
+    m.max_substep_strain = float(inc.min()) / (3.3 * cap)  # every point far beyond the cap
+    assert bool((m.substeps(eps, prev) == cap).all())
+    with torch.no_grad():
+        sig, tan, _ = m.step_with_tangent(eps, prev, dt, xi)
+        fd = _fd_tangent(m, eps, prev, dt, xi, h=1e-9)
+        d = (eps - prev)[:1] / inc[:1, None]
+        h = m.max_substep_strain
+        lo, hi = [m.step(prev[:1] + (cap * h * (1 + sgn * 1e-10)) * d, prev[:1], dt[:1], xi[:1])[1] for sgn in (-1, 1)]
+    assert float((tan - fd).norm() / fd.norm()) < 1e-5
+    torch.testing.assert_close(lo, hi, rtol=0, atol=1e-8)

@@ -138,6 +138,10 @@ def _mlp_jvp(mlp: nn.Sequential, x: torch.Tensor, dx: torch.Tensor):
 class RNO(nn.Module):
     """The recurrent neural operator (see module docstring)."""
 
+    #: cap on the sub-steps of one increment (an increment of > MAX_SUBSTEPS * max_substep_strain
+    #: is far outside the training data anyway; the cap bounds the cost of such points)
+    MAX_SUBSTEPS = 32
+
     def __init__(self, arch: RNOArch, strain_scale: float = 1e-2, rate_scale: float = 1e-3,
                  stress_scale: float = 1e8):
         super().__init__()
@@ -194,16 +198,21 @@ class RNO(nn.Module):
         h = self.max_substep_strain
         if h <= 0 or self.G is None:
             return torch.ones(strain.shape[:-1], dtype=torch.long, device=strain.device)
-        return torch.clamp(torch.ceil(torch.linalg.vector_norm(strain - prev_strain, dim=-1) / h), min=1).long()
+        m = torch.ceil(torch.linalg.vector_norm(strain - prev_strain, dim=-1) / h)
+        return torch.clamp(m, min=1, max=self.MAX_SUBSTEPS).long()
 
     def _fractions(self, inc_norm: torch.Tensor, j: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """End of sub-step j as a fraction w_j (...,) of the increment, and whether w_j < 1.
 
         Sub-steps have the strain length h_max each and the last one takes the remainder,
         w_j = min(j h_max / |d eps|, 1): as |d eps| crosses a multiple of h_max a new sub-step
-        appears with zero length, so xi_n is continuous in eps_n (equal sub-steps would jump)."""
-        x = j * self.max_substep_strain / torch.clamp(inc_norm, min=1e-300)
-        return torch.clamp(x, max=1.0), x < 1.0
+        appears with zero length, so xi_n is continuous in eps_n (equal sub-steps would jump).
+        Beyond MAX_SUBSTEPS sub-steps the increment is split into MAX_SUBSTEPS equal ones (also
+        continuous); the second value is False there (w_j does not depend on eps_n)."""
+        L = torch.clamp(inc_norm, min=1e-300)
+        capped = L > self.MAX_SUBSTEPS * self.max_substep_strain  # then MAX_SUBSTEPS equal sub-steps
+        x = torch.where(capped, torch.full_like(L, j / self.MAX_SUBSTEPS), j * self.max_substep_strain / L)
+        return torch.clamp(x, max=1.0), (x < 1.0) & ~capped
 
     def _g(self, e, q, r, xb):
         """G's value (..., k) at normalized strain e, rate q (asinh r), bounded xi xb."""
