@@ -144,8 +144,9 @@ def test_ood_monitor_counts_points_outside_the_envelope(tmp_path, strain, expect
                      steps=3)
     mon = OODMonitor()
     try:
-        solve_in_process(cfg, callback=mon)
-    except Exception:  # noqa: BLE001 - far outside the envelope the surrogate may not even converge
+        # far outside the envelope the surrogate may not converge: few iterations keep the cut-backs cheap
+        solve_in_process(cfg, callback=mon, max_iterations=8)
+    except Exception:  # noqa: BLE001
         pass
     s = mon.summary()
     assert s["monitored"]
