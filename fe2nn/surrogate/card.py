@@ -92,7 +92,8 @@ def save_surrogate(model: RNO, directory: str | os.PathLike, card: Dict[str, Any
         },
         "architecture": model.arch.to_dict(),
         "integration": {"max_substep_strain": float(model.max_substep_strain),
-                        "doc": "strain increments (Mandel norm) above this are integrated in equal sub-steps; 0 = never"},
+                        "doc": ("xi is integrated in sub-steps of at most this strain length (Mandel norm) plus a "
+                                "remainder, at most RNO.MAX_SUBSTEPS per increment; 0 = one step per increment")},
         "k": model.k,
         "normalization": model.normalization(),
         "units": UNITS,
