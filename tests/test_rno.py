@@ -42,6 +42,20 @@ def _fd_tangent(m, eps, prev, dt, xi, h=1e-8):
     return torch.stack(cols, dim=-1)
 
 
+def _check_step_with_tangent(m, eps, prev, dt, xi, fd_h=1e-8, tol=1e-6, rtol=1e-13):
+    """step_with_tangent agrees with step (stress, xi) and its tangent with central differences
+    (at h = 1e-8 the FD truncation, O(h^2) times the third derivative, and the round-off,
+    O(eps_mach |sigma| / h), are both ~1e-8 relative).  Returns (stress, tangent, xi_n)."""
+    with torch.no_grad():
+        sig, tan, xi_n = m.step_with_tangent(eps, prev, dt, xi)
+        sig_ref, xi_ref = m.step(eps, prev, dt, xi)
+        fd = _fd_tangent(m, eps, prev, dt, xi, h=fd_h)
+    torch.testing.assert_close(sig, sig_ref, rtol=rtol, atol=1e-6)
+    torch.testing.assert_close(xi_n, xi_ref, rtol=rtol, atol=rtol)
+    assert float((tan - fd).norm() / fd.norm()) < tol
+    return sig, tan, xi_n
+
+
 @pytest.mark.parametrize("activation,g_rate,xi_bound", [("silu", False, 0.0), ("gelu", False, 0.0),
                                                         ("tanh", False, 0.0), ("softplus", False, 0.0),
                                                         ("silu", True, 0.0), ("silu", True, 0.7)])
@@ -49,14 +63,7 @@ def _fd_tangent(m, eps, prev, dt, xi, h=1e-8):
 def test_tangent_matches_central_differences(activation, k, g_rate, xi_bound):
     m = _model(k, activation, g_rate=g_rate, xi_bound=xi_bound)
     eps, prev, dt, xi = _inputs(k=k)
-    with torch.no_grad():
-        sig, tan, xi_n = m.step_with_tangent(eps, prev, dt, xi)
-        sig_ref, xi_ref = m.step(eps, prev, dt, xi)
-        fd = _fd_tangent(m, eps, prev, dt, xi)
-    torch.testing.assert_close(sig, sig_ref, rtol=1e-13, atol=1e-6)
-    torch.testing.assert_close(xi_n, xi_ref, rtol=1e-13, atol=1e-13)
-    # FD truncation O(h^2 * F''') and round-off O(eps_mach * |sigma| / h) both ~1e-8 relative
-    assert float((tan - fd).norm() / fd.norm()) < 1e-6
+    _check_step_with_tangent(m, eps, prev, dt, xi)
 
 
 @pytest.mark.parametrize("xi_bound", [0.0, 0.7])
@@ -66,13 +73,7 @@ def test_increment_form_tangent_and_step_size_independence(xi_bound):
     k = 3
     m = _model(k, g_increment=True, xi_bound=xi_bound)
     eps, prev, dt, xi = _inputs(k=k)
-    with torch.no_grad():
-        sig, tan, xi_n = m.step_with_tangent(eps, prev, dt, xi)
-        sig_ref, xi_ref = m.step(eps, prev, dt, xi)
-        fd = _fd_tangent(m, eps, prev, dt, xi)
-    torch.testing.assert_close(sig, sig_ref, rtol=1e-13, atol=1e-6)
-    torch.testing.assert_close(xi_n, xi_ref, rtol=1e-13, atol=1e-13)
-    assert float((tan - fd).norm() / fd.norm()) < 1e-6
+    _check_step_with_tangent(m, eps, prev, dt, xi)
     # rate-independent limit: zero the A rows of G's last layer and make B depend on nothing
     # but the bias (constant); then xi_n - xi_0 = B (eps_n - eps_0)/e_s exactly, for any dt
     with torch.no_grad():
@@ -97,13 +98,7 @@ def test_elastic_split_tangent_and_plastic_strain_role(g_rate, xi_bound):
     k = 8
     m = _model(k, g_rate=g_rate, xi_bound=xi_bound, elastic_split=True)
     eps, prev, dt, xi = _inputs(k=k)
-    with torch.no_grad():
-        sig, tan, xi_n = m.step_with_tangent(eps, prev, dt, xi)
-        sig_ref, xi_ref = m.step(eps, prev, dt, xi)
-        fd = _fd_tangent(m, eps, prev, dt, xi)
-    torch.testing.assert_close(sig, sig_ref, rtol=1e-13, atol=1e-6)
-    torch.testing.assert_close(xi_n, xi_ref, rtol=1e-13, atol=1e-13)
-    assert float((tan - fd).norm() / fd.norm()) < 1e-6
+    _check_step_with_tangent(m, eps, prev, dt, xi)
     # with F == 0, G == 0 the law is linear elastic with plastic strain s_e xi[:6]
     with torch.no_grad():
         for p in list(m.F.parameters()) + list(m.G.parameters()) + list(m.F_linear.parameters()):
@@ -278,16 +273,12 @@ def test_substepping_equals_fine_steps_and_tangent_matches_fd(g_increment):
             torch.testing.assert_close(xi_n[i:i + 1], x, rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(sig[i:i + 1], s_ref, rtol=1e-10, atol=1e-3)
         m.max_substep_strain = h
-        sig_t, tan, xi_t = m.step_with_tangent(eps, prev, dt, xi)
-        fd = _fd_tangent(m, eps, prev, dt, xi, h=1e-9)
         # continuity: increments just below and above 2 h give (almost) the same xi
         d = (eps - prev)[:1] / inc[:1, None]
         lo, hi = [m.step(prev[:1] + (2 * h + sgn * 1e-12) * d, prev[:1], dt[:1], xi[:1])[1] for sgn in (-1, 1)]
         assert m.substeps(prev[:1] + (2 * h + 1e-12) * d, prev[:1]).item() == 3
     torch.testing.assert_close(lo, hi, rtol=0, atol=1e-8)
-    torch.testing.assert_close(sig_t, sig, rtol=1e-12, atol=1e-6)
-    torch.testing.assert_close(xi_t, xi_n, rtol=1e-12, atol=1e-12)
-    assert float((tan - fd).norm() / fd.norm()) < 1e-5
+    _check_step_with_tangent(m, eps, prev, dt, xi, fd_h=1e-9, tol=1e-5, rtol=1e-12)
 
 
 def test_substep_cap_is_continuous_and_tangent_exact():
@@ -300,11 +291,9 @@ def test_substep_cap_is_continuous_and_tangent_exact():
     cap = RNO.MAX_SUBSTEPS
     m.max_substep_strain = float(inc.min()) / (3.3 * cap)  # every point far beyond the cap
     assert bool((m.substeps(eps, prev) == cap).all())
+    _check_step_with_tangent(m, eps, prev, dt, xi, fd_h=1e-9, tol=1e-5, rtol=1e-12)
     with torch.no_grad():
-        sig, tan, _ = m.step_with_tangent(eps, prev, dt, xi)
-        fd = _fd_tangent(m, eps, prev, dt, xi, h=1e-9)
         d = (eps - prev)[:1] / inc[:1, None]
         h = m.max_substep_strain
         lo, hi = [m.step(prev[:1] + (cap * h * (1 + sgn * 1e-10)) * d, prev[:1], dt[:1], xi[:1])[1] for sgn in (-1, 1)]
-    assert float((tan - fd).norm() / fd.norm()) < 1e-5
     torch.testing.assert_close(lo, hi, rtol=0, atol=1e-8)
