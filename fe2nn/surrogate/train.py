@@ -135,14 +135,16 @@ class ModelConfig:
     elastic_split: bool = field(default=False, metadata=dict(
         doc="sigma = C_el (eps - xi[:6]) + F(...): the first 6 internal variables act as plastic strain (k >= 6)"))
 
+    def arch(self) -> RNOArch:
+        """The model architecture these keys describe."""
+        return RNOArch(k=self.k, f_hidden=list(self.f_hidden), g_hidden=list(self.g_hidden),
+                       activation=self.activation, g_rate=self.g_rate, xi_bound=self.xi_bound,
+                       elastic_split=self.elastic_split, g_increment=self.g_increment)
+
     def validate(self):
-        if any(w <= 0 for w in self.f_hidden + self.g_hidden) or not self.f_hidden:
-            raise ValueError("hidden widths must be > 0 (f_hidden non-empty)")
-        if self.elastic_split and self.k < 6:
-            raise ValueError(f"elastic_split = true needs k >= 6 (the first 6 internal variables are the "
-                             f"plastic strain), got k = {self.k}")
-        if self.g_increment and self.g_rate:
-            raise ValueError("g_increment already feeds the strain rate to G: set g_rate = false")
+        if not self.f_hidden:
+            raise ValueError("f_hidden must not be empty")
+        self.arch().validate()  # the architecture's own checks (k, widths, option combinations)
 
 
 @dataclass
@@ -169,8 +171,9 @@ class TrainingConfig:
     sweep_k: List[int] = field(default_factory=list, metadata=dict(doc="train one model per k and compare"))
     max_substep_strain: float = field(default=-1.0, metadata=dict(
         check=lambda v: None if v == -1 or v >= 0 else "must be -1 (auto) or >= 0",
-        doc="exported integration setting: strain increments (Mandel norm) above it are split into equal "
-            "sub-steps when the surrogate is used; -1 = the largest increment of the training paths, 0 = never"))
+        doc="exported integration setting: strain increments (Mandel norm) above it are split into sub-steps "
+            "of this length plus a remainder when the surrogate is used; -1 = the largest increment of the "
+            "training paths, 0 = never"))
     init_from: str = field(default="", metadata=dict(
         doc="surrogate directory to start from (fine-tuning; same architecture, its normalization is kept)"))
 
@@ -249,10 +252,7 @@ class Trainer:
                      for name, idx in split.items()}
         tr = split["train"]
         sc = scales_from_data(ds["strain"][tr], ds["stress"][tr], ds["time"][tr])
-        arch = RNOArch(k=cfg.model.k, f_hidden=list(cfg.model.f_hidden), g_hidden=list(cfg.model.g_hidden),
-                       activation=cfg.model.activation, g_rate=cfg.model.g_rate,
-                       xi_bound=cfg.model.xi_bound, elastic_split=cfg.model.elastic_split,
-                       g_increment=cfg.model.g_increment)
+        arch = cfg.model.arch()
         if tc.init_from:
             self.model = self._warm_start(tc.init_from, arch)
         else:
