@@ -36,3 +36,33 @@ def test_cut_back_steps_equal_direct_steps():
     p_dir = direct.solver.state["p"].numpy()
     assert p_dir.max() > 1e-3  # plastic
     np.testing.assert_allclose(p_cut, p_dir, rtol=0, atol=1e-9 * p_dir.max())
+
+
+def test_extrapolating_predictor_same_answer_fewer_iterations():
+    """The predictor only changes the start of Newton: the same steps converge to the same
+    equilibria (plastic J2 plate, loading then unloading), with fewer iterations in total."""
+    from fe2nn.macro import solve
+
+    kw = dict(times=[0.0, 1.0, 1.5], factors=[0.0, 1.0, 0.4], steps=8, rtol=1e-10, reaction="top",
+              progress=False, linear_solver="direct")
+    none = solve(_problem(), predictor="none", **kw)
+    extra = solve(_problem(), predictor="extrapolate", **kw)
+    np.testing.assert_allclose(extra.times, none.times, rtol=0, atol=1e-14)
+    assert all(s.cutbacks == 0 for s in none.steps + extra.steps)
+    scale = np.abs(none.reactions).max()
+    np.testing.assert_allclose(extra.reactions, none.reactions, rtol=0, atol=1e-8 * scale)
+    p_none, p_extra = none.solver.state["p"].numpy(), extra.solver.state["p"].numpy()
+    assert p_none.max() > 1e-3  # plastic
+    np.testing.assert_allclose(p_extra, p_none, rtol=0, atol=1e-8 * p_none.max())
+    its_none = sum(s.iterations for s in none.steps)
+    its_extra = sum(s.iterations for s in extra.steps)
+    assert its_extra < its_none, (its_extra, its_none)
+
+
+def test_unknown_predictor_is_rejected():
+    import pytest
+
+    from fe2nn.macro import solve
+
+    with pytest.raises(ValueError, match="predictor"):
+        solve(_problem(), predictor="quadratic", progress=False)

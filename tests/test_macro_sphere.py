@@ -45,8 +45,10 @@ def sphere_run():
         work = solver.comm.allreduce(float((f * x / np.linalg.norm(x, axis=1)[:, None]).sum()))
         history.append((rec.factor, work / (math.pi * A**2 / 2), rec.residuals, rec.reference))
 
+    # predictor "none": every step starts a full load increment away, so the convergence
+    # test below sees the residual fall over many orders of magnitude
     solve(prob, times=[0.0, 1.0, 12.0], factors=[0.0, 1.0, 12.0], max_dt=2.75, rtol=1e-10,
-          linear_solver="direct", progress=False, callback=pressure)
+          linear_solver="direct", progress=False, callback=pressure, predictor="none")
     return history
 
 

@@ -110,6 +110,8 @@ class SolverConfig:
     max_iterations: int = field(default=25, metadata=dict(check=positive, doc="Newton iterations per step"))
     min_dt: Optional[float] = field(default=None, metadata=dict(check=positive, doc="smallest step after cut-backs [s]"))
     linear_solver: str = field(default="auto", metadata=dict(check=one_of("auto", "direct", "iterative")))
+    predictor: str = field(default="extrapolate", metadata=dict(check=one_of("extrapolate", "none"), doc=(
+        "initial guess of a step: continue the last converged increment, or start from it")))
     petsc_options: dict = field(default_factory=dict, metadata=dict(
         check=_petsc_values, doc="PETSc options (without '-') overriding the defaults, e.g. {ksp_rtol = 1e-9}"))
 

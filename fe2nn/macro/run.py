@@ -92,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     monitor = OODMonitor()  # out-of-distribution points of a surrogate per step (no-op otherwise)
     result = solve(problem, cfg.load.times, cfg.load.factors, steps=cfg.load.steps, max_dt=cfg.load.max_dt,
                    min_dt=s.min_dt, reaction=cfg.output.reaction, output=out_dir, rtol=s.rtol, atol=s.atol,
-                   max_iterations=s.max_iterations, linear_solver=s.linear_solver, petsc_options=s.petsc_options,
+                   max_iterations=s.max_iterations, linear_solver=s.linear_solver, predictor=s.predictor, petsc_options=s.petsc_options,
                    vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=not args.quiet, callback=monitor)
     from fe2nn.io_utils import rank0_print
 

@@ -72,6 +72,9 @@ class Result:
         return np.array([s.time for s in self.steps])
 
 
+PREDICTORS = ("extrapolate", "none")
+
+
 def default_petsc_options(kind: str) -> Dict[str, object]:
     if kind == "direct":
         return {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
@@ -86,14 +89,23 @@ class NewtonSolver:
     ``linear_solver``: "direct" (MUMPS), "iterative" (CG + GAMG) or "auto"
     (direct up to 150,000 dofs).  ``petsc_options`` override the defaults.
     ``line_search``: halve (up to 4 times) a Newton correction that increases |R|.
+    ``predictor``: start of each step. "extrapolate" continues the last converged
+    increment, scaled by the ratio of the load-factor increments, when the load keeps
+    its direction (else, and at the first step, as "none"); "none" starts from the
+    converged displacement and lifts the BC increment with the tangent there.  For
+    rate-dependent laws the tangent at a zero increment is a poor predictor, so
+    "extrapolate" saves most of the Newton iterations on smooth load paths.
     ``reaction``: tagged surface whose reaction force and mean displacement are reported.
     """
 
     def __init__(self, problem: Problem, rtol: float = 1e-8, atol: float = 1e-10, max_iterations: int = 25,
                  linear_solver: str = "auto", petsc_options: Optional[Dict[str, object]] = None,
-                 reaction=None, line_search: bool = True):
+                 reaction=None, line_search: bool = True, predictor: str = "extrapolate"):
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor = {predictor!r}: expected one of {', '.join(PREDICTORS)}")
         self.problem = problem
         self.line_search = line_search
+        self.predictor = predictor
         self.material = problem.material
         self.rtol, self.atol, self.max_iterations = rtol, atol, max_iterations
         mesh = problem.mesh.mesh
@@ -119,6 +131,8 @@ class NewtonSolver:
         self.state = self.material.initial_state(self.qf.n_points)
         self.trial_state = self.state
         self.u_committed = self.u.x.array.copy()
+        self.factor = self._committed_factor = 0.0
+        self._increment: Optional[tuple[np.ndarray, float]] = None  # last converged (du, dfactor)
         self.f_int = np.zeros(self.n_owned)
         self.timings = {"constitutive": 0.0, "assembly": 0.0, "solve": 0.0}
 
@@ -304,15 +318,20 @@ class NewtonSolver:
         Raises StepFailed (max iterations, divergence, material failure); the
         caller then calls :meth:`rollback`.
         """
+        moved = self._predict(factor)
         self.set_load(factor)
+        if moved:  # the prescribed values are linear in the factor: make them exact
+            for bc in self.bcs:
+                bc.set(self.u.x.array)
         residuals: List[float] = []
         jump = self.bc_jump()
+        first_searched = 2 if jump > 0.0 else 1
         k, alpha = 0, 1.0
         while True:
             r, ref = self._equilibrium(dt)
             # backtracking line search: halve a Newton correction that raised |R|
-            # (never the first, BC-lifting correction; inactive near the solution)
-            if self.line_search and k >= 2 and r > residuals[-1] and alpha > 1.0 / 16:
+            # (never the BC-lifting first correction, whose |R| before excludes the BC jump)
+            if self.line_search and k >= first_searched and r > residuals[-1] and alpha > 1.0 / 16:
                 alpha /= 2
                 self.u.x.array[:] += alpha * self.du.x.array
                 continue
@@ -345,13 +364,31 @@ class NewtonSolver:
             raise StepFailed("residual is not finite")
         return r, ref
 
+    def _predict(self, factor: float) -> bool:
+        """Extrapolated initial guess of the step to ``factor`` (see ``predictor``).
+
+        u is the committed state on entry; returns whether u was moved.
+        """
+        if self.predictor != "extrapolate" or self._increment is None:
+            return False
+        du, dlam = self._increment
+        ratio = (factor - self._committed_factor) / dlam
+        if not 0.0 < ratio <= 4.0:  # reversal, hold or a jump in step size: no trend to follow
+            return False
+        self.u.x.array[:] = self.u_committed + ratio * du
+        return True
+
     def commit(self) -> None:
         self.state = self.trial_state
+        dlam = self.factor - self._committed_factor
+        self._increment = (self.u.x.array - self.u_committed, dlam) if dlam != 0.0 else None
+        self._committed_factor = self.factor
         self.u_committed[:] = self.u.x.array
 
     def rollback(self) -> None:
         self.trial_state = self.state
         self.u.x.array[:] = self.u_committed
+        self.factor = self._committed_factor
 
     # -- results ----------------------------------------------------------------------------
     def reaction(self) -> np.ndarray:
@@ -375,7 +412,7 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
           max_dt: Optional[float] = None, min_dt: Optional[float] = None, reaction=None, output=None,
           rtol: float = 1e-8, atol: float = 1e-10, max_iterations: int = 25, linear_solver: str = "auto",
           petsc_options: Optional[Dict[str, object]] = None, vtx: bool = True, every: int = 1,
-          plot: bool = True, progress: bool = True,
+          plot: bool = True, progress: bool = True, predictor: str = "extrapolate",
           callback: Optional[Callable[[NewtonSolver, StepRecord], None]] = None) -> Result:
     """Run the load history ``(times, factors)`` with cut-backs; returns the converged steps.
 
@@ -386,7 +423,8 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
     """
     table = LoadTable(times, factors)
     solver = NewtonSolver(problem, rtol=rtol, atol=atol, max_iterations=max_iterations,
-                          linear_solver=linear_solver, petsc_options=petsc_options, reaction=reaction)
+                          linear_solver=linear_solver, petsc_options=petsc_options, reaction=reaction,
+                          predictor=predictor)
     targets = table.step_times(steps, max_dt)
     nominal = np.diff([table.start] + targets)
     min_dt = float(min_dt if min_dt is not None else nominal.min() / 1024)
