@@ -17,6 +17,8 @@ import numpy as np
 
 #: name of the out-of-distribution mask in ``material.info`` (see RNOMaterial)
 OOD_KEY = "ood"
+#: its causes, when the material publishes them: strain, strain rate outside the envelope
+OOD_CAUSES = {"strain": "ood_strain", "rate": "ood_rate"}
 
 
 def scalar_info(material, n: int) -> Dict[str, np.ndarray]:
@@ -51,6 +53,7 @@ class OODMonitor:
 
     def __init__(self) -> None:
         self.counts: List[int] = []
+        self.by_cause: Dict[str, List[int]] = {c: [] for c in OOD_CAUSES}
         self.times: List[float] = []
         self.active = False
         self.n_points = 0
@@ -60,6 +63,10 @@ class OODMonitor:
         self.n_points = int(solver.comm.allreduce(solver.qf.n_points))
         self.active = self.active or c is not None
         self.counts.append(0 if c is None else c)
+        info = scalar_info(solver.material, solver.qf.n_points)
+        for cause, key in OOD_CAUSES.items():
+            local = int(np.count_nonzero(info[key])) if key in info else 0
+            self.by_cause[cause].append(int(solver.comm.allreduce(local)))
         self.times.append(float(rec.time))
 
     def summary(self) -> Dict[str, object]:
@@ -69,19 +76,22 @@ class OODMonitor:
         return {"monitored": self.active, "n_points": self.n_points, "steps": int(c.size),
                 "steps_with_ood": int(bad.size), "max_ood_points": int(c.max(initial=0)),
                 "total_ood_point_steps": int(c.sum()),
-                "first_ood_step": int(bad[0]) + 1 if bad.size else None, "per_step": c.tolist()}
+                "first_ood_step": int(bad[0]) + 1 if bad.size else None, "per_step": c.tolist(),
+                "max_by_cause": {k: max(v, default=0) for k, v in self.by_cause.items()}}
 
     def line(self) -> str:
         """One-line summary for the end of a run."""
         s = self.summary()
         if not s["monitored"]:
             return "out-of-distribution monitor: not applicable (material has no training envelope)"
+        causes = s["max_by_cause"]
         if s["steps_with_ood"] == 0:
             return (f"out-of-distribution monitor: all {s['n_points']} quadrature points stayed inside the "
                     f"surrogate's training envelope in all {s['steps']} steps")
         return (f"out-of-distribution monitor: WARNING {s['steps_with_ood']} of {s['steps']} steps had points "
                 f"outside the training envelope (at most {s['max_ood_points']} of {s['n_points']} points, "
-                f"first at step {s['first_ood_step']}); the surrogate extrapolates there")
+                f"first at step {s['first_ood_step']}; at most {causes['strain']} by strain, {causes['rate']} by "
+                f"strain rate); the surrogate extrapolates there")
 
 
 def point_weights(qf) -> np.ndarray:

@@ -232,9 +232,14 @@ def test_envelope_violation_flags_out_of_range_points():
     rate[4, 0] = 2e-2                         # rate too high
     mask = mat.envelope_violation(strain, rate)
     assert mask.tolist() == [False, False, True, True, True]
+    reasons = mat.envelope_reasons(strain, rate)
+    assert reasons["strain"].tolist() == [False, False, True, True, False]
+    assert reasons["rate"].tolist() == [False, False, False, False, True]
     st = mat.initial_state(5)
-    mat.update(strain, 1.0, st)
+    mat.update(strain, 1.0, st)  # from zero strain in 1 s: the rates equal the strains here
     assert mat.info["ood"].tolist() == [False, False, True, True, False]
+    assert mat.info["ood_strain"].tolist() == [False, False, True, True, False]
+    assert mat.info["ood_rate"].tolist() == [False, False, True, True, False]  # norms 1.2e-2, 1.4e-2
     # the envelope of data covers the data
     env = compute_envelope(strain[None].numpy().repeat(2, 0), torch.arange(5.0)[None].repeat(2, 1).numpy())
     assert env["strain_max"][3] == pytest.approx(1.2e-2)

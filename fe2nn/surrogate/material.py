@@ -7,7 +7,8 @@
 
 Inputs/outputs in SI units and Mandel notation.  The tangent is the exact consistent
 d sigma_n / d eps_n of the time-discrete model (strain, rate 1/dt and xi_n paths).
-After every update ``mat.info["ood"]`` holds the envelope-violation mask.
+After every update ``mat.info["ood"]`` holds the envelope-violation mask, and
+``"ood_strain"`` / ``"ood_rate"`` its two causes (strain or strain rate outside).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class RNOMaterial(Material):
     """
 
     #: scalar per-point info the macro output writes as fields and counts per step
-    point_info = ("ood",)
+    point_info = ("ood", "ood_strain", "ood_rate")
 
     def __init__(self, path_or_model: str | os.PathLike | RNO, device: str | torch.device = "cpu",
                  envelope: Optional[Dict[str, Any]] = None, envelope_margin: float = 0.05,
@@ -115,26 +116,34 @@ class RNOMaterial(Material):
                 _, tangent, _ = self._model_t.step_with_tangent(strain.to(td), prev.to(td), h.to(td),
                                                                 xi0.to(td), chunk=self.chunk)
                 tangent = tangent.to(self.dtype)
-        self.info = {"ood": self.envelope_violation(strain, (strain - prev) / h[:, None])}
+        reasons = self.envelope_reasons(strain, (strain - prev) / h[:, None])
+        self.info = {"ood": reasons["strain"] | reasons["rate"],
+                     "ood_strain": reasons["strain"], "ood_rate": reasons["rate"]}
         return stress, tangent, {"xi": xi, "strain": strain.clone()}
 
     def envelope_violation(self, strain: torch.Tensor, strain_rate: torch.Tensor) -> torch.Tensor:
-        """Bool mask (n,) of points outside the training envelope.
+        """Bool mask (n,) of points outside the training envelope (see :meth:`envelope_reasons`)."""
+        reasons = self.envelope_reasons(strain, strain_rate)
+        return reasons["strain"] | reasons["rate"]
 
-        A point is flagged when a strain component leaves [min - m*w, max + m*w] (w: the
-        component's training range, m: ``envelope_margin``), its equivalent strain
-        exceeds (1+m) times the training maximum, or its strain-rate norm exceeds (1+m)
-        times the training maximum.  Slow rates are not flagged (holds and unloading
-        regions legitimately have rates near zero).  All False without an envelope.
+    def envelope_reasons(self, strain: torch.Tensor, strain_rate: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Bool masks (n,) of points outside the training envelope, by cause.
+
+        ``"strain"``: a strain component leaves [min - m*w, max + m*w] (w: the component's
+        training range, m: ``envelope_margin``) or the equivalent strain exceeds (1+m)
+        times the training maximum.  ``"rate"``: the strain-rate norm exceeds (1+m) times
+        the training maximum.  Slow rates are not flagged (holds and unloading regions
+        legitimately have rates near zero).  All False without an envelope.
         """
         strain = self.as_tensor(strain)
         rate = self.as_tensor(strain_rate)
         n = strain.shape[0]
         if self._env is None:
-            return torch.zeros(n, dtype=torch.bool, device=self.device)
+            none = torch.zeros(n, dtype=torch.bool, device=self.device)
+            return {"strain": none, "rate": none}
         e, m = self._env, self.envelope_margin
         w = e["strain_max"] - e["strain_min"]
         bad = ((strain < e["strain_min"] - m * w) | (strain > e["strain_max"] + m * w)).any(dim=-1)
         bad |= mandel.equivalent_strain(strain) > (1 + m) * e["equivalent_strain_max"]
-        bad |= torch.linalg.norm(rate, dim=-1) > (1 + m) * e["strain_rate_norm_max"]
-        return bad
+        fast = torch.linalg.norm(rate, dim=-1) > (1 + m) * e["strain_rate_norm_max"]
+        return {"strain": bad, "rate": fast}
