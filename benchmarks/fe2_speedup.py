@@ -46,8 +46,15 @@ def _run(cfg_path: Path, material: dict | None = None, steps: int | None = None)
     mesh = read_mesh(resolve_path(cfg_path, cfg.mesh.file), MPI.COMM_WORLD)
     prob = build_problem(cfg, mesh, mat)
     t0 = time.perf_counter()
-    res = solve(prob, cfg.load.times, cfg.load.factors, steps=steps or cfg.load.steps, max_dt=None if steps else cfg.load.max_dt,
-                reaction=cfg.output.reaction, linear_solver=cfg.solver.linear_solver, progress=False,
+    times, factors = cfg.load.times, cfg.load.factors
+    if steps:  # smoke run: the first `steps` steps of the load table (max_dt long each)
+        import numpy as np
+
+        t_end = steps * (cfg.load.max_dt or (times[-1] - times[0]) / steps)
+        keep = [t for t in times if t < t_end]
+        times, factors = keep + [t_end], [float(np.interp(t, cfg.load.times, cfg.load.factors)) for t in keep + [t_end]]
+    res = solve(prob, times, factors, steps=None if cfg.load.max_dt else (steps or cfg.load.steps),
+                max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, linear_solver=cfg.solver.linear_solver, progress=False,
                 rtol=cfg.solver.rtol, max_iterations=cfg.solver.max_iterations)
     wall = time.perf_counter() - t0
     n = res.solver.qf.n_points

@@ -152,9 +152,11 @@ def test_ood_monitor_counts_points_outside_the_envelope(tmp_path, strain, expect
     assert s["monitored"]
     if expect_ood:
         assert s["max_ood_points"] > 0 and s["steps_with_ood"] > 0
-        assert "WARNING" in mon.line()
+        assert s["max_by_cause"]["strain"] > 0  # the cause is named: strain beyond the envelope
+        assert "WARNING" in mon.line() and "by strain" in mon.line()
     else:
         assert s["total_ood_point_steps"] == 0 and s["steps"] == 3
+        assert s["max_by_cause"] == {"strain": 0, "rate": 0}
 
 
 # -- fe2nn validate: config errors ----------------------------------------------------------

@@ -262,12 +262,21 @@ class RNO(nn.Module):
             else:
                 inc = torch.linalg.vector_norm(strain - prev_strain, dim=-1)
                 de_ = (strain - prev_strain) / s[0]
+                m = self.substeps(strain, prev_strain)
                 xi, w0 = xi_prev, torch.zeros_like(inc)
                 for j in range(1, M + 1):
-                    w, _ = self._fractions(inc, j)
-                    ej = prev_strain / s[0] + w[..., None] * de_
-                    c = ((w - w0) * dt * (s[1] / s[0]))[..., None]
-                    xi, w0 = xi + c * self._g(ej, q, r, self._bound(xi)), w
+                    # sub-step j only moves the points with at least j sub-steps (w = w0 = 1 for
+                    # the others); evaluating G on those alone keeps one far-moving point from
+                    # multiplying the cost of the whole batch
+                    act = m >= j
+                    w = self._fractions(inc[act], j)[0]
+                    ej = prev_strain[act] / s[0] + w[:, None] * de_[act]
+                    c = ((w - w0[act]) * dt[act] * (s[1] / s[0]))[:, None]
+                    x_a = xi[act]
+                    upd = torch.zeros_like(xi)
+                    upd[act] = c * self._g(ej, q[act], r[act], self._bound(x_a))
+                    w0 = w0.masked_scatter(act, w)
+                    xi = xi + upd
         else:
             xi = xi_prev
         x = torch.cat([e, r, self._bound(xi)], dim=-1)
@@ -306,21 +315,26 @@ class RNO(nn.Module):
             de_ = (strain - prev_strain) / s[0]
             u = (strain - prev_strain) / torch.clamp(inc, min=1e-300)[:, None]  # d|d eps|/d eps_n
             cs = dt * (s[1] / s[0])
-            xi, dxi = xi_prev, strain.new_zeros(n, 6, self.k)
+            m = self.substeps(strain, prev_strain)
+            xi, dxi = xi_prev.clone(), strain.new_zeros(n, 6, self.k)
             w0, dw0 = torch.zeros_like(inc), torch.zeros_like(strain)
             for j in range(1, M + 1):
+                # only the points with at least j sub-steps move in sub-step j (see step)
+                a = slice(None) if j == 1 else torch.nonzero(m >= j).squeeze(1)
+                inc_a = inc[a]
                 if M == 1:
-                    w, dw = torch.ones_like(inc), torch.zeros_like(strain)
+                    w, dw = torch.ones_like(inc_a), torch.zeros_like(strain)
                 else:
-                    w, inner = self._fractions(inc, j)
-                    dw = torch.where(inner, -w / torch.clamp(inc, min=1e-300), 0.0)[:, None] * u  # (n, 6 dirs)
-                ej = prev_strain / s[0] + w[:, None] * de_
-                dej = w[:, None, None] * de + dw[:, :, None] * de_[:, None, :]
-                c, dc = (w - w0) * cs, (dw - dw0) * cs[:, None]
-                xb, dxb = self._bound_jvp(xi, dxi)
-                g, dg = self._g_jvp(ej, dej, q, dq, r, dr, xb, dxb)
-                xi, dxi = xi + c[:, None] * g, dxi + dc[:, :, None] * g[:, None, :] + c[:, None, None] * dg
-                w0, dw0 = w, dw
+                    w, inner = self._fractions(inc_a, j)
+                    dw = torch.where(inner, -w / torch.clamp(inc_a, min=1e-300), 0.0)[:, None] * u[a]  # (na, 6 dirs)
+                ej = prev_strain[a] / s[0] + w[:, None] * de_[a]
+                dej = w[:, None, None] * de[a] + dw[:, :, None] * de_[a][:, None, :]
+                c, dc = (w - w0[a]) * cs[a], (dw - dw0[a]) * cs[a][:, None]
+                xb, dxb = self._bound_jvp(xi[a], dxi[a])
+                g, dg = self._g_jvp(ej, dej, q[a], dq[a], r[a], dr[a], xb, dxb)
+                xi[a] = xi[a] + c[:, None] * g
+                dxi[a] = dxi[a] + dc[:, :, None] * g[:, None, :] + c[:, None, None] * dg
+                w0[a], dw0[a] = w, dw
         else:
             xi, dxi = xi_prev, strain.new_zeros(n, 6, 0)
         xf, dxf = self._bound_jvp(xi, dxi)
