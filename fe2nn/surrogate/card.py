@@ -92,8 +92,9 @@ def save_surrogate(model: RNO, directory: str | os.PathLike, card: Dict[str, Any
         },
         "architecture": model.arch.to_dict(),
         "integration": {"max_substep_strain": float(model.max_substep_strain),
-                        "doc": ("xi is integrated in sub-steps of at most this strain length (Mandel norm) plus a "
-                                "remainder, at most RNO.MAX_SUBSTEPS per increment; 0 = one step per increment")},
+                        "doc": ("a strain increment (Mandel norm) above this length integrates xi in equal "
+                                "sub-steps, blended between two counts so that it is C1 in the strain (RNO._blend), "
+                                "at most RNO.MAX_SUBSTEPS per increment; 0 = one step per increment")},
         "k": model.k,
         "normalization": model.normalization(),
         "units": UNITS,

@@ -141,6 +141,9 @@ class RNO(nn.Module):
     #: cap on the sub-steps of one increment (an increment of > MAX_SUBSTEPS * max_substep_strain
     #: is far outside the training data anyway; the cap bounds the cost of such points)
     MAX_SUBSTEPS = 32
+    #: width (in units of N = |d eps| / h_max) of the blend from m-1 to m sub-steps after N = m-1
+    #: (see _blend): narrow, so that the (m-1)-sub-step solution is used only just above its limit
+    BLEND = 0.25
 
     def __init__(self, arch: RNOArch, strain_scale: float = 1e-2, rate_scale: float = 1e-3,
                  stress_scale: float = 1e8):
@@ -160,8 +163,8 @@ class RNO(nn.Module):
         self.C_el = nn.Parameter(torch.zeros(arch.strain_dim, arch.strain_dim)) if arch.elastic_split else None
         self.register_buffer("scales", torch.tensor([strain_scale, rate_scale, stress_scale], dtype=torch.float64))
         #: integration setting (not a weight): largest strain increment (Mandel norm) per explicit-Euler
-        #: sub-step of xi; larger increments are split into sub-steps of this length plus a
-        #: remainder.  0 = never split.
+        #: sub-step of xi; larger increments are split into equal sub-steps (see :meth:`substeps`,
+        #: :meth:`_blend`).  0 = never split.
         self.max_substep_strain = 0.0
 
     # -- normalization ------------------------------------------------------------------
@@ -193,26 +196,66 @@ class RNO(nn.Module):
 
     # -- one time step -------------------------------------------------------------------
     def substeps(self, strain: torch.Tensor, prev_strain: torch.Tensor) -> torch.Tensor:
-        """Number of explicit-Euler sub-steps per point (...,): ceil(|eps_n - eps_{n-1}| / h_max),
-        at least 1, with h_max = :attr:`max_substep_strain` (all ones when it is 0)."""
+        """Sub-steps per point (...,): ceil(|eps_n - eps_{n-1}| / h_max) in [1, MAX_SUBSTEPS], with
+        h_max = :attr:`max_substep_strain` (all ones when it is 0).  See :meth:`_blend`."""
         h = self.max_substep_strain
         if h <= 0 or self.G is None:
             return torch.ones(strain.shape[:-1], dtype=torch.long, device=strain.device)
         m = torch.ceil(torch.linalg.vector_norm(strain - prev_strain, dim=-1) / h)
         return torch.clamp(m, min=1, max=self.MAX_SUBSTEPS).long()
 
-    def _fractions(self, inc_norm: torch.Tensor, j: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """End of sub-step j as a fraction w_j (...,) of the increment, and whether w_j < 1.
+    def _blend(self, inc: torch.Tensor):
+        """C1 sub-stepping of an increment of strain length ``inc`` (n,).
 
-        Sub-steps have the strain length h_max each and the last one takes the remainder,
-        w_j = min(j h_max / |d eps|, 1): as |d eps| crosses a multiple of h_max a new sub-step
-        appears with zero length, so xi_n is continuous in eps_n (equal sub-steps would jump).
-        Beyond MAX_SUBSTEPS sub-steps the increment is split into MAX_SUBSTEPS equal ones (also
-        continuous); the second value is False there (w_j does not depend on eps_n)."""
-        L = torch.clamp(inc_norm, min=1e-300)
-        capped = L > self.MAX_SUBSTEPS * self.max_substep_strain  # then MAX_SUBSTEPS equal sub-steps
-        x = torch.where(capped, torch.full_like(L, j / self.MAX_SUBSTEPS), j * self.max_substep_strain / L)
-        return torch.clamp(x, max=1.0), (x < 1.0) & ~capped
+        With N = inc / h_max and m = ceil(N) (in [1, MAX_SUBSTEPS]), xi_n is the blend
+        xi = xi[m-1] + s (xi[m] - xi[m-1]) of explicit Euler in m-1 and in m equal sub-steps,
+        s = 3 t^2 - 2 t^3 with t = min((N - (m-1)) / BLEND, 1) (s = 1 for N <= 1 and beyond
+        MAX_SUBSTEPS).  At an integer N both sides give xi[m] with the same derivative, so xi_n
+        is continuously differentiable in eps_n and Newton sees no kinks (sub-steps of h_max
+        plus a remainder give a C0 scheme whose tangent jumps by up to ~50 % there).  The
+        (m-1)-sub-step solution, with sub-steps up to (1 + BLEND/(m-1)) h_max, enters only
+        within BLEND after N = m-1.
+        Returns the counts (m-1 clamped to >= 1, m) (n,) long, s (n,) and ds/d inc (n,).
+        """
+        N = inc / self.max_substep_strain
+        hi = torch.clamp(torch.ceil(N), min=1, max=self.MAX_SUBSTEPS)
+        t = torch.where(hi > 1, torch.clamp((N - (hi - 1)) / self.BLEND, 0.0, 1.0), torch.ones_like(N))
+        s = t * t * (3.0 - 2.0 * t)
+        ds = torch.where((t > 0) & (t < 1), 6.0 * t * (1.0 - t) / (self.BLEND * self.max_substep_strain), 0.0)
+        return torch.clamp(hi - 1, min=1).long(), hi.long(), s, ds
+
+    def _euler(self, e0, de_, q, r, xi_prev, cs, counts):
+        """xi after ``counts`` (n,) equal explicit-Euler sub-steps from normalized strain e0 (n,6)
+        along de_ (n,6); cs (n,) = dt / t_s.  Sub-step j only evaluates G at the points with
+        at least j sub-steps (the others have arrived), so a few far-moving points do not
+        multiply the cost of the whole batch."""
+        xi = xi_prev
+        c = counts.to(e0.dtype)
+        for j in range(1, int(counts.max()) + 1):
+            act = counts >= j
+            w = j / c[act]
+            g = self._g(e0[act] + w[:, None] * de_[act], q[act], r[act], self._bound(xi[act]))
+            upd = torch.zeros_like(xi)
+            upd[act] = (cs[act] / c[act])[:, None] * g
+            xi = xi + upd
+        return xi
+
+    def _euler_jvp(self, e0, de, de_, q, dq, r, dr, xi_prev, cs, counts):
+        """:meth:`_euler` with the derivatives d xi/d eps_n (n, 6 dirs, k) alongside (the
+        fractions j/m do not depend on eps_n)."""
+        n = e0.shape[0]
+        xi, dxi = xi_prev.clone(), e0.new_zeros(n, 6, xi_prev.shape[-1])
+        c = counts.to(e0.dtype)
+        for j in range(1, int(counts.max()) + 1):
+            a = slice(None) if j == 1 else torch.nonzero(counts >= j).squeeze(1)
+            w = j / c[a]
+            xb, dxb = self._bound_jvp(xi[a], dxi[a])
+            g, dg = self._g_jvp(e0[a] + w[:, None] * de_[a], w[:, None, None] * de[a], q[a], dq[a], r[a], dr[a],
+                                xb, dxb)
+            ca = cs[a] / c[a]
+            xi[a] = xi[a] + ca[:, None] * g
+            dxi[a] = dxi[a] + ca[:, None, None] * dg
+        return xi, dxi
 
     def _g(self, e, q, r, xb):
         """G's value (..., k) at normalized strain e, rate q (asinh r), bounded xi xb."""
@@ -247,8 +290,8 @@ class RNO(nn.Module):
         """One increment: (stress (...,6) [Pa], xi_n (...,k)) from eps_n, eps_{n-1}, dt_n, xi_{n-1}.
 
         With :attr:`max_substep_strain` = h > 0, a point whose strain increment exceeds h integrates
-        xi in sub-steps of strain length h plus a remainder (linear strain in time, same rate);
-        other points are unchanged.
+        xi in equal sub-steps of at most 2 h, blended between two counts so that xi_n is C1 in
+        eps_n (:meth:`_blend`; linear strain in time, same rate); other points are unchanged.
         """
         s = self.scales.to(strain.dtype)
         e = strain / s[0]
@@ -259,24 +302,21 @@ class RNO(nn.Module):
             M = int(self.substeps(strain, prev_strain).max()) if self.max_substep_strain > 0 and e.numel() else 1
             if M == 1:
                 xi = xi_prev + (dtn * (s[1] / s[0])) * self._g(e, q, r, self._bound(xi_prev))
-            else:
-                inc = torch.linalg.vector_norm(strain - prev_strain, dim=-1)
-                de_ = (strain - prev_strain) / s[0]
-                m = self.substeps(strain, prev_strain)
-                xi, w0 = xi_prev, torch.zeros_like(inc)
-                for j in range(1, M + 1):
-                    # sub-step j only moves the points with at least j sub-steps (w = w0 = 1 for
-                    # the others); evaluating G on those alone keeps one far-moving point from
-                    # multiplying the cost of the whole batch
-                    act = m >= j
-                    w = self._fractions(inc[act], j)[0]
-                    ej = prev_strain[act] / s[0] + w[:, None] * de_[act]
-                    c = ((w - w0[act]) * dt[act] * (s[1] / s[0]))[:, None]
-                    x_a = xi[act]
+            else:  # C1 sub-stepping (see _blend), on the points flattened to (n, .)
+                lead, k = strain.shape[:-1], xi_prev.shape[-1]
+                flat = [t.reshape(-1, t.shape[-1]) for t in (strain, prev_strain, q, r, xi_prev)]
+                eps_f, prev_f, q_f, r_f, xi0_f = flat
+                cs = (dt.reshape(-1) * (s[1] / s[0])).expand(eps_f.shape[0])
+                e0, de_ = prev_f / s[0], (eps_f - prev_f) / s[0]
+                lo, hi, w, _ = self._blend(torch.linalg.vector_norm(eps_f - prev_f, dim=-1))
+                xi = self._euler(e0, de_, q_f, r_f, xi0_f, cs, hi)
+                b = w < 1  # points between two counts: also the (m-1)-sub-step solution
+                if bool(b.any()):
+                    xi_lo = self._euler(e0[b], de_[b], q_f[b], r_f[b], xi0_f[b], cs[b], lo[b])
                     upd = torch.zeros_like(xi)
-                    upd[act] = c * self._g(ej, q[act], r[act], self._bound(x_a))
-                    w0 = w0.masked_scatter(act, w)
+                    upd[b] = (1.0 - w[b])[:, None] * (xi_lo - xi[b])
                     xi = xi + upd
+                xi = xi.reshape(*lead, k)
         else:
             xi = xi_prev
         x = torch.cat([e, r, self._bound(xi)], dim=-1)
@@ -310,31 +350,23 @@ class RNO(nn.Module):
         dq = (eye / (dtn * s[1])[..., None]).expand(n, 6, 6)
         dr = torch.diag_embed(torch.rsqrt(1.0 + q * q) / (dtn * s[1]))
         if self.G is not None:
-            inc = torch.linalg.vector_norm(strain - prev_strain, dim=-1)
             M = int(self.substeps(strain, prev_strain).max()) if self.max_substep_strain > 0 and n else 1
-            de_ = (strain - prev_strain) / s[0]
-            u = (strain - prev_strain) / torch.clamp(inc, min=1e-300)[:, None]  # d|d eps|/d eps_n
+            e0, de_ = prev_strain / s[0], (strain - prev_strain) / s[0]
             cs = dt * (s[1] / s[0])
-            m = self.substeps(strain, prev_strain)
-            xi, dxi = xi_prev.clone(), strain.new_zeros(n, 6, self.k)
-            w0, dw0 = torch.zeros_like(inc), torch.zeros_like(strain)
-            for j in range(1, M + 1):
-                # only the points with at least j sub-steps move in sub-step j (see step)
-                a = slice(None) if j == 1 else torch.nonzero(m >= j).squeeze(1)
-                inc_a = inc[a]
-                if M == 1:
-                    w, dw = torch.ones_like(inc_a), torch.zeros_like(strain)
-                else:
-                    w, inner = self._fractions(inc_a, j)
-                    dw = torch.where(inner, -w / torch.clamp(inc_a, min=1e-300), 0.0)[:, None] * u[a]  # (na, 6 dirs)
-                ej = prev_strain[a] / s[0] + w[:, None] * de_[a]
-                dej = w[:, None, None] * de[a] + dw[:, :, None] * de_[a][:, None, :]
-                c, dc = (w - w0[a]) * cs[a], (dw - dw0[a]) * cs[a][:, None]
-                xb, dxb = self._bound_jvp(xi[a], dxi[a])
-                g, dg = self._g_jvp(ej, dej, q[a], dq[a], r[a], dr[a], xb, dxb)
-                xi[a] = xi[a] + c[:, None] * g
-                dxi[a] = dxi[a] + dc[:, :, None] * g[:, None, :] + c[:, None, None] * dg
-                w0[a], dw0[a] = w, dw
+            if M == 1:
+                one = torch.ones(n, dtype=torch.long, device=strain.device)
+                xi, dxi = self._euler_jvp(e0, de, de_, q, dq, r, dr, xi_prev, cs, one)
+            else:  # C1 sub-stepping (see _blend)
+                inc = torch.linalg.vector_norm(strain - prev_strain, dim=-1)
+                u = (strain - prev_strain) / torch.clamp(inc, min=1e-300)[:, None]  # d|d eps|/d eps_n
+                lo, hi, w, dw = self._blend(inc)
+                xi, dxi = self._euler_jvp(e0, de, de_, q, dq, r, dr, xi_prev, cs, hi)
+                b = torch.nonzero(w < 1).squeeze(1)
+                if b.numel():
+                    xl, dxl = self._euler_jvp(e0[b], de[b], de_[b], q[b], dq[b], r[b], dr[b], xi_prev[b], cs[b], lo[b])
+                    diff = xi[b] - xl  # xi = xi_lo + w (xi_hi - xi_lo)
+                    dxi[b] = dxl + w[b][:, None, None] * (dxi[b] - dxl) + (dw[b][:, None] * u[b])[:, :, None] * diff[:, None, :]
+                    xi[b] = xl + w[b][:, None] * diff
         else:
             xi, dxi = xi_prev, strain.new_zeros(n, 6, 0)
         xf, dxf = self._bound_jvp(xi, dxi)

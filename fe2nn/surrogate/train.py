@@ -171,8 +171,8 @@ class TrainingConfig:
     sweep_k: List[int] = field(default_factory=list, metadata=dict(doc="train one model per k and compare"))
     max_substep_strain: float = field(default=-1.0, metadata=dict(
         check=lambda v: None if v == -1 or v >= 0 else "must be -1 (auto) or >= 0",
-        doc="exported integration setting: strain increments (Mandel norm) above it are split into sub-steps "
-            "of this length plus a remainder when the surrogate is used; -1 = the largest increment of the "
+        doc="exported integration setting: strain increments (Mandel norm) above it are split into equal "
+            "sub-steps of about this length when the surrogate is used; -1 = the largest increment of the "
             "training paths, 0 = never"))
     init_from: str = field(default="", metadata=dict(
         doc="surrogate directory to start from (fine-tuning; same architecture, its normalization is kept)"))
