@@ -54,8 +54,7 @@ def _run(cfg_path: Path, material: dict | None = None, steps: int | None = None)
         keep = [t for t in times if t < t_end]
         times, factors = keep + [t_end], [float(np.interp(t, cfg.load.times, cfg.load.factors)) for t in keep + [t_end]]
     res = solve(prob, times, factors, steps=None if cfg.load.max_dt else (steps or cfg.load.steps),
-                max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, linear_solver=cfg.solver.linear_solver, progress=False,
-                rtol=cfg.solver.rtol, max_iterations=cfg.solver.max_iterations)
+                max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, progress=False, **cfg.solver.solve_kwargs())
     wall = time.perf_counter() - t0
     n = res.solver.qf.n_points
     calls = sum(s.iterations + 1 + 0 for s in res.steps)

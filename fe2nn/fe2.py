@@ -38,16 +38,6 @@ def scalar_info(material, n: int) -> Dict[str, np.ndarray]:
     return out
 
 
-def ood_count(material, n: int, comm) -> int | None:
-    """Out-of-distribution points of the last update summed over ranks (None: no monitor)."""
-    info = scalar_info(material, n)
-    has = comm.allreduce(OOD_KEY in info)
-    if not has:
-        return None
-    local = int(np.count_nonzero(info[OOD_KEY])) if OOD_KEY in info else 0
-    return int(comm.allreduce(local))
-
-
 class OODMonitor:
     """``solve(..., callback=OODMonitor())``: OOD points per converged step (all ranks)."""
 
@@ -59,14 +49,12 @@ class OODMonitor:
         self.n_points = 0
 
     def __call__(self, solver, rec) -> None:
-        c = ood_count(solver.material, solver.qf.n_points, solver.comm)
+        counts = point_info_counts(solver.material, solver.qf.n_points, solver.comm)  # collective
         self.n_points = int(solver.comm.allreduce(solver.qf.n_points))
-        self.active = self.active or c is not None
-        self.counts.append(0 if c is None else c)
-        info = scalar_info(solver.material, solver.qf.n_points)
+        self.active = self.active or OOD_KEY in counts
+        self.counts.append(counts.get(OOD_KEY, 0))
         for cause, key in OOD_CAUSES.items():
-            local = int(np.count_nonzero(info[key])) if key in info else 0
-            self.by_cause[cause].append(int(solver.comm.allreduce(local)))
+            self.by_cause[cause].append(counts.get(key, 0))
         self.times.append(float(rec.time))
 
     def summary(self) -> Dict[str, object]:

@@ -101,14 +101,11 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm):
     from fe2nn.macro.solver import solve
 
     rec = _Recorder(steps)
-    s = cfg.solver
     comm.barrier()
     t0 = time.perf_counter()
     result = solve(build_problem(cfg, mesh, material), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
-                   max_dt=cfg.load.max_dt, min_dt=s.min_dt, reaction=cfg.output.reaction, output=out,
-                   rtol=s.rtol, atol=s.atol, max_iterations=s.max_iterations, linear_solver=s.linear_solver, predictor=s.predictor,
-                   petsc_options=s.petsc_options, vtx=cfg.output.vtx, every=cfg.output.every,
-                   plot=cfg.output.plot, progress=progress, callback=rec)
+                   max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, output=out, **cfg.solver.solve_kwargs(),
+                   vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=progress, callback=rec)
     wall = comm.allreduce(time.perf_counter() - t0, op=__import__("mpi4py").MPI.MAX)
     constitutive = comm.allreduce(sum(r.timings.get("constitutive", 0.0) for r in result.steps),
                                   op=__import__("mpi4py").MPI.MAX)

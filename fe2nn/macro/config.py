@@ -115,6 +115,11 @@ class SolverConfig:
     petsc_options: dict = field(default_factory=dict, metadata=dict(
         check=_petsc_values, doc="PETSc options (without '-') overriding the defaults, e.g. {ksp_rtol = 1e-9}"))
 
+    def solve_kwargs(self) -> dict:
+        """These settings as keyword arguments of :func:`fe2nn.macro.solver.solve`."""
+        return {name: getattr(self, name) for name in
+                ("rtol", "atol", "max_iterations", "min_dt", "linear_solver", "predictor", "petsc_options")}
+
 
 @dataclass
 class OutputConfig:

@@ -86,13 +86,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     mesh = read_mesh(mesh_path, MPI.COMM_WORLD)
     problem = build_problem(cfg, mesh, material)
-    s = cfg.solver
     from fe2nn.fe2 import OODMonitor
 
     monitor = OODMonitor()  # out-of-distribution points of a surrogate per step (no-op otherwise)
     result = solve(problem, cfg.load.times, cfg.load.factors, steps=cfg.load.steps, max_dt=cfg.load.max_dt,
-                   min_dt=s.min_dt, reaction=cfg.output.reaction, output=out_dir, rtol=s.rtol, atol=s.atol,
-                   max_iterations=s.max_iterations, linear_solver=s.linear_solver, predictor=s.predictor, petsc_options=s.petsc_options,
+                   reaction=cfg.output.reaction, output=out_dir, **cfg.solver.solve_kwargs(),
                    vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=not args.quiet, callback=monitor)
     from fe2nn.io_utils import rank0_print
 

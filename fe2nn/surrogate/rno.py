@@ -198,11 +198,9 @@ class RNO(nn.Module):
     def substeps(self, strain: torch.Tensor, prev_strain: torch.Tensor) -> torch.Tensor:
         """Sub-steps per point (...,): ceil(|eps_n - eps_{n-1}| / h_max) in [1, MAX_SUBSTEPS], with
         h_max = :attr:`max_substep_strain` (all ones when it is 0).  See :meth:`_blend`."""
-        h = self.max_substep_strain
-        if h <= 0 or self.G is None:
+        if self.max_substep_strain <= 0 or self.G is None:
             return torch.ones(strain.shape[:-1], dtype=torch.long, device=strain.device)
-        m = torch.ceil(torch.linalg.vector_norm(strain - prev_strain, dim=-1) / h)
-        return torch.clamp(m, min=1, max=self.MAX_SUBSTEPS).long()
+        return self._blend(torch.linalg.vector_norm(strain - prev_strain, dim=-1))[1]
 
     def _blend(self, inc: torch.Tensor):
         """C1 sub-stepping of an increment of strain length ``inc`` (n,).
@@ -231,7 +229,7 @@ class RNO(nn.Module):
         multiply the cost of the whole batch."""
         xi = xi_prev
         c = counts.to(e0.dtype)
-        for j in range(1, int(counts.max()) + 1):
+        for j in range(1, int(counts.max()) + 1 if counts.numel() else 1):
             act = counts >= j
             w = j / c[act]
             g = self._g(e0[act] + w[:, None] * de_[act], q[act], r[act], self._bound(xi[act]))
@@ -246,7 +244,7 @@ class RNO(nn.Module):
         n = e0.shape[0]
         xi, dxi = xi_prev.clone(), e0.new_zeros(n, 6, xi_prev.shape[-1])
         c = counts.to(e0.dtype)
-        for j in range(1, int(counts.max()) + 1):
+        for j in range(1, int(counts.max()) + 1 if counts.numel() else 1):
             a = slice(None) if j == 1 else torch.nonzero(counts >= j).squeeze(1)
             w = j / c[a]
             xb, dxb = self._bound_jvp(xi[a], dxi[a])
@@ -290,7 +288,7 @@ class RNO(nn.Module):
         """One increment: (stress (...,6) [Pa], xi_n (...,k)) from eps_n, eps_{n-1}, dt_n, xi_{n-1}.
 
         With :attr:`max_substep_strain` = h > 0, a point whose strain increment exceeds h integrates
-        xi in equal sub-steps of at most 2 h, blended between two counts so that xi_n is C1 in
+        xi in equal sub-steps of at most (1 + BLEND) h, blended between two counts so that xi_n is C1 in
         eps_n (:meth:`_blend`; linear strain in time, same rate); other points are unchanged.
         """
         s = self.scales.to(strain.dtype)
@@ -350,23 +348,22 @@ class RNO(nn.Module):
         dq = (eye / (dtn * s[1])[..., None]).expand(n, 6, 6)
         dr = torch.diag_embed(torch.rsqrt(1.0 + q * q) / (dtn * s[1]))
         if self.G is not None:
-            M = int(self.substeps(strain, prev_strain).max()) if self.max_substep_strain > 0 and n else 1
             e0, de_ = prev_strain / s[0], (strain - prev_strain) / s[0]
             cs = dt * (s[1] / s[0])
-            if M == 1:
-                one = torch.ones(n, dtype=torch.long, device=strain.device)
-                xi, dxi = self._euler_jvp(e0, de, de_, q, dq, r, dr, xi_prev, cs, one)
-            else:  # C1 sub-stepping (see _blend)
+            blend = self.max_substep_strain > 0 and n > 0
+            if blend:  # C1 sub-stepping (see _blend)
                 inc = torch.linalg.vector_norm(strain - prev_strain, dim=-1)
-                u = (strain - prev_strain) / torch.clamp(inc, min=1e-300)[:, None]  # d|d eps|/d eps_n
                 lo, hi, w, dw = self._blend(inc)
-                xi, dxi = self._euler_jvp(e0, de, de_, q, dq, r, dr, xi_prev, cs, hi)
-                b = torch.nonzero(w < 1).squeeze(1)
-                if b.numel():
-                    xl, dxl = self._euler_jvp(e0[b], de[b], de_[b], q[b], dq[b], r[b], dr[b], xi_prev[b], cs[b], lo[b])
-                    diff = xi[b] - xl  # xi = xi_lo + w (xi_hi - xi_lo)
-                    dxi[b] = dxl + w[b][:, None, None] * (dxi[b] - dxl) + (dw[b][:, None] * u[b])[:, :, None] * diff[:, None, :]
-                    xi[b] = xl + w[b][:, None] * diff
+            else:
+                hi = torch.ones(n, dtype=torch.long, device=strain.device)
+            xi, dxi = self._euler_jvp(e0, de, de_, q, dq, r, dr, xi_prev, cs, hi)
+            b = torch.nonzero(w < 1).squeeze(1) if blend else None
+            if b is not None and b.numel():  # points between two counts: blend with m-1 sub-steps
+                u = (strain[b] - prev_strain[b]) / inc[b, None]  # d|d eps|/d eps_n (inc > h_max here)
+                xl, dxl = self._euler_jvp(e0[b], de[b], de_[b], q[b], dq[b], r[b], dr[b], xi_prev[b], cs[b], lo[b])
+                diff = xi[b] - xl  # xi = xi_lo + w (xi_hi - xi_lo)
+                dxi[b] = dxl + w[b][:, None, None] * (dxi[b] - dxl) + (dw[b][:, None] * u)[:, :, None] * diff[:, None, :]
+                xi[b] = xl + w[b][:, None] * diff
         else:
             xi, dxi = xi_prev, strain.new_zeros(n, 6, 0)
         xf, dxf = self._bound_jvp(xi, dxi)
