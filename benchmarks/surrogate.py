@@ -1,9 +1,12 @@
 """Throughput of the RNO surrogate vs the RVEs it replaces (stress + consistent tangent).
 
     python benchmarks/surrogate.py [--surrogate surrogates/aluminium_taylor] [--out results/surrogate.json] [--quick]
+                                   [--device cpu|cuda]
 
 One ``Material.update`` call per measurement on a batch of n points (one increment from
-a non-trivial state), CPU, float64.  Reports points per second for the RNO at
+a non-trivial state), float64, on the CPU (default) or a CUDA device (``--device cuda``:
+strains go in and stress and tangent come back as CPU tensors, as in the macro solver, and
+the copies are timed).  Reports points per second for the RNO at
 n = 1e3, 1e4, 1e5, 1e6 (1e6 only when the estimated memory fits), and for the Taylor
 and FFT RVEs (fe2nn.micro) at the batch sizes that finish in reasonable time; the
 speedup is the ratio of points per second.  Timings: best of ``--repeat`` calls after
@@ -35,26 +38,27 @@ def _time_update(mat, n: int, repeat: int, dt: float = 0.1, strain_amp: float = 
     for _ in range(repeat + 1):  # first call is a warm-up
         t0 = time.perf_counter()
         stress, tangent, _ = mat.update(strain_amp * d, dt, st)
+        stress, tangent = stress.cpu(), tangent.cpu()  # synchronizes a CUDA device
         best = min(best, time.perf_counter() - t0)
     assert stress.shape == (n, 6) and tangent.shape == (n, 6, 6) and torch.isfinite(tangent).all()
     return best
 
 
-def _rno_material(path: str | None):
+def _rno_material(path: str | None, device: str):
     from fe2nn.surrogate.material import RNOMaterial
     from fe2nn.surrogate.rno import RNO, RNOArch
 
     if path and Path(path).exists():
-        return RNOMaterial(path), f"{path}"
+        return RNOMaterial(path, device=device), f"{path}"
     torch.manual_seed(0)
     m = RNO(RNOArch(k=4, f_hidden=[128, 128], g_hidden=[64, 64]), 2e-3, 1e-3, 1e8)
-    return RNOMaterial(m), "untrained RNO k=4, F 128x128, G 64x64 (no surrogate file found)"
+    return RNOMaterial(m, device=device), "untrained RNO k=4, F 128x128, G 64x64 (no surrogate file found)"
 
 
-def _rve(solver: str, grains: int, grid: int):
+def _rve(solver: str, grains: int, grid: int, device: str):
     from fe2nn.micro.rve import MicrostructureConfig, RVEConfig, build_rve
 
-    cfg = RVEConfig(solver=solver, material="aluminium", device="cpu",
+    cfg = RVEConfig(solver=solver, material="aluminium", device=device,
                     microstructure=MicrostructureConfig(n_grains=grains, grid=grid, seed=7))
     return build_rve(cfg)
 
@@ -68,13 +72,18 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     ap.add_argument("--taylor-grains", type=int, default=100)
     ap.add_argument("--fft-grid", type=int, default=16)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--max-mem-gb", type=float, default=8.0, help="skip RNO sizes estimated above this")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(args.threads, 1))
-    rno, rno_desc = _rno_material(args.surrogate)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: CUDA is not available")
+    rno, rno_desc = _rno_material(args.surrogate, args.device)
     sizes = [1000, 10000] if args.quick else [1000, 10000, 100000, 1000000]
     rows, res = [], {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                     "torch": torch.__version__, "rno": rno_desc, "rno_points_per_s": {}, "rve": {}}
+                     "torch": torch.__version__, "device": args.device,
+                     "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "",
+                     "rno": rno_desc, "rno_points_per_s": {}, "rve": {}}
     width = max(rno.model.arch.f_hidden + rno.model.arch.g_hidden)
     for n in sizes:
         mem = min(n, rno.chunk) * width * 6 * 8 * 12 / 1e9 + n * (6 + 36 + 2 * rno.k + 12) * 8 * 4 / 1e9
@@ -89,7 +98,7 @@ def main(argv=None) -> int:
     rve_sizes = {"taylor": [10, 100] if args.quick else [100, 1000, 10000], "fft": [1] if args.quick else [1, 4]}
     for solver, ns in rve_sizes.items():
         try:
-            mat = _rve(solver, args.taylor_grains, args.fft_grid)
+            mat = _rve(solver, args.taylor_grains, args.fft_grid, args.device)
         except Exception as err:  # noqa: BLE001 - report and skip an RVE that cannot be built here
             res["rve"][solver] = {"skipped": f"{type(err).__name__}: {err}"}
             rows.append((solver, 0, None, f"skipped: {err}"))

@@ -327,3 +327,27 @@ def test_substep_cap_is_continuous_and_tangent_exact():
         h = m.max_substep_strain
         lo, hi = [m.step(prev[:1] + (cap * h * (1 + sgn * 1e-10)) * d, prev[:1], dt[:1], xi[:1])[1] for sgn in (-1, 1)]
     torch.testing.assert_close(lo, hi, rtol=0, atol=1e-8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_shipped_surrogate_on_cuda_matches_cpu():
+    # the macro solver hands CPU strains to a material on any device and takes CPU results back
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "surrogates" / "aluminium_taylor"
+    cpu, gpu = RNOMaterial(path), RNOMaterial(path, device="cuda")
+    n = 300
+    g = torch.Generator().manual_seed(4)
+    direction = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    st_c, st_g = cpu.initial_state(n), gpu.initial_state(n)
+    for amp in (1e-3, 3e-3, 1e-4):  # loading with sub-steps, then a reversal
+        eps = amp * direction
+        s_c, t_c, st_c = cpu.update(eps, 0.3, st_c)
+        s_g, t_g, st_g = gpu.update(eps, 0.3, st_g)
+        assert s_g.device.type == "cuda" and t_g.dtype == torch.float64
+        # float64 stress: only the summation order differs; the tangent is computed in float32
+        torch.testing.assert_close(s_g.cpu(), s_c, rtol=1e-10, atol=1e-6 * float(s_c.abs().max()))
+        torch.testing.assert_close(t_g.cpu(), t_c, rtol=1e-4, atol=1e-4 * float(t_c.abs().max()))
+        torch.testing.assert_close(st_g["xi"].cpu(), st_c["xi"], rtol=1e-10, atol=1e-12)
+        for key in ("ood", "ood_strain", "ood_rate"):
+            assert torch.equal(gpu.info[key].cpu(), cpu.info[key])

@@ -230,3 +230,17 @@ def test_export_sets_substep_limit_from_training_increments(tmp_path, dataset):
                                    dim=-1)
     assert card["integration"]["max_substep_strain"] == pytest.approx(float(inc.max()), rel=1e-12)
     assert model.max_substep_strain == card["integration"]["max_substep_strain"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_training_on_cuda_matches_cpu(tmp_path, dataset):
+    """Same seed, same batches: CUDA and CPU training differ only in float64 summation order;
+    the CUDA-trained export loads on the CPU."""
+    hist = {}
+    for dev in ("cpu", "cuda"):
+        cfg = _config(tmp_path, dataset, dev, epochs=4, extra=f'device = "{dev}"')
+        assert tr.main([str(cfg), "--no-progress"]) == 0
+        hist[dev] = [h["loss"] for h in json.loads((tmp_path / dev / "history.json").read_text())]
+    assert hist["cuda"] == pytest.approx(hist["cpu"], rel=1e-8)
+    model, card = load_surrogate(tmp_path / "cuda")
+    assert all(t.device.type == "cpu" and t.dtype == torch.float64 for t in model.state_dict().values())
