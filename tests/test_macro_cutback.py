@@ -7,14 +7,14 @@ import numpy as np
 from conftest import REPO
 
 
-def _problem():
+def _problem(material_class=None):
     from mpi4py import MPI  # noqa: F401
 
     from fe2nn.macro import Problem, read_mesh
     from fe2nn.materials.j2 import J2Plasticity
 
     mesh = read_mesh(REPO / "meshes" / "plate_hole.msh")
-    prob = Problem(mesh, J2Plasticity(70e9, 0.33, 250e6, H_iso=1e9, H_kin=2e9), degree=1)
+    prob = Problem(mesh, (material_class or J2Plasticity)(70e9, 0.33, 250e6, H_iso=1e9, H_kin=2e9), degree=1)
     return prob.fix("xsym", x=0.0).fix("ysym", y=0.0).fix("zsym", z=0.0).fix("top", y=0.8e-3)
 
 
@@ -66,3 +66,42 @@ def test_unknown_predictor_is_rejected():
 
     with pytest.raises(ValueError, match="predictor"):
         solve(_problem(), predictor="quadratic", progress=False)
+
+
+def test_tangent_only_where_newton_needs_it(monkeypatch):
+    """A material that leaves its tangent for later (as the RNO surrogate does) gets asked for it
+    once per Newton correction, never at a converged state, and the run (cut-backs included)
+    is bit-identical to the one with the tangent computed with every stress."""
+    from fe2nn.macro import solve
+    from fe2nn.macro.solver import NewtonSolver
+    from fe2nn.materials.j2 import J2Plasticity
+
+    calls = {"tangent": 0, "stress": 0, "newton": 0}
+
+    class LazyJ2(J2Plasticity):
+        def stress_update(self, strain, dt, state):
+            calls["stress"] += 1
+            stress, new_state, _ = super().stress_update(strain, dt, state)
+            return stress, new_state, None
+
+        def tangent(self, strain, dt, state):
+            calls["tangent"] += 1
+            return super().tangent(strain, dt, state)
+
+    original = NewtonSolver.newton_update
+
+    def counted(self, first):
+        calls["newton"] += 1
+        return original(self, first)
+
+    monkeypatch.setattr(NewtonSolver, "newton_update", counted)
+    kw = dict(times=[0.0, 1.0], factors=[0.0, 1.0], steps=1, max_iterations=6, rtol=1e-10, reaction="top",
+              progress=False, linear_solver="direct")
+    eager = solve(_problem(), **kw)
+    calls.update(tangent=0, stress=0, newton=0)
+    lazy = solve(_problem(LazyJ2), **kw)
+    assert any(s.cutbacks > 0 for s in lazy.steps)
+    np.testing.assert_array_equal(lazy.reactions, eager.reactions)
+    np.testing.assert_array_equal(lazy.solver.u.x.array, eager.solver.u.x.array)
+    assert calls["tangent"] == calls["newton"] > 0
+    assert calls["stress"] - calls["tangent"] >= len(lazy.steps)  # no tangent at the converged states

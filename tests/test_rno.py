@@ -351,3 +351,21 @@ def test_shipped_surrogate_on_cuda_matches_cpu():
         torch.testing.assert_close(st_g["xi"].cpu(), st_c["xi"], rtol=1e-10, atol=1e-12)
         for key in ("ood", "ood_strain", "ood_rate"):
             assert torch.equal(gpu.info[key].cpu(), cpu.info[key])
+
+
+@pytest.mark.parametrize("tangent_dtype", ["float64", "float32"])
+def test_stress_update_and_lazy_tangent_equal_update(tangent_dtype):
+    """stress_update + tangent (the Newton solver's lazy path) give exactly what update gives;
+    the float64 tangent comes with the stress, the float32 one in its own pass."""
+    env = {"strain_min": [-1e-2] * 6, "strain_max": [1e-2] * 6, "equivalent_strain_max": 1e-2,
+           "strain_rate_norm_max": 1e-2}
+    mat = RNOMaterial(_model(3), envelope=env, tangent_dtype=tangent_dtype)
+    eps, prev, dt, _ = _inputs(9, 3)
+    st = {"xi": 0.1 * torch.ones(9, 3, dtype=torch.float64), "strain": prev}
+    s, t, new = mat.update(eps, dt, st)
+    s2, new2, t2 = mat.stress_update(eps, dt, st)
+    assert (t2 is None) == (tangent_dtype == "float32")
+    t2 = mat.tangent(eps, dt, st) if t2 is None else t2
+    for a, b in ((s, s2), (t, t2), (new["xi"], new2["xi"]), (new["strain"], new2["strain"])):
+        assert torch.equal(a, b)
+    assert t2.dtype == torch.float64

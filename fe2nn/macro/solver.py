@@ -135,6 +135,7 @@ class NewtonSolver:
         self._increment: Optional[tuple[np.ndarray, float]] = None  # last converged (du, dfactor)
         self.f_int = np.zeros(self.n_owned)
         self.timings = {"constitutive": 0.0, "assembly": 0.0, "solve": 0.0}
+        self._tangent_pending: Optional[tuple] = None  # (strain, dt) of a tangent the material left for later
 
     # -- set-up ----------------------------------------------------------------------------
     def _setup_bcs(self) -> None:
@@ -246,14 +247,29 @@ class NewtonSolver:
         self.factor = factor
 
     def evaluate_material(self, dt: float) -> None:
-        """Strain at all points -> batched material update from the committed state -> stress/tangent fields."""
+        """Strain at all points -> batched material update from the committed state -> stress field
+        (and the tangent field, where the material gives it with the stress; else see
+        :meth:`evaluate_tangent`)."""
         t0 = time.perf_counter()
         strain = self.qf.strain()
-        dev = self.material.device
-        eps = torch.from_numpy(strain).to(dev)
-        stress, tangent, self.trial_state = self.material.update(eps, dt, self.state)
+        eps = torch.from_numpy(strain).to(self.material.device)
+        stress, self.trial_state, tangent = self.material.stress_update(eps, dt, self.state)
         self.qf.assign(self.qf.stress, stress.detach().cpu().numpy())
+        self._tangent_pending = (eps, dt) if tangent is None else None
+        if tangent is not None:
+            self.qf.assign(self.qf.tangent, tangent.detach().cpu().numpy())
+        self.timings["constitutive"] += time.perf_counter() - t0
+
+    def evaluate_tangent(self) -> None:
+        """The tangent field at the last evaluated strain, if the material left it for later
+        (a converged state never needs it)."""
+        if self._tangent_pending is None:
+            return
+        t0 = time.perf_counter()
+        eps, dt = self._tangent_pending
+        tangent = self.material.tangent(eps, dt, self.state)
         self.qf.assign(self.qf.tangent, tangent.detach().cpu().numpy())
+        self._tangent_pending = None
         self.timings["constitutive"] += time.perf_counter() - t0
 
     def assemble_internal(self) -> None:
@@ -286,6 +302,7 @@ class NewtonSolver:
 
     def newton_update(self, first: bool) -> None:
         """Assemble J, solve J du = R (lifted with the BC increment on the first iteration), u -= du."""
+        self.evaluate_tangent()
         t0 = time.perf_counter()
         self.A.zeroEntries()
         fpetsc.assemble_matrix(self.A, self.J_form, bcs=self.bcs, diag=1.0)

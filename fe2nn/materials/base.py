@@ -23,6 +23,13 @@ a Taylor or FFT polycrystal RVE, the RNO surrogate -- is a :class:`Material`:
 
 A material that cannot complete an increment (local Newton or RVE solver not
 converged) raises :class:`MaterialConvergenceError`; it never returns NaN.
+A Newton solver needs no tangent where the residual turns out converged. It therefore
+calls ``stress, new_state, tangent = material.stress_update(strain, dt, state)``, which
+returns the tangent when it comes with the stress (the default: one ``update``) and None
+where a material computes it in a separate pass (the RNO surrogate); then
+``material.tangent(strain, dt, state)`` gives it, for the same arguments, only when the
+solver needs it.  Both default to ``update``, so a new law implements ``update`` alone.
+
 After each ``update`` a material may publish diagnostics in ``material.info``
 (a dict of tensors with leading dimension n, e.g. ``"hill_mandel"`` or
 ``"iterations"``).  A law with plasticity keeps the accumulated equivalent
@@ -32,7 +39,7 @@ which the macro solver writes as an output field.
 from __future__ import annotations
 
 import abc
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -69,6 +76,17 @@ class Material(abc.ABC):
     @abc.abstractmethod
     def update(self, strain: torch.Tensor, dt: float, state: State) -> Response:
         """Stress (n,6), tangent (n,6,6) and new state at total strain ``strain``."""
+
+    def stress_update(self, strain: torch.Tensor, dt, state: State) -> Tuple[torch.Tensor, State, Optional[torch.Tensor]]:
+        """(stress (n,6), new state, tangent (n,6,6) or None): the tangent only where it comes
+        with the stress; otherwise :meth:`tangent` computes it on demand.  Default: ``update``."""
+        stress, tangent, new_state = self.update(strain, dt, state)
+        return stress, new_state, tangent
+
+    def tangent(self, strain: torch.Tensor, dt, state: State) -> torch.Tensor:
+        """Consistent tangent (n,6,6) [Pa] of the increment to ``strain`` from ``state``
+        (the arguments of a :meth:`stress_update` that returned None).  Default: ``update``."""
+        return self.update(strain, dt, state)[1]
 
     # -- helpers shared by all materials -------------------------------------------------
     def as_dt(self, dt, n: int) -> torch.Tensor:

@@ -98,7 +98,7 @@ class RNOMaterial(Material):
         z = dict(dtype=self.dtype, device=self.device)
         return {"xi": torch.zeros(n, self.k, **z), "strain": torch.zeros(n, 6, **z)}
 
-    def update(self, strain: torch.Tensor, dt, state: State) -> Response:
+    def _inputs(self, strain, dt):
         strain = self.as_tensor(strain)
         n = strain.shape[0]
         if strain.shape != (n, 6):
@@ -106,20 +106,37 @@ class RNOMaterial(Material):
         h = self.as_dt(dt, n)
         if torch.any(h <= 0):
             raise ValueError("dt must be > 0")
+        return strain, h
+
+    def update(self, strain: torch.Tensor, dt, state: State) -> Response:
+        stress, new_state, tangent = self.stress_update(strain, dt, state)
+        if tangent is None:
+            tangent = self.tangent(strain, dt, state)
+        return stress, tangent, new_state
+
+    def stress_update(self, strain: torch.Tensor, dt, state: State):
+        """Stress, new state and -- with a float64 tangent, which comes from the same pass --
+        the tangent; with a float32 tangent None (a separate pass, :meth:`tangent`)."""
+        strain, h = self._inputs(strain, dt)
         prev, xi0 = state["strain"], state["xi"]
+        tangent = None
         with torch.no_grad():
             if self.tangent_dtype == self.dtype:
                 stress, tangent, xi = self.model.step_with_tangent(strain, prev, h, xi0, chunk=self.chunk)
             else:
-                td = self.tangent_dtype
                 stress, xi = self.model.step(strain, prev, h, xi0)
-                _, tangent, _ = self._model_t.step_with_tangent(strain.to(td), prev.to(td), h.to(td),
-                                                                xi0.to(td), chunk=self.chunk)
-                tangent = tangent.to(self.dtype)
         reasons = self.envelope_reasons(strain, (strain - prev) / h[:, None])
         self.info = {"ood": reasons["strain"] | reasons["rate"],
                      "ood_strain": reasons["strain"], "ood_rate": reasons["rate"]}
-        return stress, tangent, {"xi": xi, "strain": strain.clone()}
+        return stress, {"xi": xi, "strain": strain.clone()}, tangent
+
+    def tangent(self, strain: torch.Tensor, dt, state: State) -> torch.Tensor:
+        strain, h = self._inputs(strain, dt)
+        td = self.tangent_dtype
+        with torch.no_grad():
+            _, tangent, _ = self._model_t.step_with_tangent(strain.to(td), state["strain"].to(td), h.to(td),
+                                                            state["xi"].to(td), chunk=self.chunk)
+        return tangent.to(self.dtype)
 
     def envelope_violation(self, strain: torch.Tensor, strain_rate: torch.Tensor) -> torch.Tensor:
         """Bool mask (n,) of points outside the training envelope (see :meth:`envelope_reasons`)."""
