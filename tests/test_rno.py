@@ -164,10 +164,10 @@ def test_rollout_equals_stepping_and_dt_factor_paths():
         assert pq.shape == full.shape and idxq.tolist() == list(range(8))
 
 
-def _material(k=2):
+def _material(k=2, **kwargs):
     env = {"strain_min": [-1e-2] * 6, "strain_max": [1e-2] * 6, "equivalent_strain_max": 1e-2,
            "strain_rate_norm_max": 1e-2}
-    return RNOMaterial(_model(k), envelope=env)
+    return RNOMaterial(_model(k), envelope=env, **kwargs)
 
 
 def test_material_contract_shapes_state_and_rollback():
@@ -357,9 +357,7 @@ def test_shipped_surrogate_on_cuda_matches_cpu():
 def test_stress_update_and_lazy_tangent_equal_update(tangent_dtype):
     """stress_update + tangent (the Newton solver's lazy path) give exactly what update gives;
     the float64 tangent comes with the stress, the float32 one in its own pass."""
-    env = {"strain_min": [-1e-2] * 6, "strain_max": [1e-2] * 6, "equivalent_strain_max": 1e-2,
-           "strain_rate_norm_max": 1e-2}
-    mat = RNOMaterial(_model(3), envelope=env, tangent_dtype=tangent_dtype)
+    mat = _material(3, tangent_dtype=tangent_dtype)
     eps, prev, dt, _ = _inputs(9, 3)
     st = {"xi": 0.1 * torch.ones(9, 3, dtype=torch.float64), "strain": prev}
     s, t, new = mat.update(eps, dt, st)

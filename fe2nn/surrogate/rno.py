@@ -297,8 +297,10 @@ class RNO(nn.Module):
         q = (strain - prev_strain) / (dtn * s[1])
         r = torch.asinh(q)
         if self.G is not None:
-            M = int(self.substeps(strain, prev_strain).max()) if self.max_substep_strain > 0 and e.numel() else 1
-            if M == 1:
+            blend = None  # sub-step counts and weights of the points flattened to (n,)
+            if self.max_substep_strain > 0 and e.numel():
+                blend = self._blend(torch.linalg.vector_norm(strain - prev_strain, dim=-1).reshape(-1))
+            if blend is None or int(blend[1].max()) == 1:
                 xi = xi_prev + (dtn * (s[1] / s[0])) * self._g(e, q, r, self._bound(xi_prev))
             else:  # C1 sub-stepping (see _blend), on the points flattened to (n, .)
                 lead, k = strain.shape[:-1], xi_prev.shape[-1]
@@ -306,7 +308,7 @@ class RNO(nn.Module):
                 eps_f, prev_f, q_f, r_f, xi0_f = flat
                 cs = (dt.reshape(-1) * (s[1] / s[0])).expand(eps_f.shape[0])
                 e0, de_ = prev_f / s[0], (eps_f - prev_f) / s[0]
-                lo, hi, w, _ = self._blend(torch.linalg.vector_norm(eps_f - prev_f, dim=-1))
+                lo, hi, w, _ = blend
                 xi = self._euler(e0, de_, q_f, r_f, xi0_f, cs, hi)
                 b = w < 1  # points between two counts: also the (m-1)-sub-step solution
                 if bool(b.any()):
