@@ -16,6 +16,9 @@ Each group is evaluated at three step sizes:
 
 Metric: relative L2 stress error per path, ||sigma_pred - sigma_RVE|| / ||sigma_RVE|| over
 the whole trajectory; the table gives mean, 95th percentile and max over paths.
+With ``--uniaxial``, also uniaxial-stress tension-unloading-compression cycles through the
+surrogate and through the RVE that generated DATASET (:mod:`fe2nn.surrogate.uniaxial`): the
+largest stress deviation along each loop, at three strain rates of the card's envelope.
 Writes ``report.json`` and PNG plots (predicted vs RVE stress-strain curves, step-size
 comparison) into DIR (default: SURROGATE/evaluation), all atomically.
 """
@@ -148,8 +151,9 @@ def _plot_dt(path: Path, name: str, strain, stress, preds: Dict[float, tuple]) -
 
 
 def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FACTORS,
-             plots: bool = True) -> Dict[str, Any]:
-    """Evaluate and write the report/plots; returns the report dict."""
+             plots: bool = True, uniaxial: bool = False) -> Dict[str, Any]:
+    """Evaluate and write the report/plots; returns the report dict.  ``uniaxial``: also the
+    uniaxial-stress cycles against the dataset's RVE (:mod:`fe2nn.surrogate.uniaxial`)."""
     from fe2nn.surrogate.card import card_paths, load_surrogate
     from fe2nn.surrogate.train import read_dataset
 
@@ -159,6 +163,10 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
     grp = groups(card, ds)
     if not grp:
         raise UserError(f"{dataset}: no accepted samples to evaluate")
+    if uniaxial:  # input errors before any work
+        from fe2nn.surrogate import uniaxial as U
+
+        uniaxial_setup = (U.reference_material(ds), U.envelope_rates(card))
     report: Dict[str, Any] = {"surrogate": str(surrogate), "dataset": str(dataset), "dataset_sha256": ds["sha256"],
                               "same_dataset_as_training": card.get("dataset", {}).get("sha256") == ds["sha256"],
                               "metric": "relative L2 stress error per path over the whole trajectory",
@@ -181,9 +189,28 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
             p2 = out_dir / f"{safe}_dt.png"
             _plot_dt(p2, name, s, sig, {f: (preds[f][0][:1], preds[f][1]) for f in factors})
             report["plots"] += [p1.name, p2.name]
+    if uniaxial:
+        report["uniaxial"] = _uniaxial(surrogate, *uniaxial_setup, out_dir, plots)
     report["targets"] = _check_targets(report)
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _uniaxial(surrogate: str, reference, rates, out_dir: Path, plots: bool):
+    """Uniaxial-stress tension-unloading-compression cycles, surrogate vs the dataset's RVE."""
+    from fe2nn.materials.registry import build_material
+    from fe2nn.surrogate import uniaxial as U
+
+    res = U.compare(build_material({"model": "rno", "surrogate": str(Path(surrogate).resolve())}, file=str(surrogate)),
+                    reference, rates)
+    out = {"definition": "largest |sigma22 surrogate - sigma22 RVE| / largest |sigma22 RVE| along a uniaxial-stress "
+                         "cycle 0 -> +a -> 0 -> -a (three branches of equal time, "
+                         f"{U.STEPS_PER_BRANCH} increments each); 'tension': first branch only",
+           "cases": res["cases"], "max_deviation": res["max_deviation"]}
+    if plots:
+        U.plot(out_dir / "uniaxial_stress.png", res)
+        out["plot"] = "uniaxial_stress.png"
+    return out
 
 
 def _check_targets(report: Dict[str, Any]) -> Dict[str, Any]:
@@ -208,6 +235,9 @@ def format_table(report: Dict[str, Any]) -> str:
         for lab, st in g["errors"].items():
             lines.append(f"{name:<14} {g['n_paths']:>5} {g['kind'][:28]:<28} {lab:<9} "
                          f"{st['mean']:>8.3%} {st['p95']:>8.3%} {st['max']:>8.3%}")
+    for c in report.get("uniaxial", {}).get("cases", []):
+        lines.append(f"uniaxial stress cycle a = {c['amplitude']:.2%} at {c['rate']:.2g} 1/s: largest deviation "
+                     f"{c['max_deviation']:.2%} (tension branch {c['max_deviation_tension']:.2%})")
     lines.append("targets: " + ", ".join(f"{k}: {'ok' if v else 'MISSED'}" for k, v in report["targets"].items()))
     return "\n".join(lines)
 
@@ -223,11 +253,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("dataset", help="HDF5 dataset (README 'Dataset format')")
     ap.add_argument("--out", default=None, help="output directory (default SURROGATE/evaluation)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    ap.add_argument("--uniaxial", action="store_true",
+                    help="also run uniaxial-stress tension-unloading-compression cycles through the surrogate and "
+                         "through the dataset's RVE (the validation demo's load path at one point; ~1 min for Taylor)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    report = evaluate(args.surrogate, args.dataset, args.out, plots=not args.no_plots)
+    report = evaluate(args.surrogate, args.dataset, args.out, plots=not args.no_plots, uniaxial=args.uniaxial)
     print(format_table(report))
     from fe2nn.surrogate.card import card_paths
 

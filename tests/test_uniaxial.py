@@ -1,0 +1,70 @@
+"""Uniaxial-stress cycle check (fe2nn evaluate --uniaxial): closed-form deviation between two
+perfectly plastic J2 laws, the RVE rebuilt from a dataset's config, one-line errors."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import run_cli
+from test_rno_synth import make_dataset
+from test_rno_train import _config
+
+from fe2nn.errors import UserError
+from fe2nn.materials.j2 import J2Plasticity
+from fe2nn.surrogate import uniaxial as U
+
+E, NU, SY = 70e9, 0.3, 100e6
+
+
+def test_perfectly_plastic_yield_stresses_5_percent_apart():
+    """sigma_y and 1.05 sigma_y, no hardening: the loops differ by 0.05 sigma_y wherever one law
+    flows and the other does not yet, and never by more; both yield in tension within the cycle."""
+    ref, sur = J2Plasticity(E, NU, SY), J2Plasticity(E, NU, 1.05 * SY)
+    res = U.compare(sur, ref, rates=[1e-3], amplitudes=[0.005], steps_per_branch=24)
+    (case,) = res["cases"]
+    assert case["max_deviation"] == pytest.approx(0.05, rel=1e-8)
+    assert case["max_deviation_tension"] == pytest.approx(0.05, rel=1e-8)
+    assert res["max_deviation"] == case["max_deviation"]
+    same = U.compare(ref, ref, rates=[1e-3, 1e-2], amplitudes=[0.003, 0.005], steps_per_branch=8)
+    assert len(same["cases"]) == 4 and same["max_deviation"] == 0.0
+    # elastic cycle (amplitude below sigma_y/E): no deviation at all
+    assert U.compare(sur, ref, rates=[1e-3], amplitudes=[0.5 * SY / E], steps_per_branch=8)["max_deviation"] \
+        == pytest.approx(0.0, abs=1e-10)
+
+
+def test_cycle_shape_and_rates():
+    eps, t = U.cycle(0.004, 2e-3, steps_per_branch=4)
+    assert eps.shape == t.shape == (13,)
+    assert float(t[4]) == pytest.approx(2.0) and float(t[-1]) == pytest.approx(6.0)
+    assert [round(float(eps[i]), 12) for i in (0, 4, 8, 12)] == [0.0, 0.004, 0.0, -0.004]
+    lo, hi = 1e-3, 1e-2
+    r = U.envelope_rates({"envelope": {"strain_rate_norm_min_nonzero": lo, "strain_rate_norm_max": hi}})
+    assert r == pytest.approx([1.3 * lo, math.sqrt(lo * hi), hi / 1.3])
+    with pytest.raises(UserError, match="strain-rate range"):
+        U.envelope_rates({"envelope": {}})
+
+
+def test_reference_rve_rebuilt_from_dataset_config(tmp_path):
+    rve = {"solver": "taylor", "material": "aluminium", "microstructure": {"n_grains": 3, "grid": 8, "seed": 1}}
+    ds = {"config": json.dumps({"rve": rve}), "path": str(tmp_path / "d.h5")}
+    mat = U.reference_material(ds)
+    res = U.compare(mat, mat, rates=[1e-3], amplitudes=[0.004], steps_per_branch=6)
+    assert res["max_deviation"] == 0.0
+    (eps, sur, ref), = res["curves"][0][1]
+    assert ref.max() > 50e6 and ref.min() < -50e6  # yields in tension and in compression
+    bad = {"config": json.dumps({"rve": {**rve, "material": "unobtainium"}}), "path": "d.h5"}
+    with pytest.raises(UserError, match="d.h5: cannot rebuild the dataset's RVE"):
+        U.reference_material(bad)
+
+
+def test_dataset_without_rve_config_is_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="no RVE configuration stored"):
+        U.reference_material({"config": None, "path": "x.h5"})
+    data = make_dataset(tmp_path / "j2.h5", {"random_walk": 4, "monotonic": 1, "cyclic": 1}, T=8, seed=1)
+    cfg = _config(tmp_path, data, "m", epochs=1)
+    assert run_cli("train", str(cfg), "--no-progress").returncode == 0
+    p = run_cli("evaluate", str(tmp_path / "m"), str(data), "--uniaxial")
+    assert p.returncode == 2 and "no RVE configuration stored" in p.stderr and str(data) in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
+    assert not (tmp_path / "m" / "evaluation").exists()  # refused before any work: nothing written
