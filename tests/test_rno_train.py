@@ -244,3 +244,26 @@ def test_training_on_cuda_matches_cpu(tmp_path, dataset):
     assert hist["cuda"] == pytest.approx(hist["cpu"], rel=1e-8)
     model, card = load_surrogate(tmp_path / "cuda")
     assert all(t.device.type == "cpu" and t.dtype == torch.float64 for t in model.state_dict().values())
+
+
+def test_increment_loss_term(tmp_path, dataset):
+    """increments() starts from the initial stress; the weighted term enters the training loss (a
+    prediction right in value but lagging one step has a large increment error) and a negative
+    weight is a one-line config error."""
+    sig0 = torch.zeros(1, 1, 6)
+    target = torch.linspace(1.0, 4.0, 4)[None, :, None] * torch.ones(1, 4, 6)
+    dp, dt_ = tr.increments(sig0, target, target)
+    assert torch.equal(dp, dt_) and torch.allclose(dt_, torch.ones(1, 4, 6))
+    lag = torch.cat([sig0, target[:, :-1]], 1)  # one step late: increments (0, 1, 1, 1) against (1, 1, 1, 1)
+    from fe2nn.surrogate.rno import relative_l2
+    assert float(relative_l2(*tr.increments(sig0, lag, target))) == pytest.approx(0.5)
+    a = _config(tmp_path, dataset, "w0", epochs=2)
+    b = _config(tmp_path, dataset, "w1", epochs=2, extra="increment_weight = 1.0")
+    assert tr.main([str(a), "--no-progress"]) == 0 and tr.main([str(b), "--no-progress"]) == 0
+    ha = json.loads((tmp_path / "w0" / "history.json").read_text())
+    hb = json.loads((tmp_path / "w1" / "history.json").read_text())
+    # same seed and first batch: the weighted run's first-epoch loss carries the extra term
+    assert hb[0]["loss"] > ha[0]["loss"]
+    bad = _config(tmp_path, dataset, "w2", extra="increment_weight = -1")
+    with pytest.raises(UserError, match="increment_weight"):
+        tr.main([str(bad)])

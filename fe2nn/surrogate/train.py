@@ -5,7 +5,9 @@ the families in ``data.train_families`` are split by sample (seeded) into train 
 validation / test; the other families are never seen in training (kept for
 evaluation of out-of-family generalisation).
 
-Loss: mean over paths of the relative L2 stress error over the whole trajectory.
+Loss: mean over paths of the relative L2 stress error over the whole trajectory, plus
+(``training.increment_weight`` > 0) that weight times the relative L2 error of the stress
+increments, which weighs changes of stiffness (yield, reverse yield).
 Adam with a cosine (or plateau) learning-rate schedule, early stopping on the
 validation error (the best weights are exported), checkpoints every few epochs and
 on exit; ``--resume`` continues from the checkpoint exactly (model, optimizer,
@@ -52,7 +54,8 @@ def read_dataset(path: str | Path) -> Dict[str, Any]:
 
     Returns numpy arrays strain (N,T+1,6), stress (N,T+1,6), time (N,T+1), accepted (N,)
     bool, family (N,) int, plus family_names (list of str), sha256 (content hash of the
-    data arrays, :func:`fe2nn.data.dataset.array_checksum`) and path.  Problems raise a
+    data arrays, :func:`fe2nn.data.dataset.array_checksum`), path and config (the generating
+    ``fe2nn generate`` config as JSON text, None when absent).  Problems raise a
     UserError naming the file.
     """
     from fe2nn.data.dataset import array_checksum, read_arrays
@@ -69,7 +72,7 @@ def read_dataset(path: str | Path) -> Dict[str, Any]:
         raise UserError(f"{p}: family codes outside the {len(names)} names in family_names")
     return {"strain": arrays["strain"].astype(np.float64), "stress": arrays["stress"].astype(np.float64),
             "time": t, "accepted": acc, "family": fam, "family_names": names,
-            "sha256": array_checksum(arrays), "path": str(p)}
+            "sha256": array_checksum(arrays), "path": str(p), "config": attrs.get("config")}
 
 
 def family_indices(ds: Dict[str, Any], families: List[str], where: str) -> np.ndarray:
@@ -174,6 +177,9 @@ class TrainingConfig:
         doc="exported integration setting: strain increments (Mandel norm) above it are split into equal "
             "sub-steps of about this length when the surrogate is used; -1 = the largest increment of the "
             "training paths, 0 = never"))
+    increment_weight: float = field(default=0.0, metadata=dict(check=non_negative, doc=(
+        "weight w of the stress-increment term: loss = relative L2 of the stress + w x relative L2 of the "
+        "stress increments (per path); the increments weigh changes of stiffness (yield, reverse yield)")))
     init_from: str = field(default="", metadata=dict(
         doc="surrogate directory to start from (fine-tuning; same architecture, its normalization is kept)"))
 
@@ -223,6 +229,11 @@ def scales_from_data(strain: np.ndarray, stress: np.ndarray, time: np.ndarray) -
     return {"strain_scale": float(np.sqrt(np.mean(strain ** 2))) or 1e-3,
             "rate_scale": float(np.exp(np.mean(np.log(rn)))) if rn.size else 1.0,
             "stress_scale": float(np.sqrt(np.mean(stress ** 2))) or 1.0}
+
+
+def increments(initial: torch.Tensor, pred: torch.Tensor, target: torch.Tensor):
+    """Stress increments (B, T', 6) of predicted and target paths (B, T', 6) from the initial stress (B, 1, 6)."""
+    return (torch.diff(torch.cat([initial, pred], 1), dim=1), torch.diff(torch.cat([initial, target], 1), dim=1))
 
 
 def evaluate_loss(model: RNO, strain: torch.Tensor, stress: torch.Tensor, time: torch.Tensor,
@@ -344,7 +355,10 @@ class Trainer:
             f = factors[int(torch.randint(len(factors), (1,), generator=self.gen))]
             s, sig, t = d["strain"][idx], d["stress"][idx], d["time"][idx]
             pred, tidx = rollout_at_dt_factor(self.model, s, t, f)
-            loss = relative_l2(pred, sig[:, 1:][:, tidx]).mean()
+            target = sig[:, 1:][:, tidx]
+            loss = relative_l2(pred, target).mean()
+            if tc.increment_weight > 0:
+                loss = loss + tc.increment_weight * relative_l2(*increments(sig[:, :1], pred, target)).mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
