@@ -136,3 +136,44 @@ def test_plot_examples(tmp_path):
     out = tmp_path / "paths.png"
     P.plot_examples(str(out), n_steps=50, per_family=2)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _reversals(strain):
+    """Loading reversals per path: consecutive moving increments at more than 120 degrees."""
+    de = np.diff(strain, axis=0)
+    n = np.linalg.norm(de, axis=1)
+    move = n > 0
+    d = de[move] / n[move, None]
+    return int(np.sum((d[1:] * d[:-1]).sum(1) < -0.5))
+
+
+def test_reversal_walks_reverse_more_and_travel_further():
+    """Same generator as random_walk, other defaults: more reversals and more strain travelled per path
+    (so that reversals reach reverse plastic flow); its own family name and code after the others."""
+    rw, rv = P.RandomWalk(), P.ReversalWalk()
+    assert P.family_name(rv) == "reversal_walk" and P.family_name(rw) == "random_walk"
+    assert P.FAMILY_NAMES.index("reversal_walk") == len(P.FAMILY_NAMES) - 1  # appended: older configs keep their codes
+    stats = {}
+    for name, cfg in (("random_walk", rw), ("reversal_walk", rv)):
+        rev, travel = [], []
+        for i in range(200):
+            s, _ = P.sample_path(cfg, T, seed=1, index=i)
+            rev.append(_reversals(s))
+            travel.append(np.linalg.norm(np.diff(s, axis=0), axis=1).sum())
+        stats[name] = (np.mean(rev), np.mean(travel))
+    assert stats["reversal_walk"][0] > 1.1 * stats["random_walk"][0]
+    assert stats["reversal_walk"][1] > 1.5 * stats["random_walk"][1]
+
+
+def test_appending_reversal_walks_keeps_earlier_samples():
+    """A generate config that adds reversal walks numbers the other families' samples as before, so
+    those samples (pure in seed and index) are bit-identical to the smaller data set's."""
+    from fe2nn.data.generate import GenerateConfig, sample_layout
+
+    base = parse(GenerateConfig, {"output": "x.h5", "paths": {"random_walk": {"count": 5}, "cyclic": {"count": 2}}})
+    more = parse(GenerateConfig, {"output": "x.h5", "paths": {"random_walk": {"count": 5}, "cyclic": {"count": 2},
+                                                              "reversal_walk": {"count": 3}}})
+    c0, f0 = sample_layout(base)
+    c1, f1 = sample_layout(more)
+    assert np.array_equal(c1[:7], c0) and list(c1[7:]) == [P.FAMILY_NAMES.index("reversal_walk")] * 3
+    assert f1[:7] == f0 and all(type(f) is P.ReversalWalk for f in f1[7:])

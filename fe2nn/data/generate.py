@@ -60,6 +60,7 @@ class PathsConfig:
     random_walk: P.RandomWalk = field(default_factory=P.RandomWalk)
     monotonic: P.Monotonic = field(default_factory=P.Monotonic)
     cyclic: P.Cyclic = field(default_factory=P.Cyclic)
+    reversal_walk: P.ReversalWalk = field(default_factory=P.ReversalWalk)
 
 
 @dataclass

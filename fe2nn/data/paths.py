@@ -1,6 +1,6 @@
 """Macro strain-path families for RVE training data (Mandel notation, SI units).
 
-Three families, each a dataclass config (also the ``[paths.<family>]`` tables of
+Four families, each a dataclass config (also the ``[paths.<family>]`` tables of
 ``fe2nn generate``):
 
 * ``random_walk`` -- smooth random walks: the increments follow a per-segment
@@ -10,6 +10,8 @@ Three families, each a dataclass config (also the ``[paths.<family>]`` tables of
 * ``monotonic`` -- proportional monotonic loading in a random direction.
 * ``cyclic`` -- tension-compression cycles along a random direction with random
   amplitude, mean strain and number of cycles.
+* ``reversal_walk`` -- random walks (same generator and keys) whose defaults give fewer,
+  longer, straighter segments that mostly reverse: unloading and reverse plastic flow.
 
 **Strain bound.** ``max_strain`` bounds the full Mandel (Frobenius) norm
 ``|eps| = sqrt(eps:eps)``, which includes the volumetric part.  Hence the
@@ -70,29 +72,55 @@ def _doc(doc, check=None):
     return dict(doc=doc, check=check) if check else dict(doc=doc)
 
 
+#: keys of the random-walk families whose defaults differ between them: doc and check
+_WALK_KEYS = {
+    "step_strain": ("[min, max] increment norm |d eps|, log-uniform per segment [-]", _range_check()),
+    "segments": ("[min, max] number of segments", _range_check(1, integer=True)),
+    "hold_probability": ("probability of a hold segment", in_range(0, 1)),
+    "reversal_probability": ("probability that a segment reverses the last loading direction", in_range(0, 1)),
+    "noise": ("amplitude of the smooth direction noise relative to the drift", non_negative),
+}
+
+
+def _walk(key: str, default):
+    """A random-walk config field with its family's default."""
+    meta = _doc(*_WALK_KEYS[key])
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class RandomWalk:
     """Smooth random walk with holds and reversals (see module docstring)."""
 
     count: int = field(default=0, metadata=_doc("number of samples", non_negative))
     max_strain: float = field(default=0.02, metadata=_doc("bound on the Mandel norm |eps| [-]", positive))
-    step_strain: List[float] = field(default_factory=lambda: [2e-5, 4e-4],
-                                     metadata=_doc("[min, max] increment norm |d eps|, log-uniform per segment [-]",
-                                                   _range_check()))
+    step_strain: List[float] = _walk("step_strain", [2e-5, 4e-4])
     rate: List[float] = field(default_factory=lambda: [1e-4, 1e-1],
                               metadata=_doc("[min, max] strain rate, log-uniform per segment [1/s]", _range_check()))
-    segments: List[int] = field(default_factory=lambda: [3, 8],
-                                metadata=_doc("[min, max] number of segments", _range_check(1, integer=True)))
-    hold_probability: float = field(default=0.2, metadata=_doc("probability of a hold segment", in_range(0, 1)))
-    reversal_probability: float = field(default=0.5,
-                                        metadata=_doc("probability that a segment reverses the last loading direction",
-                                                      in_range(0, 1)))
+    segments: List[int] = _walk("segments", [3, 8])
+    hold_probability: float = _walk("hold_probability", 0.2)
+    reversal_probability: float = _walk("reversal_probability", 0.5)
     smoothing: float = field(default=8.0, metadata=_doc("correlation length of the direction noise [increments]",
                                                         positive))
-    noise: float = field(default=0.6, metadata=_doc("amplitude of the smooth direction noise relative to the drift",
-                                                    non_negative))
+    noise: float = _walk("noise", 0.6)
     volumetric_weight: float = field(default=0.2, metadata=_doc("scale of the volumetric part of directions",
                                                                 in_range(0, 1)))
+
+
+@dataclass
+class ReversalWalk(RandomWalk):
+    """A random walk that mostly reverses: fewer, longer and straighter segments with large
+    increments, so that a reversal unloads and goes on into reverse plastic flow (the
+    load-unload-reverse histories of structures).  Same generator and keys as ``random_walk``,
+    other defaults."""
+
+    step_strain: List[float] = _walk("step_strain", [1e-4, 4e-4])
+    segments: List[int] = _walk("segments", [2, 6])
+    hold_probability: float = _walk("hold_probability", 0.15)
+    reversal_probability: float = _walk("reversal_probability", 0.8)
+    noise: float = _walk("noise", 0.3)
 
 
 @dataclass
@@ -132,8 +160,10 @@ class Cyclic:
             raise ValueError(f"amplitude max {self.amplitude[1]} must be <= max_strain {self.max_strain}")
 
 
-#: family name -> config class; the position is the family code stored in datasets
-FAMILIES: Dict[str, type] = {"random_walk": RandomWalk, "monotonic": Monotonic, "cyclic": Cyclic}
+#: family name -> config class; the position is the family code stored in datasets (new families
+#: are appended, so that a config without them numbers its samples as before)
+FAMILIES: Dict[str, type] = {"random_walk": RandomWalk, "monotonic": Monotonic, "cyclic": Cyclic,
+                             "reversal_walk": ReversalWalk}
 FAMILY_NAMES: Tuple[str, ...] = tuple(FAMILIES)
 
 
@@ -259,12 +289,12 @@ def cyclic(cfg: Cyclic, n_steps: int, rng: np.random.Generator) -> Tuple[np.ndar
     return _finish(dx[:, None] * d, dt)
 
 
-_GENERATORS = {"random_walk": random_walk, "monotonic": monotonic, "cyclic": cyclic}
+_GENERATORS = {"random_walk": random_walk, "monotonic": monotonic, "cyclic": cyclic, "reversal_walk": random_walk}
 
 
 def family_name(cfg) -> str:
     for name, cls in FAMILIES.items():
-        if isinstance(cfg, cls):
+        if type(cfg) is cls:  # exact: a ReversalWalk is also a RandomWalk
             return name
     raise TypeError(f"not a path-family config: {cfg!r}")
 
