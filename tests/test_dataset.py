@@ -43,7 +43,7 @@ def test_load_dataset_shapes_and_splits(dataset):
     assert s.strain.shape == (6, 13, 6) and s.stress.shape == (6, 13, 6) and s.time.shape == (6, 13)
     assert s.strain.dtype == torch.float64 and s.family.dtype == torch.int64
     assert torch.equal(s.dt, s.time[:, 1:] - s.time[:, :-1]) and (s.dt > 0).all()
-    assert s.family_names == ("random_walk", "monotonic", "cyclic")
+    assert s.family_names == ("random_walk", "monotonic", "cyclic", "reversal_walk")  # every family, in code order
     assert s.family.tolist() == [0, 0, 0, 2, 2, 2]
     assert len(load_dataset(dataset, split="train")) == 6 and len(load_dataset(dataset, split="rejected")) == 0
     f32 = load_dataset(dataset, dtype=torch.float32)

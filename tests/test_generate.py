@@ -108,7 +108,7 @@ def test_dataset_matches_independent_material_calls(reference):
 
 def test_metadata_and_summary(reference):
     with h5py.File(reference, "r") as fh:
-        assert list(fh["family"].attrs["family_names"]) == ["random_walk", "monotonic", "cyclic"]
+        assert list(fh["family"].attrs["family_names"]) == ["random_walk", "monotonic", "cyclic", "reversal_walk"]
         for key in ("material", "solver", "paths", "fe2nn_version", "git_commit", "config_hash", "summary"):
             assert key in fh.attrs, key
         assert fh.attrs["n_accepted"] == 11 and fh.attrs["n_rejected_hill_mandel"] == 0

@@ -214,6 +214,8 @@ def test_init_from_warm_starts_and_checks_architecture(tmp_path, dataset):
     hist = json.loads((tmp_path / "fine" / "history.json").read_text())
     # with a vanishing learning rate the weights stay the exported ones
     assert hist[0]["val"] == pytest.approx(base["training"]["best_val_rel_l2"], rel=1e-9)
+    card = json.loads((tmp_path / "fine" / "card.json").read_text())
+    assert card["training"]["config"]["training"]["init_from"] == "../base"  # portable, like the data path
     other = _config(tmp_path, dataset, "other", epochs=1, extra=f'init_from = "{tmp_path / "base"}"')
     other.write_text(other.read_text().replace("k = 2", "k = 3"))
     with pytest.raises(UserError, match="init_from.*architecture"):

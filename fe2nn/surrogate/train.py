@@ -447,6 +447,8 @@ def export(trainer: Trainer, out_dir: Path) -> Dict[str, Any]:
 
     cfg_d = dataclasses.asdict(cfg)
     cfg_d["data"]["path"], cfg_d["output"]["dir"] = rel(cfg.data.path), rel(cfg.output.dir)
+    if cfg.training.init_from:
+        cfg_d["training"]["init_from"] = rel(cfg.training.init_from)
     card = {
         "envelope": compute_envelope(ds["strain"][tr], ds["time"][tr]),
         "dataset": {"path": rel(ds["path"]), "sha256": ds["sha256"], "family_names": ds["family_names"],
