@@ -6,8 +6,8 @@ axial strain eps_22 from 0 to +a (tension), back to 0 (unloading) and on to -a
 held at zero by mixed control (:func:`fe2nn.materials.drivers.uniaxial_stress`).  The same
 path drives the surrogate and the reference material.  Reverse yielding after unloading
 (the Bauschinger transition) is where surrogates of polycrystals are weakest, and a path
-error averaged over a whole trajectory hides it; this check names it in seconds where the
-FE² validation takes minutes.
+error averaged over a whole trajectory hides it; this check names it in about a minute (Taylor
+RVE) where the FE² validation takes several.
 
 Metric per curve (as the reaction deviation of ``fe2nn validate``): the largest
 |sigma_22,surrogate - sigma_22,reference| along the whole curve divided by the largest
