@@ -34,6 +34,7 @@ import torch
 
 from fe2nn.errors import UserError
 from fe2nn.io_utils import atomic_path, write_text_atomic
+from fe2nn.surrogate import uniaxial as U
 from fe2nn.surrogate.rno import RNO, rollout_at_dt_factor
 
 FACTORS = (0.25, 1.0, 4.0)
@@ -163,10 +164,11 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
     grp = groups(card, ds)
     if not grp:
         raise UserError(f"{dataset}: no accepted samples to evaluate")
-    if uniaxial:  # input errors before any work
-        from fe2nn.surrogate import uniaxial as U
+    if uniaxial:  # input errors before any work: surrogate as a material, the dataset's RVE, rates
+        from fe2nn.materials.registry import build_material
 
-        uniaxial_setup = (U.reference_material(ds), U.envelope_rates(card))
+        uniaxial_setup = (build_material({"model": "rno", "surrogate": str(Path(surrogate).resolve())},
+                                         file=str(surrogate)), U.reference_material(ds), U.envelope_rates(card))
     report: Dict[str, Any] = {"surrogate": str(surrogate), "dataset": str(dataset), "dataset_sha256": ds["sha256"],
                               "same_dataset_as_training": card.get("dataset", {}).get("sha256") == ds["sha256"],
                               "metric": "relative L2 stress error per path over the whole trajectory",
@@ -190,19 +192,15 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
             _plot_dt(p2, name, s, sig, {f: (preds[f][0][:1], preds[f][1]) for f in factors})
             report["plots"] += [p1.name, p2.name]
     if uniaxial:
-        report["uniaxial"] = _uniaxial(surrogate, *uniaxial_setup, out_dir, plots)
+        report["uniaxial"] = _uniaxial(*uniaxial_setup, out_dir, plots)
     report["targets"] = _check_targets(report)
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
-def _uniaxial(surrogate: str, reference, rates, out_dir: Path, plots: bool):
-    """Uniaxial-stress tension-unloading-compression cycles, surrogate vs the dataset's RVE."""
-    from fe2nn.materials.registry import build_material
-    from fe2nn.surrogate import uniaxial as U
-
-    res = U.compare(build_material({"model": "rno", "surrogate": str(Path(surrogate).resolve())}, file=str(surrogate)),
-                    reference, rates)
+def _uniaxial(surrogate, reference, rates, out_dir: Path, plots: bool):
+    """Uniaxial-stress tension-unloading-compression cycles, surrogate vs the dataset's RVE (materials)."""
+    res = U.compare(surrogate, reference, rates)
     out = {"definition": "largest |sigma22 surrogate - sigma22 RVE| / largest |sigma22 RVE| along a uniaxial-stress "
                          "cycle 0 -> +a -> 0 -> -a (three branches of equal time, "
                          f"{U.STEPS_PER_BRANCH} increments each); 'tension': first branch only",

@@ -93,11 +93,10 @@ def reference_material(dataset: Dict[str, Any]) -> Material:
     if not isinstance(rve, dict):
         raise UserError(f"{where}: no RVE configuration stored (attribute 'config' with an 'rve' table); "
                         "the uniaxial check needs a dataset written by fe2nn generate")
-    table = {"model": "rve", **rve}
-    try:
-        return build_material(table, file=where, base_dir=Path(where).parent)
-    except (ValueError, UserError) as err:
-        raise UserError(f"{where}: cannot rebuild the dataset's RVE: {err}") from None
+    try:  # errors name the stored table: "<dataset>: [rve] model 'rve': ..."
+        return build_material({"model": "rve", **rve}, file=where, base_dir=Path(where).parent, key="rve")
+    except UserError as err:
+        raise UserError(str(err).replace(f"{where}: ", f"{where}: cannot rebuild the dataset's RVE: ", 1)) from None
 
 
 def plot(path: Path, result: Dict[str, Any]) -> None:
