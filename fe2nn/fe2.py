@@ -5,7 +5,8 @@
   ``"ood"``, an RVE's ``"newton_iterations"``), as float arrays (n,).
 * :class:`OODMonitor` -- a ``callback`` for :func:`fe2nn.macro.solver.solve` that
   counts, after every converged step, the quadrature points (all ranks) whose
-  strain or strain rate lies outside the surrogate's training envelope.
+  strain, strain rate or accumulated strain path length lies outside the surrogate's
+  training envelope.
 * :func:`point_weights` -- quadrature weight x |det J| of every owned quadrature point
   (the volume each point stands for), for integrals of point fields.
 """
@@ -17,8 +18,9 @@ import numpy as np
 
 #: name of the out-of-distribution mask in ``material.info`` (see RNOMaterial)
 OOD_KEY = "ood"
-#: its causes, when the material publishes them: strain, strain rate outside the envelope
-OOD_CAUSES = {"strain": "ood_strain", "rate": "ood_rate"}
+#: its causes, when the material publishes them: strain or strain rate outside the envelope, or
+#: an accumulated strain path longer than any training path
+OOD_CAUSES = {"strain": "ood_strain", "rate": "ood_rate", "path": "ood_path"}
 
 
 def scalar_info(material, n: int) -> Dict[str, np.ndarray]:
@@ -79,7 +81,7 @@ class OODMonitor:
         return (f"out-of-distribution monitor: WARNING {s['steps_with_ood']} of {s['steps']} steps had points "
                 f"outside the training envelope (at most {s['max_ood_points']} of {s['n_points']} points, "
                 f"first at step {s['first_ood_step']}; at most {causes['strain']} by strain, {causes['rate']} by "
-                f"strain rate); the surrogate extrapolates there")
+                f"strain rate, {causes['path']} by strain path length); the surrogate extrapolates there")
 
 
 def point_weights(qf) -> np.ndarray:

@@ -156,7 +156,28 @@ def test_ood_monitor_counts_points_outside_the_envelope(tmp_path, strain, expect
         assert "WARNING" in mon.line() and "by strain" in mon.line()
     else:
         assert s["total_ood_point_steps"] == 0 and s["steps"] == 3
-        assert s["max_by_cause"] == {"strain": 0, "rate": 0}
+        assert s["max_by_cause"] == {"strain": 0, "rate": 0, "path": 0}
+
+
+@needs_surrogate
+def test_ood_monitor_flags_histories_longer_than_the_training_paths(tmp_path):
+    """+-0.2 % tension-compression cycles stay inside the strain and rate envelope, but after about
+    ten half-cycles (4.6e-3 of strain path each) the accumulated strain path exceeds the longest
+    training path (card: 4.5e-2): from then on the points are flagged, by path length only."""
+    half = 16
+    times = [0.0] + [0.6 + 1.2 * i for i in range(half + 1)]
+    factors = [0.0] + [(-1.0) ** i for i in range(half + 1)]
+    cfg = bar_config(tmp_path / "c.toml", rno_table(), strain=2e-3, times=times, factors=factors, steps=None,
+                     max_dt=0.3)
+    mon = OODMonitor()
+    solve_in_process(cfg, callback=mon)
+    s = mon.summary()
+    assert s["max_by_cause"]["strain"] == 0 and s["max_by_cause"]["rate"] == 0
+    first = s["first_ood_step"]
+    assert first is not None and 36 <= first <= 46, first  # 4 steps per half-cycle: 9-11 half-cycles
+    c = s["per_step"][first - 1:]  # the path only grows: once flagged, a point stays flagged
+    assert all(a <= b for a, b in zip(c, c[1:])) and c[-1] == s["n_points"] == s["max_by_cause"]["path"]
+    assert "by strain path length" in mon.line()
 
 
 # -- fe2nn validate: config errors ----------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -246,6 +247,38 @@ def test_envelope_violation_flags_out_of_range_points():
     env = compute_envelope(strain[None].numpy().repeat(2, 0), torch.arange(5.0)[None].repeat(2, 1).numpy())
     assert env["strain_max"][3] == pytest.approx(1.2e-2)
     assert RNOMaterial(_model(1), envelope=None).envelope_violation(strain, rate).sum() == 0
+
+
+def test_envelope_flags_histories_longer_than_the_training_paths():
+    """A point cycling between two strains inside the strain range accumulates path length
+    sum |d eps|; it is flagged once that exceeds (1 + margin) x the longest training path,
+    and only then.  Older cards without the path length never flag it."""
+    env = {"strain_min": [-1e-2] * 6, "strain_max": [1e-2] * 6, "equivalent_strain_max": 1e-2,
+           "strain_rate_norm_max": 1e-2, "strain_path_length_max": 1e-2}
+    mat = RNOMaterial(_model(2), envelope=env, envelope_margin=0.05)
+    old = RNOMaterial(_model(2), envelope={k: v for k, v in env.items() if k != "strain_path_length_max"})
+    a = torch.zeros(2, 6, dtype=torch.float64)
+    a[:, 0] = 2e-3                              # |d eps| = 2e-3 per increment, second point at rest
+    a[1] = 0.0
+    st, st_old = mat.initial_state(2), old.initial_state(2)
+    flags = []
+    for i in range(8):                          # 0 -> a -> 0 -> a ...: path 2e-3, 4e-3, ..., 1.6e-2
+        eps = a if i % 2 == 0 else torch.zeros_like(a)
+        _, _, st = mat.update(eps, 1.0, st)
+        _, _, st_old = old.update(eps, 1.0, st_old)
+        flags.append(mat.info["ood_path"].tolist())
+        assert not old.info["ood"].any()
+        assert mat.info["ood"].tolist() == mat.info["ood_path"].tolist()  # strain and rate stay inside
+    assert st["path_length"].tolist() == pytest.approx([1.6e-2, 0.0])
+    # flagged from the 6th increment on: 1.2e-2 > 1.05e-2 >= 1.0e-2
+    assert [f[0] for f in flags] == [False] * 5 + [True] * 3 and not any(f[1] for f in flags)
+    # a state without the path length (written by older code) counts from zero
+    mat.update(a, 1.0, {"xi": st["xi"], "strain": torch.zeros_like(a)})
+    assert not mat.info["ood_path"].any()
+    # the envelope of data records its longest path: 3 increments of 1e-3 and 2e-3
+    path = np.zeros((1, 4, 6))
+    path[0, 1:, 0] = [1e-3, 3e-3, 1e-3]
+    assert compute_envelope(path, np.arange(4.0)[None])["strain_path_length_max"] == pytest.approx(5e-3)
 
 
 def _plain_substeps(m, eps, prev, dt, xi, count):

@@ -1,14 +1,15 @@
 """A trained RNO as an fe2nn :class:`~fe2nn.materials.base.Material`.
 
     mat = RNOMaterial("surrogates/aluminium_taylor")
-    state = mat.initial_state(n)                       # {"xi": (n,k), "strain": (n,6)}
+    state = mat.initial_state(n)          # {"xi": (n,k), "strain": (n,6), "path_length": (n,)}
     stress, tangent, new_state = mat.update(strain, dt, state)
     ood = mat.envelope_violation(strain, (strain - state["strain"]) / dt)   # (n,) bool
 
 Inputs/outputs in SI units and Mandel notation.  The tangent is the exact consistent
 d sigma_n / d eps_n of the time-discrete model (strain, rate 1/dt and xi_n paths).
 After every update ``mat.info["ood"]`` holds the envelope-violation mask, and
-``"ood_strain"`` / ``"ood_rate"`` its two causes (strain or strain rate outside).
+``"ood_strain"`` / ``"ood_rate"`` / ``"ood_path"`` its causes (strain, strain rate, or a
+strain history longer than any training path: see :meth:`RNOMaterial.envelope_reasons`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from fe2nn import mandel
+from fe2nn.fe2 import OOD_CAUSES, OOD_KEY
 from fe2nn.materials.base import Material, Response, State
 from fe2nn.surrogate.rno import RNO
 
@@ -28,7 +30,9 @@ def compute_envelope(strain: np.ndarray, time: np.ndarray) -> Dict[str, Any]:
 
     Per-component strain range, maximum equivalent strain sqrt(2/3 e':e'), per-component
     strain-rate range and the range of the strain-rate norm |d eps/dt| (Frobenius,
-    Mandel), its minimum over non-zero rates (holds have zero rate).
+    Mandel), its minimum over non-zero rates (holds have zero rate), and the longest
+    strain path sum_n |eps_n - eps_{n-1}| (Mandel norm) of a path: how much history the
+    model has seen.
     """
     s = torch.as_tensor(strain, dtype=torch.float64)
     t = torch.as_tensor(time, dtype=torch.float64)
@@ -43,6 +47,7 @@ def compute_envelope(strain: np.ndarray, time: np.ndarray) -> Dict[str, Any]:
         "strain_rate_max": rate.amax(dim=(0, 1)).tolist(),
         "strain_rate_norm_max": float(rnorm.max()),
         "strain_rate_norm_min_nonzero": float(nz.min()) if nz.numel() else 0.0,
+        "strain_path_length_max": float(torch.linalg.norm(s[:, 1:] - s[:, :-1], dim=-1).sum(dim=1).max()),
     }
 
 
@@ -56,11 +61,13 @@ class RNOMaterial(Material):
     ``tangent_dtype``: "float64" (exact) or "float32" precision of the Newton tangent.
 
     State: ``xi`` (n, k) internal variables [-], ``strain`` (n, 6) strain of the last
-    converged increment [-].  ``dt`` must be > 0.
+    converged increment [-], ``path_length`` (n,) accumulated strain path length
+    sum |d eps| (Mandel norm) [-] (for the out-of-distribution check; a state without it
+    counts from zero).  ``dt`` must be > 0.
     """
 
     #: scalar per-point info the macro output writes as fields and counts per step
-    point_info = ("ood", "ood_strain", "ood_rate")
+    point_info = (OOD_KEY, *OOD_CAUSES.values())
 
     def __init__(self, path_or_model: str | os.PathLike | RNO, device: str | torch.device = "cpu",
                  envelope: Optional[Dict[str, Any]] = None, envelope_margin: float = 0.05,
@@ -93,10 +100,15 @@ class RNOMaterial(Material):
         if env:
             self._env = {key: torch.as_tensor(env[key], dtype=self.dtype, device=self.device)
                          for key in ("strain_min", "strain_max", "equivalent_strain_max", "strain_rate_norm_max")}
+            # cards written before the path length was recorded: no history check
+            if env.get("strain_path_length_max") is not None:
+                self._env["strain_path_length_max"] = torch.as_tensor(
+                    env["strain_path_length_max"], dtype=self.dtype, device=self.device)
 
     def initial_state(self, n: int) -> State:
         z = dict(dtype=self.dtype, device=self.device)
-        return {"xi": torch.zeros(n, self.k, **z), "strain": torch.zeros(n, 6, **z)}
+        return {"xi": torch.zeros(n, self.k, **z), "strain": torch.zeros(n, 6, **z),
+                "path_length": torch.zeros(n, **z)}
 
     def _inputs(self, strain, dt):
         strain = self.as_tensor(strain)
@@ -125,10 +137,12 @@ class RNOMaterial(Material):
                 stress, tangent, xi = self.model.step_with_tangent(strain, prev, h, xi0, chunk=self.chunk)
             else:
                 stress, xi = self.model.step(strain, prev, h, xi0)
-        reasons = self.envelope_reasons(strain, (strain - prev) / h[:, None])
-        self.info = {"ood": reasons["strain"] | reasons["rate"],
-                     "ood_strain": reasons["strain"], "ood_rate": reasons["rate"]}
-        return stress, {"xi": xi, "strain": strain.clone()}, tangent
+        path = state.get("path_length")
+        path = (torch.zeros_like(h) if path is None else path) + torch.linalg.vector_norm(strain - prev, dim=-1)
+        reasons = self.envelope_reasons(strain, (strain - prev) / h[:, None], path)
+        self.info = {OOD_KEY: reasons["strain"] | reasons["rate"] | reasons["path"],
+                     **{key: reasons[cause] for cause, key in OOD_CAUSES.items()}}
+        return stress, {"xi": xi, "strain": strain.clone(), "path_length": path}, tangent
 
     def tangent(self, strain: torch.Tensor, dt, state: State) -> torch.Tensor:
         strain, h = self._inputs(strain, dt)
@@ -138,29 +152,37 @@ class RNOMaterial(Material):
                                                             state["xi"].to(td), chunk=self.chunk)
         return tangent.to(self.dtype)
 
-    def envelope_violation(self, strain: torch.Tensor, strain_rate: torch.Tensor) -> torch.Tensor:
+    def envelope_violation(self, strain: torch.Tensor, strain_rate: torch.Tensor,
+                           path_length: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Bool mask (n,) of points outside the training envelope (see :meth:`envelope_reasons`)."""
-        reasons = self.envelope_reasons(strain, strain_rate)
-        return reasons["strain"] | reasons["rate"]
+        reasons = self.envelope_reasons(strain, strain_rate, path_length)
+        return reasons["strain"] | reasons["rate"] | reasons["path"]
 
-    def envelope_reasons(self, strain: torch.Tensor, strain_rate: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def envelope_reasons(self, strain: torch.Tensor, strain_rate: torch.Tensor,
+                         path_length: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Bool masks (n,) of points outside the training envelope, by cause.
 
         ``"strain"``: a strain component leaves [min - m*w, max + m*w] (w: the component's
         training range, m: ``envelope_margin``) or the equivalent strain exceeds (1+m)
         times the training maximum.  ``"rate"``: the strain-rate norm exceeds (1+m) times
         the training maximum.  Slow rates are not flagged (holds and unloading regions
-        legitimately have rates near zero).  All False without an envelope.
+        legitimately have rates near zero).  ``"path"``: the accumulated strain path length
+        ``path_length`` (n,) exceeds (1+m) times the longest training path (a history longer
+        than any the model has seen, e.g. many cycles); False when not given or the card
+        does not record it.  All False without an envelope.
         """
         strain = self.as_tensor(strain)
         rate = self.as_tensor(strain_rate)
         n = strain.shape[0]
+        none = torch.zeros(n, dtype=torch.bool, device=self.device)
         if self._env is None:
-            none = torch.zeros(n, dtype=torch.bool, device=self.device)
-            return {"strain": none, "rate": none}
+            return {"strain": none, "rate": none, "path": none}
         e, m = self._env, self.envelope_margin
         w = e["strain_max"] - e["strain_min"]
         bad = ((strain < e["strain_min"] - m * w) | (strain > e["strain_max"] + m * w)).any(dim=-1)
         bad |= mandel.equivalent_strain(strain) > (1 + m) * e["equivalent_strain_max"]
         fast = torch.linalg.norm(rate, dim=-1) > (1 + m) * e["strain_rate_norm_max"]
-        return {"strain": bad, "rate": fast}
+        long = none
+        if path_length is not None and "strain_path_length_max" in e:
+            long = self.as_tensor(path_length) > (1 + m) * e["strain_path_length_max"]
+        return {"strain": bad, "rate": fast, "path": long}
