@@ -172,7 +172,9 @@ def test_path_errors_metric_is_relative_l2():
 def test_time_limit_exports_best_model(tmp_path, dataset, capsys):
     cfg = _config(tmp_path, dataset, "tl", epochs=50, extra="time_limit = 1e-6")
     assert tr.main([str(cfg), "--no-progress"]) == 0
-    assert "time limit" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "time limit" in out
+    assert "epoch 1/50: loss " in out  # without the progress bar: one log line per epoch
     hist = json.loads((tmp_path / "tl" / "history.json").read_text())
     assert len(hist) == 1 and load_surrogate(tmp_path / "tl")[1]["training"]["epochs_run"] == 1
 
@@ -269,3 +271,46 @@ def test_increment_loss_term(tmp_path, dataset):
     bad = _config(tmp_path, dataset, "w2", extra="increment_weight = -1")
     with pytest.raises(UserError, match="increment_weight"):
         tr.main([str(bad)])
+
+
+def test_extra_datasets_keep_each_files_split(tmp_path, dataset):
+    """data.extra_paths: the first file's split is the one it has alone (adding a file moves
+    none of its samples), every file is split on its own, the card lists each file with its
+    split, evaluate uses the extra file's own test split; a file of another RVE or path length
+    is one clear error."""
+    import h5py
+
+    from test_rno_synth import make_dataset
+
+    more = make_dataset(tmp_path / "more.h5", {"random_walk": 8, "cyclic": 2}, T=16, seed=11)
+    alone = _config(tmp_path, dataset, "alone", epochs=2)
+    both = _config(tmp_path, dataset, "both", epochs=2)
+    both.write_text(both.read_text().replace("[model]", f'extra_paths = ["{more}"]\n[model]'))
+    assert tr.main([str(alone), "--no-progress"]) == 0
+    assert tr.main([str(both), "--no-progress"]) == 0
+    a = json.loads((tmp_path / "alone" / "card.json").read_text())["dataset"]
+    b = json.loads((tmp_path / "both" / "card.json").read_text())["dataset"]
+    assert b["split"] == a["split"] and b["sha256"] == a["sha256"] and "extra" not in a
+    (x,) = b["extra"]
+    assert x["sha256"] == tr.read_dataset(more)["sha256"] and x["path"] == "../more.h5"
+    assert sorted(x["split"]["train"] + x["split"]["val"] + x["split"]["test"]) == list(range(8))  # walks only
+    assert len(x["split"]["test"]) == 1 and len(x["split"]["val"]) == 1
+    # the whole training set: 12 + 6 walks; the envelope covers both files
+    card = json.loads((tmp_path / "both" / "card.json").read_text())
+    assert card["errors"]["train_dt_x1"]["n"] == 18
+    assert card["training"]["config"]["data"]["extra_paths"] == ["../more.h5"]
+    rep_dir = tmp_path / "ev_more"
+    assert ev.main([str(tmp_path / "both"), str(more), "--out", str(rep_dir)]) == 0
+    rep = json.loads((rep_dir / "report.json").read_text())
+    assert rep["same_dataset_as_training"] and rep["groups"]["random_walk"]["kind"] == "held-out test split"
+    assert rep["groups"]["random_walk"]["n_paths"] == 1 and rep["groups"]["cyclic"]["kind"] == "kept out of training"
+    # another path length, another RVE: one line naming the file
+    short = make_dataset(tmp_path / "short.h5", {"random_walk": 4}, T=8, seed=5)
+    other = make_dataset(tmp_path / "other.h5", {"random_walk": 4}, T=16, seed=5)
+    with h5py.File(other, "r+") as f:
+        f.attrs["material"] = json.dumps({"law": "J2", "E": 1.0})
+    for bad, msg in ((short, "8 increments per path"), (other, "another RVE material")):
+        both.write_text(both.read_text().replace(str(more), str(bad)).replace(str(short), str(bad)))
+        with pytest.raises(UserError, match=msg) as err:
+            tr.main([str(both), "--no-progress"])
+        assert str(bad) in str(err.value) and "\n" not in str(err.value)

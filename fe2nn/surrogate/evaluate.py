@@ -3,7 +3,8 @@
 Groups of paths (accepted samples only):
 
 * a training family (card ``dataset.train_families``) on the *same* dataset (sha256
-  equal to the card's): its held-out **test split** only;
+  equal to the card's, or to one of its ``dataset.extra`` files trained on with it): its
+  held-out **test split** only;
 * a training family on another dataset: all its samples;
 * every other family: all samples ("kept out of training").
 
@@ -67,12 +68,24 @@ def stats(e: np.ndarray) -> Dict[str, float]:
     return {"mean": float(e.mean()), "p95": float(np.percentile(e, 95)), "max": float(e.max()), "n": int(e.size)}
 
 
+def _training_files(card: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The card's training dataset entries: the file and the extra files trained on with it."""
+    info = card.get("dataset", {})
+    return [info, *info.get("extra", [])]
+
+
+def _training_hashes(card: Dict[str, Any]) -> List[str]:
+    return [d.get("sha256") for d in _training_files(card)]
+
+
 def groups(card: Dict[str, Any], ds: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """Evaluation groups: name -> {indices, kind ('held-out test split' | 'all samples' | 'kept out of training')}."""
     info = card.get("dataset", {})
     train_fams = list(info.get("train_families", []))
-    same = info.get("sha256") == ds["sha256"]
-    test = set(info.get("split", {}).get("test", [])) if same else set()
+    # the training file, or one of the extra files trained on with it: its own test split
+    match = [d for d in _training_files(card) if d.get("sha256") == ds["sha256"]]
+    same = bool(match)
+    test = set(match[0].get("split", {}).get("test", [])) if same else set()
     out = {}
     for code, name in enumerate(ds["family_names"]):
         idx = np.flatnonzero(ds["accepted"] & (ds["family"] == code))
@@ -170,7 +183,7 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
         uniaxial_setup = (build_material({"model": "rno", "surrogate": str(Path(surrogate).resolve())},
                                          file=str(surrogate)), U.reference_material(ds), U.envelope_rates(card))
     report: Dict[str, Any] = {"surrogate": str(surrogate), "dataset": str(dataset), "dataset_sha256": ds["sha256"],
-                              "same_dataset_as_training": card.get("dataset", {}).get("sha256") == ds["sha256"],
+                              "same_dataset_as_training": ds["sha256"] in _training_hashes(card),
                               "metric": "relative L2 stress error per path over the whole trajectory",
                               "dt_factors": {_label(f): f for f in factors}, "groups": {}, "plots": []}
     for name, g in grp.items():

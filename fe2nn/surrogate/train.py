@@ -1,9 +1,11 @@
 """``fe2nn train CONFIG [--resume] [--sweep-k 0,1,2,4] [--stop-after N]``: train an RNO.
 
-Data: the accepted samples of an HDF5 dataset (README "Dataset format").  Samples of
-the families in ``data.train_families`` are split by sample (seeded) into train /
-validation / test; the other families are never seen in training (kept for
-evaluation of out-of-family generalisation).
+Data: the accepted samples of an HDF5 dataset (README "Dataset format"), optionally with
+more datasets of the same RVE and path length (``data.extra_paths``).  Samples of the
+families in ``data.train_families`` are split by sample (seeded) into train / validation /
+test, each file on its own, so that adding a file never moves a sample of another file
+between the parts; the other families are never seen in training (kept for evaluation of
+out-of-family generalisation).
 
 Loss: mean over paths of the relative L2 stress error over the whole trajectory, plus
 (``training.increment_weight`` > 0) that weight times the relative L2 error of the stress
@@ -72,7 +74,77 @@ def read_dataset(path: str | Path) -> Dict[str, Any]:
         raise UserError(f"{p}: family codes outside the {len(names)} names in family_names")
     return {"strain": arrays["strain"].astype(np.float64), "stress": arrays["stress"].astype(np.float64),
             "time": t, "accepted": acc, "family": fam, "family_names": names,
-            "sha256": array_checksum(arrays), "path": str(p), "config": attrs.get("config")}
+            "sha256": array_checksum(arrays), "path": str(p), "config": attrs.get("config"),
+            "rve": {key: attrs.get(key) for key in RVE_ATTRS}}
+
+
+#: dataset attributes that identify the RVE (datasets trained on together must agree on them)
+RVE_ATTRS = ("material", "microstructure", "solver")
+
+
+def combine_datasets(parts: List[Dict[str, Any]], families: List[str], where: str) -> Dict[str, Any]:
+    """Datasets of the same RVE and number of increments as one (samples concatenated in order).
+
+    Family codes are renumbered onto the union of the family names (the first file's order
+    first).  The result has the keys of :func:`read_dataset` (``sha256``, ``path`` and
+    ``config`` of the first file) plus ``parts``: per file its path, sha256, family names and
+    sample offset.  An extra file of another RVE, another number of increments, or without
+    any sample of ``families`` is a UserError naming it and ``where``.
+    """
+    first = parts[0]
+    names = list(first["family_names"])
+    for d in parts[1:]:
+        names += [n for n in d["family_names"] if n not in names]
+    T = first["strain"].shape[1]
+    offsets, off = [], 0
+    for d in parts:
+        if d is not first:
+            if d["strain"].shape[1] != T:
+                raise UserError(f"{where}: {d['path']} has {d['strain'].shape[1] - 1} increments per path, "
+                                f"{first['path']} has {T - 1}; datasets trained on together need the same number")
+            for key in RVE_ATTRS:
+                if d["rve"].get(key) != first["rve"].get(key):
+                    raise UserError(f"{where}: {d['path']} was made with another RVE {key} than {first['path']} "
+                                    f"({d['rve'].get(key)} vs {first['rve'].get(key)})")
+        if d is not first and not any(f in d["family_names"] for f in families):
+            raise UserError(f"{where}: {d['path']} has no samples of the training families {families} "
+                            f"(it has: {', '.join(d['family_names'])})")
+        offsets.append(off)
+        off += d["strain"].shape[0]
+    if len(parts) == 1:
+        return {**first, "parts": [_part(first, 0)]}
+    out = dict(first)
+    for key in ("strain", "stress", "time", "accepted"):
+        out[key] = np.concatenate([d[key] for d in parts])
+    out["family"] = np.concatenate([np.array([names.index(n) for n in d["family_names"]], dtype=np.int64)[d["family"]]
+                                    if d["family"].size else d["family"] for d in parts])
+    out["family_names"] = names
+    out["parts"] = [_part(d, o) for d, o in zip(parts, offsets)]
+    return out
+
+
+def _part(d: Dict[str, Any], offset: int) -> Dict[str, Any]:
+    return {"path": d["path"], "sha256": d["sha256"], "family_names": list(d["family_names"]),
+            "offset": offset, "n": int(d["strain"].shape[0])}
+
+
+def split_parts(ds: Dict[str, Any], families: List[str], fractions, seed: int, max_samples: int = 0,
+                where: str = "data.train_families") -> Dict[str, List[int]]:
+    """Train/val/test indices into the combined ``ds`` (:func:`combine_datasets`), each file
+    split on its own (seeded); each file's own split (its sample indices) is stored as
+    ``ds["parts"][i]["split"]``.  ``max_samples`` > 0 keeps that many (seeded) samples per file.
+    """
+    whole: Dict[str, List[int]] = {"train": [], "val": [], "test": []}
+    idx_all = family_indices(ds, families, where)
+    for part in ds["parts"]:
+        lo, hi = part["offset"], part["offset"] + part["n"]
+        idx = idx_all[(idx_all >= lo) & (idx_all < hi)] - lo
+        if max_samples:
+            idx = np.sort(idx[np.random.default_rng(seed).permutation(len(idx))[:max_samples]])
+        part["split"] = split_samples(idx, fractions, seed)
+        for key in whole:
+            whole[key] += [i + lo for i in part["split"][key]]
+    return whole
 
 
 def family_indices(ds: Dict[str, Any], families: List[str], where: str) -> np.ndarray:
@@ -117,6 +189,9 @@ def _factors_check(v):
 @dataclass
 class DataConfig:
     path: str = field(metadata=dict(doc="HDF5 dataset written by fe2nn generate"))
+    extra_paths: List[str] = field(default_factory=list, metadata=dict(
+        doc="more datasets of the same RVE and number of increments, trained on together with path; "
+            "each file is split on its own (same seed and fractions)"))
     train_families: List[str] = field(default_factory=lambda: ["random_walk"],
                                       metadata=dict(doc="families used for train/val/test"))
     split: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1], metadata=dict(check=_split_check))
@@ -200,6 +275,7 @@ class TrainConfig:
 def load_config(path: str | Path) -> TrainConfig:
     cfg = parse(TrainConfig, load_toml(path), str(path))
     cfg.data.path = str(resolve_path(path, cfg.data.path))
+    cfg.data.extra_paths = [str(resolve_path(path, p)) for p in cfg.data.extra_paths]
     cfg.output.dir = str(resolve_path(path, cfg.output.dir))
     if cfg.training.init_from:
         cfg.training.init_from = str(resolve_path(path, cfg.training.init_from))
@@ -401,6 +477,10 @@ class Trainer:
                 self.history.append({"epoch": self.epoch, "loss": loss, "val": val, "lr": lr})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", val=f"{val:.4f}", best=f"{self.best_val:.4f}")
+                if not self.progress:  # logs of unattended runs: one line per epoch
+                    print(f"epoch {self.epoch}/{tc.epochs}: loss {loss:.5f}, validation {val:.4%} "
+                          f"(best {self.best_val:.4%} at epoch {self.best_epoch}), lr {lr:.2e}, "
+                          f"{_time.monotonic() - t0:.0f} s", flush=True)
                 out_of_time = tc.time_limit > 0 and _time.monotonic() - t0 >= tc.time_limit
                 if out_of_time:
                     print(f"time limit {tc.time_limit:g} s reached at epoch {self.epoch}: exporting the best model",
@@ -427,6 +507,7 @@ def export(trainer: Trainer, out_dir: Path) -> Dict[str, Any]:
     from fe2nn.surrogate.material import compute_envelope
 
     cfg, ds, split = trainer.cfg, trainer.ds, trainer.split
+    main, *extra = ds.get("parts") or [{"family_names": ds["family_names"]}]
     model = trainer.best_model().double()
     tr = split["train"]
     h = cfg.training.max_substep_strain
@@ -447,13 +528,16 @@ def export(trainer: Trainer, out_dir: Path) -> Dict[str, Any]:
 
     cfg_d = dataclasses.asdict(cfg)
     cfg_d["data"]["path"], cfg_d["output"]["dir"] = rel(cfg.data.path), rel(cfg.output.dir)
+    cfg_d["data"]["extra_paths"] = [rel(p) for p in cfg.data.extra_paths]
     if cfg.training.init_from:
         cfg_d["training"]["init_from"] = rel(cfg.training.init_from)
     card = {
         "envelope": compute_envelope(ds["strain"][tr], ds["time"][tr]),
-        "dataset": {"path": rel(ds["path"]), "sha256": ds["sha256"], "family_names": ds["family_names"],
+        "dataset": {"path": rel(ds["path"]), "sha256": ds["sha256"], "family_names": main["family_names"],
                     "train_families": list(cfg.data.train_families), "split_seed": cfg.data.seed,
-                    "split": split},
+                    "split": main.get("split", split),
+                    **({"extra": [{"path": rel(p["path"]), "sha256": p["sha256"], "family_names": p["family_names"],
+                                   "split": p["split"]} for p in extra]} if extra else {})},
         "training": {"epochs_run": trainer.epoch, "best_epoch": trainer.best_epoch,
                      "best_val_rel_l2": trainer.best_val, "config": cfg_d},
         "errors": {"metric": "relative L2 of stress per path over the whole trajectory", **errors},
@@ -503,23 +587,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--sweep-k", default=None, help="comma-separated k values: train one model each, "
                     "print the validation error per k (models in output.dir/k<k>)")
     ap.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after N epochs of this run")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar: one log line per epoch instead")
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     if cfg.training.threads > 0:
         torch.set_num_threads(cfg.training.threads)
-    ds = read_dataset(cfg.data.path)
-    idx = family_indices(ds, cfg.data.train_families, f"{args.config}: data.train_families")
-    if cfg.data.max_samples:
-        idx = idx[np.random.default_rng(cfg.data.seed).permutation(len(idx))[:cfg.data.max_samples]]
-        idx.sort()
-    if len(idx) < 2:
-        raise UserError(f"{cfg.data.path}: only {len(idx)} accepted samples of families "
+    fams = list(cfg.data.train_families)
+    ds = combine_datasets([read_dataset(p) for p in [cfg.data.path, *cfg.data.extra_paths]], fams,
+                          f"{args.config}: data.extra_paths")
+    split = split_parts(ds, fams, cfg.data.split, cfg.data.seed, cfg.data.max_samples,
+                        f"{args.config}: data.train_families")
+    n_idx = sum(len(v) for v in split.values())
+    if n_idx < 2:
+        raise UserError(f"{cfg.data.path}: only {n_idx} accepted samples of families "
                         f"{cfg.data.train_families}; need at least 2")
-    split = split_samples(idx, cfg.data.split, cfg.data.seed)
     out = Path(cfg.output.dir)
     ks = _parse_k_list(args.sweep_k) if args.sweep_k else list(cfg.training.sweep_k)
-    print(f"dataset {ds['path']}: {len(idx)} samples of {', '.join(cfg.data.train_families)} "
+    files = ds["path"] + "".join(f" + {p['path']}" for p in ds["parts"][1:])
+    print(f"dataset {files}: {n_idx} samples of {', '.join(cfg.data.train_families)} "
           f"(train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])}), "
           f"T = {ds['strain'].shape[1] - 1} increments", flush=True)
     if not ks:
