@@ -96,21 +96,18 @@ def combine_datasets(parts: List[Dict[str, Any]], families: List[str], where: st
     for d in parts[1:]:
         names += [n for n in d["family_names"] if n not in names]
     T = first["strain"].shape[1]
-    offsets, off = [], 0
-    for d in parts:
-        if d is not first:
-            if d["strain"].shape[1] != T:
-                raise UserError(f"{where}: {d['path']} has {d['strain'].shape[1] - 1} increments per path, "
-                                f"{first['path']} has {T - 1}; datasets trained on together need the same number")
-            for key in RVE_ATTRS:
-                if d["rve"].get(key) != first["rve"].get(key):
-                    raise UserError(f"{where}: {d['path']} was made with another RVE {key} than {first['path']} "
-                                    f"({d['rve'].get(key)} vs {first['rve'].get(key)})")
-        if d is not first and not any(f in d["family_names"] for f in families):
+    for d in parts[1:]:
+        if d["strain"].shape[1] != T:
+            raise UserError(f"{where}: {d['path']} has {d['strain'].shape[1] - 1} increments per path, "
+                            f"{first['path']} has {T - 1}; datasets trained on together need the same number")
+        for key in RVE_ATTRS:
+            if d["rve"].get(key) != first["rve"].get(key):
+                raise UserError(f"{where}: {d['path']} was made with another RVE {key} than {first['path']} "
+                                f"({d['rve'].get(key)} vs {first['rve'].get(key)})")
+        if not any(f in d["family_names"] for f in families):
             raise UserError(f"{where}: {d['path']} has no samples of the training families {families} "
                             f"(it has: {', '.join(d['family_names'])})")
-        offsets.append(off)
-        off += d["strain"].shape[0]
+    offsets = np.cumsum([0] + [d["strain"].shape[0] for d in parts[:-1]]).tolist()
     if len(parts) == 1:
         return {**first, "parts": [_part(first, 0)]}
     out = dict(first)
