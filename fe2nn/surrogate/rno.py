@@ -224,18 +224,25 @@ class RNO(nn.Module):
 
     def _euler(self, e0, de_, q, r, xi_prev, cs, counts):
         """xi after ``counts`` (n,) equal explicit-Euler sub-steps from normalized strain e0 (n,6)
-        along de_ (n,6); cs (n,) = dt / t_s.  :meth:`_euler_jvp` with no derivative directions."""
-        none = e0.new_zeros(e0.shape[0], 0, 6)
-        return self._euler_jvp(e0, none, de_, q, none, r, none, xi_prev, cs, counts)[0]
+        along de_ (n,6); cs (n,) = dt / t_s.  Sub-step j only evaluates G at the points with
+        at least j sub-steps (the others have arrived), so a few far-moving points do not
+        multiply the cost of the whole batch."""
+        xi = xi_prev
+        c = counts.to(e0.dtype)
+        for j in range(1, int(counts.max()) + 1 if counts.numel() else 1):
+            act = counts >= j
+            w = j / c[act]
+            g = self._g(e0[act] + w[:, None] * de_[act], q[act], r[act], self._bound(xi[act]))
+            upd = torch.zeros_like(xi)
+            upd[act] = (cs[act] / c[act])[:, None] * g
+            xi = xi + upd
+        return xi
 
     def _euler_jvp(self, e0, de, de_, q, dq, r, dr, xi_prev, cs, counts):
-        """xi after ``counts`` (n,) equal explicit-Euler sub-steps from normalized strain e0 (n,6)
-        along de_ (n,6) (cs (n,) = dt / t_s), with its derivatives (n, m, k) in the m directions of
-        the input tangents de, dq, dr (n, m, 6) alongside (the fractions j/m do not depend on eps_n).
-        Sub-step j only evaluates G at the points with at least j sub-steps (the others have
-        arrived), so a few far-moving points do not multiply the cost of the whole batch."""
+        """:meth:`_euler` with the derivatives d xi/d eps_n (n, 6 dirs, k) alongside (the
+        fractions j/m do not depend on eps_n)."""
         n = e0.shape[0]
-        xi, dxi = xi_prev.clone(), e0.new_zeros(n, de.shape[1], xi_prev.shape[-1])
+        xi, dxi = xi_prev.clone(), e0.new_zeros(n, 6, xi_prev.shape[-1])
         c = counts.to(e0.dtype)
         for j in range(1, int(counts.max()) + 1 if counts.numel() else 1):
             a = slice(None) if j == 1 else torch.nonzero(counts >= j).squeeze(1)
