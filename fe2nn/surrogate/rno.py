@@ -226,7 +226,9 @@ class RNO(nn.Module):
         """xi after ``counts`` (n,) equal explicit-Euler sub-steps from normalized strain e0 (n,6)
         along de_ (n,6); cs (n,) = dt / t_s.  Sub-step j only evaluates G at the points with
         at least j sub-steps (the others have arrived), so a few far-moving points do not
-        multiply the cost of the whole batch."""
+        multiply the cost of the whole batch.  Kept apart from :meth:`_euler_jvp` on purpose: this
+        masked update is what training differentiates, and the index assignments there leak
+        memory under autograd (about 20 MB per batch)."""
         xi = xi_prev
         c = counts.to(e0.dtype)
         for j in range(1, int(counts.max()) + 1 if counts.numel() else 1):
