@@ -258,8 +258,7 @@ def test_envelope_flags_histories_longer_than_the_training_paths():
     mat = RNOMaterial(_model(2), envelope=env, envelope_margin=0.05)
     old = RNOMaterial(_model(2), envelope={k: v for k, v in env.items() if k != "strain_path_length_max"})
     a = torch.zeros(2, 6, dtype=torch.float64)
-    a[:, 0] = 2e-3                              # |d eps| = 2e-3 per increment, second point at rest
-    a[1] = 0.0
+    a[0, 0] = 2e-3                              # |d eps| = 2e-3 per increment, second point at rest
     st, st_old = mat.initial_state(2), old.initial_state(2)
     flags = []
     for i in range(8):                          # 0 -> a -> 0 -> a ...: path 2e-3, 4e-3, ..., 1.6e-2

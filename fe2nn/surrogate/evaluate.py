@@ -74,10 +74,6 @@ def _training_files(card: Dict[str, Any]) -> List[Dict[str, Any]]:
     return [info, *info.get("extra", [])]
 
 
-def _training_hashes(card: Dict[str, Any]) -> List[str]:
-    return [d.get("sha256") for d in _training_files(card)]
-
-
 def groups(card: Dict[str, Any], ds: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """Evaluation groups: name -> {indices, kind ('held-out test split' | 'all samples' | 'kept out of training')}."""
     info = card.get("dataset", {})
@@ -183,7 +179,7 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
         uniaxial_setup = (build_material({"model": "rno", "surrogate": str(Path(surrogate).resolve())},
                                          file=str(surrogate)), U.reference_material(ds), U.envelope_rates(card))
     report: Dict[str, Any] = {"surrogate": str(surrogate), "dataset": str(dataset), "dataset_sha256": ds["sha256"],
-                              "same_dataset_as_training": ds["sha256"] in _training_hashes(card),
+                              "same_dataset_as_training": any(d.get("sha256") == ds["sha256"] for d in _training_files(card)),
                               "metric": "relative L2 stress error per path over the whole trajectory",
                               "dt_factors": {_label(f): f for f in factors}, "groups": {}, "plots": []}
     for name, g in grp.items():

@@ -93,10 +93,9 @@ def combine_datasets(parts: List[Dict[str, Any]], families: List[str], where: st
     """
     first = parts[0]
     names = list(first["family_names"])
-    for d in parts[1:]:
-        names += [n for n in d["family_names"] if n not in names]
     T = first["strain"].shape[1]
     for d in parts[1:]:
+        names += [n for n in d["family_names"] if n not in names]
         if d["strain"].shape[1] != T:
             raise UserError(f"{where}: {d['path']} has {d['strain'].shape[1] - 1} increments per path, "
                             f"{first['path']} has {T - 1}; datasets trained on together need the same number")
