@@ -1,10 +1,12 @@
 """Throughput of the RNO surrogate vs the RVEs it replaces (stress + consistent tangent).
 
     python benchmarks/surrogate.py [--surrogate surrogates/aluminium_taylor] [--out results/surrogate.json] [--quick]
-                                   [--device cpu|cuda]
+                                   [--device cpu|cuda] [--tangent-dtype float32|float64]
 
 One ``Material.update`` call per measurement on a batch of n points (one increment from
-a non-trivial state), float64, on the CPU (default) or a CUDA device (``--device cuda``:
+a non-trivial state) with the macro solver's settings: float64 stress and state, float32
+tangent (``--tangent-dtype float64``: exact), glibc keeping freed memory
+(:func:`fe2nn.fe2.keep_freed_memory`); on the CPU (default) or a CUDA device (``--device cuda``:
 strains go in and stress and tangent come back as CPU tensors, as in the macro solver, and
 the copies are timed).  Reports points per second for the RNO at
 n = 1e3, 1e4, 1e5, 1e6 (1e6 only when the estimated memory fits), and for the Taylor
@@ -44,15 +46,15 @@ def _time_update(mat, n: int, repeat: int, dt: float = 0.1, strain_amp: float = 
     return best
 
 
-def _rno_material(path: str | None, device: str):
+def _rno_material(path: str | None, device: str, tangent_dtype: str):
     from fe2nn.surrogate.material import RNOMaterial
     from fe2nn.surrogate.rno import RNO, RNOArch
 
     if path and Path(path).exists():
-        return RNOMaterial(path, device=device), f"{path}"
+        return RNOMaterial(path, device=device, tangent_dtype=tangent_dtype), f"{path}"
     torch.manual_seed(0)
     m = RNO(RNOArch(k=4, f_hidden=[128, 128], g_hidden=[64, 64]), 2e-3, 1e-3, 1e8)
-    return RNOMaterial(m, device=device), "untrained RNO k=4, F 128x128, G 64x64 (no surrogate file found)"
+    return RNOMaterial(m, device=device, tangent_dtype=tangent_dtype), "untrained RNO k=4, F 128x128, G 64x64 (no surrogate file found)"
 
 
 def _rve(solver: str, grains: int, grid: int, device: str):
@@ -73,17 +75,22 @@ def main(argv=None) -> int:
     ap.add_argument("--taylor-grains", type=int, default=100)
     ap.add_argument("--fft-grid", type=int, default=16)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    ap.add_argument("--tangent-dtype", default="float32", choices=["float32", "float64"],
+                    help="precision of the surrogate's tangent (the solver's default: float32)")
     ap.add_argument("--max-mem-gb", type=float, default=8.0, help="skip RNO sizes estimated above this")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(args.threads, 1))
+    from fe2nn.fe2 import keep_freed_memory
+
+    keep_freed_memory()  # as the macro solver's material builders do
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available")
-    rno, rno_desc = _rno_material(args.surrogate, args.device)
+    rno, rno_desc = _rno_material(args.surrogate, args.device, args.tangent_dtype)
     sizes = [1000, 10000] if args.quick else [1000, 10000, 100000, 1000000]
     rows, res = [], {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "device": args.device,
                      "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "",
-                     "rno": rno_desc, "rno_points_per_s": {}, "rve": {}}
+                     "rno": rno_desc, "tangent_dtype": args.tangent_dtype, "rno_points_per_s": {}, "rve": {}}
     width = max(rno.model.arch.f_hidden + rno.model.arch.g_hidden)
     for n in sizes:
         mem = min(n, rno.chunk) * width * 6 * 8 * 12 / 1e9 + n * (6 + 36 + 2 * rno.k + 12) * 8 * 4 / 1e9

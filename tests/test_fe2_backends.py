@@ -3,7 +3,10 @@ forced failure, card checks before the solve, the out-of-distribution monitor.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -193,3 +196,13 @@ def test_validate_config_errors_are_one_line(tmp_path, extra, needle):
         main([str(cfg)])
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("env, expected", [({}, "True True"), ({"FE2NN_MALLOC": "default"}, "False False")])
+def test_keep_freed_memory(env, expected):
+    # process-wide, so each case in a fresh interpreter; idempotent (second call: same answer)
+    code = "from fe2nn.fe2 import keep_freed_memory as k; print(k(), k())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, **env}).stdout.split()
+    assert " ".join(out) == expected

@@ -65,9 +65,10 @@ def build_rno(p: RnoParams, base_dir: Path):
     if not path.exists():
         raise ValueError(f"key 'material.surrogate': {path}: surrogate not found "
                          "(expected a directory with card.json and weights.safetensors, or a card.json)")
-    from fe2nn.fe2 import share_threads
+    from fe2nn.fe2 import keep_freed_memory, share_threads
 
     share_threads(p.threads)
+    keep_freed_memory()
     device = _device(p.device)
     if device.startswith("cuda"):
         import torch

@@ -33,9 +33,10 @@ _PLACEHOLDER = "__fe2nn_material_config__"
 
 def build_rve_material(cfg: RVEConfig, base_dir: Path):
     """Batched RVE material; configuration errors become ValueErrors naming the ``material.*`` key."""
-    from fe2nn.fe2 import share_threads
+    from fe2nn.fe2 import keep_freed_memory, share_threads
 
     share_threads(getattr(cfg, "threads", 1))
+    keep_freed_memory()
     fake = str(Path(base_dir) / _PLACEHOLDER)
     try:
         return build_rve(cfg, fake)
