@@ -224,39 +224,65 @@ class RNO(nn.Module):
         ds = torch.where((t > 0) & (t < 1), 6.0 * t * (1.0 - t) / (self.BLEND * self.max_substep_strain), 0.0)
         return torch.clamp(hi - 1, min=1).long(), hi.long(), s, ds
 
+    @staticmethod
+    def _by_substeps(counts: torch.Tensor):
+        """(order, moving) for sub-step counts (n,) >= 1: ``moving[j]`` = number of points with at
+        least j sub-steps (``moving[1]`` = n), and ``order`` a permutation by decreasing count (None
+        when no point has more than one), so that the points still moving at sub-step j are the
+        first ``moving[j]`` of the reordered batch."""
+        moving = torch.bincount(counts).flip(0).cumsum(0).flip(0).tolist() if counts.numel() else [0]
+        return (torch.argsort(counts, descending=True) if len(moving) > 2 else None), moving
+
+    @staticmethod
+    def _unorder(order: torch.Tensor, *ts: torch.Tensor, dim: int = 0):
+        """Undo :meth:`_by_substeps`' reordering along ``dim`` of each tensor."""
+        back = torch.empty_like(order)
+        back[order] = torch.arange(order.numel(), device=order.device)
+        return tuple(t.index_select(dim, back) for t in ts)
+
     def _euler(self, e0, de_, q, r, xi_prev, cs, counts):
         """xi after ``counts`` (n,) equal explicit-Euler sub-steps from normalized strain e0 (n,6)
         along de_ (n,6); cs (n,) = dt / t_s.  Sub-step j only evaluates G at the points with
-        at least j sub-steps (the others have arrived), so a few far-moving points do not
-        multiply the cost of the whole batch.  Kept apart from :meth:`_euler_jvp` on purpose: this
-        masked update is what training differentiates, and the index assignments there leak
-        memory under autograd (about 20 MB per batch)."""
+        at least j sub-steps (the others have arrived; a prefix of the batch reordered by
+        :meth:`_by_substeps`), so a few far-moving points do not multiply the cost of the whole
+        batch.  Out-of-place updates: this is what training differentiates (in-place index
+        assignments leak memory under autograd, about 20 MB per batch)."""
+        order, moving = self._by_substeps(counts)
+        if order is not None:
+            e0, de_, q, r, xi_prev, cs, counts = (t[order] for t in (e0, de_, q, r, xi_prev, cs, counts))
         xi = xi_prev
         c = counts.to(e0.dtype)
-        for j in range(1, int(counts.max()) + 1 if counts.numel() else 1):
-            act = counts >= j
-            w = j / c[act]
-            g = self._g(e0[act] + w[:, None] * de_[act], q[act], r[act], self._bound(xi[act]))
-            upd = torch.zeros_like(xi)
-            upd[act] = (cs[act] / c[act])[:, None] * g
-            xi = xi + upd
-        return xi
+        for j in range(1, len(moving)):
+            m = moving[j]
+            w = j / c[:m]
+            moved = xi[:m] + (cs[:m] / c[:m])[:, None] * self._g(e0[:m] + w[:, None] * de_[:m], q[:m], r[:m],
+                                                                 self._bound(xi[:m]))
+            xi = moved if m == xi.shape[0] else torch.cat([moved, xi[m:]])
+        return xi if order is None else self._unorder(order, xi)[0]
 
     def _euler_jvp(self, e0, de, de_, q, dq, r, dr, xi_prev, cs, counts):
         """:meth:`_euler` with the derivatives d xi/d eps_n (6 dirs, n, k) alongside (the
-        fractions j/m do not depend on eps_n).  Derivatives de, dq, dr: (6, n, .)."""
-        n = e0.shape[0]
-        xi, dxi = xi_prev.clone(), e0.new_zeros(6, n, xi_prev.shape[-1])
+        fractions j/m do not depend on eps_n).  Derivatives de, dq, dr: (6, n, .).  With sub-steps,
+        the points are taken in order of decreasing count, so that those still moving at sub-step j
+        are a prefix of the batch (views: no gathers and scatters per sub-step)."""
+        n, k = e0.shape[0], xi_prev.shape[-1]
+        order, moving = self._by_substeps(counts)
+        if order is not None:
+            e0, de_, q, r, cs, counts, xi_prev = (t[order] for t in (e0, de_, q, r, cs, counts, xi_prev))
+            de, dq, dr = (t[:, order] for t in (de, dq, dr))
+        xi, dxi = xi_prev.clone(), e0.new_zeros(6, n, k)
         c = counts.to(e0.dtype)
-        for j in range(1, int(counts.max()) + 1 if counts.numel() else 1):
-            a = slice(None) if j == 1 else torch.nonzero(counts >= j).squeeze(1)
-            w = j / c[a]
-            xb, dxb = self._bound_jvp(xi[a], dxi[:, a])
-            g, dg = self._g_jvp(e0[a] + w[:, None] * de_[a], w[:, None] * de[:, a], q[a], dq[:, a], r[a], dr[:, a],
-                                xb, dxb)
-            ca = cs[a] / c[a]
-            xi[a] = xi[a] + ca[:, None] * g
-            dxi[:, a] = dxi[:, a] + ca[:, None] * dg
+        for j in range(1, len(moving)):
+            m = moving[j]
+            w = j / c[:m]
+            xb, dxb = self._bound_jvp(xi[:m], dxi[:, :m])
+            g, dg = self._g_jvp(e0[:m] + w[:, None] * de_[:m], w[:, None] * de[:, :m], q[:m], dq[:, :m], r[:m],
+                                dr[:, :m], xb, dxb)
+            ca = cs[:m] / c[:m]
+            xi[:m] += ca[:, None] * g
+            dxi[:, :m] += ca[:, None] * dg
+        if order is not None:
+            (xi,), (dxi,) = self._unorder(order, xi), self._unorder(order, dxi, dim=1)
         return xi, dxi
 
     def _g(self, e, q, r, xb):
@@ -313,12 +339,16 @@ class RNO(nn.Module):
                 cs = (dt.reshape(-1) * (s[1] / s[0])).expand(eps_f.shape[0])
                 e0, de_ = prev_f / s[0], (eps_f - prev_f) / s[0]
                 lo, hi, w, _ = blend
-                xi = self._euler(e0, de_, q_f, r_f, xi0_f, cs, hi)
-                b = w < 1  # points between two counts: also the (m-1)-sub-step solution
-                if bool(b.any()):
-                    xi_lo = self._euler(e0[b], de_[b], q_f[b], r_f[b], xi0_f[b], cs[b], lo[b])
+                b = torch.nonzero(w < 1).squeeze(1)  # between two counts: also m-1 sub-steps (rows n..)
+                n = eps_f.shape[0]
+                if not b.numel():
+                    xi = self._euler(e0, de_, q_f, r_f, xi0_f, cs, hi)
+                else:
+                    ab = torch.cat([torch.arange(n, device=b.device), b])
+                    both = self._euler(e0[ab], de_[ab], q_f[ab], r_f[ab], xi0_f[ab], cs[ab], torch.cat([hi, lo[b]]))
+                    xi = both[:n]
                     upd = torch.zeros_like(xi)
-                    upd[b] = (1.0 - w[b])[:, None] * (xi_lo - xi[b])
+                    upd[b] = (1.0 - w[b])[:, None] * (both[n:] - xi[b])
                     xi = xi + upd
                 xi = xi.reshape(*lead, k)
         else:
@@ -362,12 +392,15 @@ class RNO(nn.Module):
                 lo, hi, w, dw = self._blend(inc)
             else:
                 hi = torch.ones(n, dtype=torch.long, device=strain.device)
-            xi, dxi = self._euler_jvp(e0, de, de_, q, dq, r, dr, xi_prev, cs, hi)
             b = torch.nonzero(w < 1).squeeze(1) if blend else None
-            if b is not None and b.numel():  # points between two counts: blend with m-1 sub-steps
+            if b is None or not b.numel():
+                xi, dxi = self._euler_jvp(e0, de, de_, q, dq, r, dr, xi_prev, cs, hi)
+            else:  # points between two counts: also m-1 sub-steps, in the same pass (rows n.. of it)
+                ab = torch.cat([torch.arange(n, device=b.device), b])
+                xi, dxi = self._euler_jvp(e0[ab], de[:, ab], de_[ab], q[ab], dq[:, ab], r[ab], dr[:, ab],
+                                          xi_prev[ab], cs[ab], torch.cat([hi, lo[b]]))
+                xl, dxl, xi, dxi = xi[n:], dxi[:, n:], xi[:n], dxi[:, :n]
                 u = (strain[b] - prev_strain[b]) / inc[b, None]  # d|d eps|/d eps_n (inc > h_max here)
-                xl, dxl = self._euler_jvp(e0[b], de[:, b], de_[b], q[b], dq[:, b], r[b], dr[:, b], xi_prev[b],
-                                          cs[b], lo[b])
                 diff = xi[b] - xl  # xi = xi_lo + w (xi_hi - xi_lo)
                 dxi[:, b] = dxl + w[b][:, None] * (dxi[:, b] - dxl) + (dw[b][:, None] * u).T[:, :, None] * diff
                 xi[b] = xl + w[b][:, None] * diff
