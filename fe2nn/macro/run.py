@@ -99,6 +99,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         rank0_print(monitor.line())
     rank0_print(f"done: {len(result.steps)} steps, {sv.n_dofs} dofs, {sv.comm.allreduce(sv.qf.n_points)} "
                 f"quadrature points, {sv.comm.size} rank(s); results in {out_dir}")
+    spent = {k: sv.comm.allreduce(sum(r.timings.get(k, 0.0) for r in result.steps), op=MPI.MAX)
+             for k in ("constitutive", "assembly", "solve")}
+    rank0_print(f"  time [s, slowest rank]: constitutive law {spent['constitutive']:.1f}, assembly "
+                f"{spent['assembly']:.1f}, linear solves {spent['solve']:.1f}")
     if cfg.output.vtx:
         rank0_print(f"  open in ParaView: {out_dir / 'displacement.bp'}, {out_dir / 'fields.bp'} (VTX/ADIOS2)")
     rank0_print(f"  steps table: {out_dir / 'steps.csv'}" + (f"; plot: {out_dir / 'force_displacement.png'}" if cfg.output.plot else ""))
