@@ -124,7 +124,7 @@ def _mlp_jvp(mlp: nn.Sequential, x: torch.Tensor, dx: torch.Tensor):
 
     x (n, in), dx (m, n, in): m tangent directions, leading, so that each linear layer is one
     plain matrix product over m*n rows and each activation derivative one contiguous, in-place
-    broadcast product (a point-major (n, m, .) layout makes that product ~8x slower on CPUs).
+    broadcast product (in a point-major (n, m, .) layout that product is 5-10x slower on CPUs).
     No autograd through this function (in-place products).
     """
     for layer in mlp:
