@@ -243,22 +243,23 @@ class RNO(nn.Module):
     def _euler(self, e0, de_, q, r, xi_prev, cs, counts):
         """xi after ``counts`` (n,) equal explicit-Euler sub-steps from normalized strain e0 (n,6)
         along de_ (n,6); cs (n,) = dt / t_s.  Sub-step j only evaluates G at the points with
-        at least j sub-steps (the others have arrived; a prefix of the batch reordered by
-        :meth:`_by_substeps`), so a few far-moving points do not multiply the cost of the whole
-        batch.  Out-of-place updates: this is what training differentiates (in-place index
-        assignments leak memory under autograd, about 20 MB per batch)."""
-        order, moving = self._by_substeps(counts)
-        if order is not None:
-            e0, de_, q, r, xi_prev, cs, counts = (t[order] for t in (e0, de_, q, r, xi_prev, cs, counts))
+        at least j sub-steps (the others have arrived), so a few far-moving points do not
+        multiply the cost of the whole batch.  Kept apart from :meth:`_euler_jvp` on purpose: this
+        masked update is what training differentiates (the in-place index assignments there leak
+        memory under autograd, about 20 MB per batch), and the shipped surrogates were trained with
+        exactly this order of operations (a batch reordered by sub-step count, as in
+        :meth:`_euler_jvp`, changes training in the last bits from about epoch 9 on, so retraining
+        would no longer reproduce the shipped weights bit for bit)."""
         xi = xi_prev
         c = counts.to(e0.dtype)
-        for j in range(1, len(moving)):
-            m = moving[j]
-            w = j / c[:m]
-            moved = xi[:m] + (cs[:m] / c[:m])[:, None] * self._g(e0[:m] + w[:, None] * de_[:m], q[:m], r[:m],
-                                                                 self._bound(xi[:m]))
-            xi = moved if m == xi.shape[0] else torch.cat([moved, xi[m:]])
-        return xi if order is None else self._unorder(order, xi)[0]
+        for j in range(1, int(counts.max()) + 1 if counts.numel() else 1):
+            act = counts >= j
+            w = j / c[act]
+            g = self._g(e0[act] + w[:, None] * de_[act], q[act], r[act], self._bound(xi[act]))
+            upd = torch.zeros_like(xi)
+            upd[act] = (cs[act] / c[act])[:, None] * g
+            xi = xi + upd
+        return xi
 
     def _euler_jvp(self, e0, de, de_, q, dq, r, dr, xi_prev, cs, counts):
         """:meth:`_euler` with the derivatives d xi/d eps_n (6 dirs, n, k) alongside (the
@@ -339,16 +340,12 @@ class RNO(nn.Module):
                 cs = (dt.reshape(-1) * (s[1] / s[0])).expand(eps_f.shape[0])
                 e0, de_ = prev_f / s[0], (eps_f - prev_f) / s[0]
                 lo, hi, w, _ = blend
-                b = torch.nonzero(w < 1).squeeze(1)  # between two counts: also m-1 sub-steps (rows n..)
-                n = eps_f.shape[0]
-                if not b.numel():
-                    xi = self._euler(e0, de_, q_f, r_f, xi0_f, cs, hi)
-                else:
-                    ab = torch.cat([torch.arange(n, device=b.device), b])
-                    both = self._euler(e0[ab], de_[ab], q_f[ab], r_f[ab], xi0_f[ab], cs[ab], torch.cat([hi, lo[b]]))
-                    xi = both[:n]
+                xi = self._euler(e0, de_, q_f, r_f, xi0_f, cs, hi)
+                b = w < 1  # points between two counts: also the (m-1)-sub-step solution
+                if bool(b.any()):
+                    xi_lo = self._euler(e0[b], de_[b], q_f[b], r_f[b], xi0_f[b], cs[b], lo[b])
                     upd = torch.zeros_like(xi)
-                    upd[b] = (1.0 - w[b])[:, None] * (both[n:] - xi[b])
+                    upd[b] = (1.0 - w[b])[:, None] * (xi_lo - xi[b])
                     xi = xi + upd
                 xi = xi.reshape(*lead, k)
         else:
