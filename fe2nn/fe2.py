@@ -9,6 +9,8 @@
   training envelope.
 * :func:`point_weights` -- quadrature weight x |det J| of every owned quadrature point
   (the volume each point stands for), for integrals of point fields.
+* :func:`share_threads`, :func:`keep_freed_memory` -- process settings for batched torch
+  materials (torch threads per MPI rank; glibc keeping freed memory for the next update).
 """
 from __future__ import annotations
 

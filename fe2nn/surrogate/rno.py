@@ -233,13 +233,6 @@ class RNO(nn.Module):
         moving = torch.bincount(counts).flip(0).cumsum(0).flip(0).tolist() if counts.numel() else [0]
         return (torch.argsort(counts, descending=True) if len(moving) > 2 else None), moving
 
-    @staticmethod
-    def _unorder(order: torch.Tensor, *ts: torch.Tensor, dim: int = 0):
-        """Undo :meth:`_by_substeps`' reordering along ``dim`` of each tensor."""
-        back = torch.empty_like(order)
-        back[order] = torch.arange(order.numel(), device=order.device)
-        return tuple(t.index_select(dim, back) for t in ts)
-
     def _euler(self, e0, de_, q, r, xi_prev, cs, counts):
         """xi after ``counts`` (n,) equal explicit-Euler sub-steps from normalized strain e0 (n,6)
         along de_ (n,6); cs (n,) = dt / t_s.  Sub-step j only evaluates G at the points with
@@ -282,8 +275,9 @@ class RNO(nn.Module):
             ca = cs[:m] / c[:m]
             xi[:m] += ca[:, None] * g
             dxi[:, :m] += ca[:, None] * dg
-        if order is not None:
-            (xi,), (dxi,) = self._unorder(order, xi), self._unorder(order, dxi, dim=1)
+        if order is not None:  # back to the caller's order (argsort of a permutation inverts it)
+            back = torch.argsort(order)
+            xi, dxi = xi[back], dxi[:, back]
         return xi, dxi
 
     def _g(self, e, q, r, xb):
