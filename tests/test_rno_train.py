@@ -141,6 +141,9 @@ def test_evaluate_cli_writes_report_and_plots(tmp_path, dataset):
         assert set(g["errors"]) == {"dt x 1/4", "dt x 1", "dt x 4"}
         for s in g["errors"].values():
             assert 0 <= s["mean"] <= s["p95"] + 1e-15 <= s["max"] + 2e-15
+    for g in rep["groups"].values():
+        assert len(g["along_path"]["mean_error"]) == 16 and 0 <= g["along_path"]["direction_share"] <= 1
+    assert "error_along_path.png" in rep["plots"]
     for name in rep["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the report's dt x 1 test error is the exporter's test error (same split, same metric)
@@ -314,3 +317,25 @@ def test_extra_datasets_keep_each_files_split(tmp_path, dataset):
         with pytest.raises(UserError, match=msg) as err:
             tr.main([str(both), "--no-progress"])
         assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_error_along_path_splits_direction_and_magnitude():
+    """Closed form: a uniform 2 % magnitude error is flat along the path with no direction share;
+    a rotation by a growing angle has error 2 sin(phi/2) and is all direction."""
+    import numpy as np
+
+    T = 8
+    t = np.zeros((1, T, 6))
+    t[0, :, 0] = 1.0
+    r = ev.error_along_path(1.02 * t, t)
+    assert np.allclose(r["mean_error"], 0.02) and r["direction_share"] == pytest.approx(0.0, abs=1e-12)
+    phi = np.linspace(0.01, 0.08, T)
+    p = np.zeros_like(t)
+    p[0, :, 0], p[0, :, 1] = np.cos(phi), np.sin(phi)
+    r = ev.error_along_path(p, t)
+    assert np.allclose(r["mean_error"], 2 * np.sin(phi / 2))
+    # the perpendicular part is sin(phi), the parallel part 1 - cos(phi)
+    share = (np.sin(phi) ** 2).sum() / ((np.sin(phi) ** 2 + (1 - np.cos(phi)) ** 2).sum())
+    assert r["direction_share"] == pytest.approx(share, rel=1e-12)
+    # the path's relative L2 error is the RMS over increments of e_n
+    assert ev.path_errors(p, t)[0] == pytest.approx(np.sqrt(np.mean(np.array(r["mean_error"]) ** 2)), rel=1e-12)

@@ -20,8 +20,12 @@ the whole trajectory; the table gives mean, 95th percentile and max over paths.
 With ``--uniaxial``, also uniaxial-stress tension-unloading-compression cycles through the
 surrogate and through the RVE that generated DATASET (:mod:`fe2nn.surrogate.uniaxial`): the
 largest stress deviation along each loop, at three strain rates of the card's envelope.
+At dt x 1 the report also says where along the paths the error sits (its mean over the
+paths at each increment, relative to the path's RMS stress) and which share of it comes
+from a wrong direction of the stress rather than a wrong magnitude (:func:`error_along_path`): an
+error that grows along the path is drift of the internal variables.
 Writes ``report.json`` and PNG plots (predicted vs RVE stress-strain curves, step-size
-comparison) into DIR (default: SURROGATE/evaluation), all atomically.
+comparison, error along the path) into DIR (default: SURROGATE/evaluation), all atomically.
 """
 from __future__ import annotations
 
@@ -62,6 +66,25 @@ def predict(model: RNO, strain: np.ndarray, time: np.ndarray, factor: float, bat
 def path_errors(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     num = np.sqrt(((pred - target) ** 2).sum(axis=(1, 2)))
     return num / np.maximum(np.sqrt((target ** 2).sum(axis=(1, 2))), 1e-30)
+
+
+def error_along_path(pred: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
+    """Where along the paths the error sits, and of which kind.
+
+    pred, target (B, T, 6) [Pa].  e_n = |sigma_pred,n - sigma_n| / rms_m |sigma_m| per path
+    (so that the path's relative L2 error is sqrt(mean_n e_n^2)); returns its mean over
+    the paths at each increment ("mean_error", length T) and the share of the squared
+    error that is perpendicular to the true stress ("direction_share": 0 = only the
+    magnitude is wrong, 1 = only the direction), over all paths and increments.
+    """
+    diff = pred - target
+    rms = np.sqrt((target ** 2).sum(axis=2).mean(axis=1, keepdims=True))  # (B, 1)
+    e = np.linalg.norm(diff, axis=2) / np.maximum(rms, 1e-30)
+    unit = target / np.maximum(np.linalg.norm(target, axis=2, keepdims=True), 1e-30)
+    along = (diff * unit).sum(axis=2)
+    total = float((diff ** 2).sum())
+    perp = total - float((along ** 2).sum())
+    return {"mean_error": e.mean(axis=0).tolist(), "direction_share": perp / total if total > 0 else 0.0}
 
 
 def stats(e: np.ndarray) -> Dict[str, float]:
@@ -160,6 +183,28 @@ def _plot_dt(path: Path, name: str, strain, stress, preds: Dict[float, tuple]) -
     plt.close(fig)
 
 
+def _plot_along_path(path: Path, groups: Dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for name, g in groups.items():
+        if "along_path" in g:
+            e = np.asarray(g["along_path"]["mean_error"]) * 100
+            ax.plot(np.arange(1, e.size + 1), e, lw=1.4,
+                    label=f"{name} ({g['along_path']['direction_share']:.0%} from direction)")
+    ax.set_xlabel("increment")
+    ax.set_ylabel("|stress error| / RMS stress of the path [%]")
+    ax.set_title("error along the path (dt x 1, mean over paths)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FACTORS,
              plots: bool = True, uniaxial: bool = False) -> Dict[str, Any]:
     """Evaluate and write the report/plots; returns the report dict.  ``uniaxial``: also the
@@ -191,6 +236,9 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
             p, ti = predict(model, s, t, f)
             preds[f] = (p, ti)
             res["errors"][_label(f)] = stats(path_errors(p, sig[:, 1:][:, ti]))
+        if 1.0 in preds:
+            p, ti = preds[1.0]
+            res["along_path"] = error_along_path(p, sig[:, 1:][:, ti])
         report["groups"][name] = res
         if plots:
             safe = name.replace("/", "_").replace(" ", "_")
@@ -200,6 +248,10 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
             p2 = out_dir / f"{safe}_dt.png"
             _plot_dt(p2, name, s, sig, {f: (preds[f][0][:1], preds[f][1]) for f in factors})
             report["plots"] += [p1.name, p2.name]
+    if plots and any("along_path" in g for g in report["groups"].values()):
+        p3 = out_dir / "error_along_path.png"
+        _plot_along_path(p3, report["groups"])
+        report["plots"].append(p3.name)
     if uniaxial:
         report["uniaxial"] = _uniaxial(*uniaxial_setup, out_dir, plots)
     report["targets"] = _check_targets(report)
@@ -242,6 +294,13 @@ def format_table(report: Dict[str, Any]) -> str:
         for lab, st in g["errors"].items():
             lines.append(f"{name:<14} {g['n_paths']:>5} {g['kind'][:28]:<28} {lab:<9} "
                          f"{st['mean']:>8.3%} {st['p95']:>8.3%} {st['max']:>8.3%}")
+    for name, g in report["groups"].items():
+        if "along_path" in g:
+            e = g["along_path"]["mean_error"]
+            at = "/".join(f"{e[max(round(q * len(e)) - 1, 0)]:.2%}" for q in (0.25, 0.5, 1.0))
+            lines.append(f"{name}: error at 1/4, 1/2 and the end of the path {at} (dt x 1; |error| / RMS stress), "
+                         f"{g['along_path']['direction_share']:.0%} of its square from a wrong stress direction, the rest "
+                         "from a wrong magnitude")
     for c in report.get("uniaxial", {}).get("cases", []):
         lines.append(f"uniaxial stress cycle a = {c['amplitude']:.2%} at {c['rate']:.2g} 1/s: largest deviation "
                      f"{c['max_deviation']:.2%} (tension branch {c['max_deviation_tension']:.2%})")
