@@ -45,3 +45,24 @@ def rank0_print(*args, comm=None, **kwargs) -> None:
             comm = None
     if comm is None or comm.rank == 0:
         print(*args, **kwargs, flush=True)
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (plots are only written to files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG atomically (see :func:`atomic_path`) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)

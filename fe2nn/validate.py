@@ -38,7 +38,7 @@ import numpy as np
 
 from fe2nn.config import load_toml, parse, resolve_path
 from fe2nn.errors import UserError
-from fe2nn.io_utils import atomic_path, rank0_print, write_text_atomic
+from fe2nn.io_utils import rank0_print, write_text_atomic
 
 
 @dataclass
@@ -152,10 +152,9 @@ def compare(sur, ref, rec_s, rec_r, comm) -> Dict[str, Any]:
 
 
 def _plot(path: Path, sur, ref, boundary) -> None:
-    import matplotlib
+    from fe2nn.io_utils import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     R = np.array([r.reaction for r in ref.steps])
     i = int(np.argmax(np.abs(R).max(axis=0)))
@@ -170,9 +169,7 @@ def _plot(path: Path, sur, ref, boundary) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def markdown(report: Dict[str, Any]) -> str:

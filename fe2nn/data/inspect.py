@@ -67,10 +67,9 @@ def report(path: Path, s: Dict, attrs: dict) -> str:
 
 def plot(arrays: Dict[str, np.ndarray], attrs: dict, out_dir: Path, per_family: int = 3) -> List[Path]:
     """PNG plots of sample strain paths and stress responses (a few per family)."""
-    import matplotlib
+    from fe2nn.io_utils import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(attrs.get("family_names", []))
@@ -97,8 +96,7 @@ def plot(arrays: Dict[str, np.ndarray], attrs: dict, out_dir: Path, per_family: 
         axes.flat[0].legend(fontsize=5, ncol=2)
         fig.tight_layout()
         p = out_dir / f"{what}.png"
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
+        save_figure(fig, p, dpi=90)
         written.append(p)
     return written
 

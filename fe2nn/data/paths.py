@@ -320,10 +320,9 @@ def as_dict(cfg) -> dict:
 # -- documentation figure -----------------------------------------------------------------
 def plot_examples(path: str, n_steps: int = 200, seed: int = 0, per_family: int = 3) -> None:
     """Write a PNG with example paths of every family (strain components vs time)."""
-    import matplotlib
+    from fe2nn.io_utils import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = ["11", "22", "33", "√2·23", "√2·13", "√2·12"]
     fig, axes = plt.subplots(len(FAMILIES), per_family, figsize=(3.2 * per_family, 2.3 * len(FAMILIES)),
@@ -343,8 +342,7 @@ def plot_examples(path: str, n_steps: int = 200, seed: int = 0, per_family: int 
     axes[0, -1].legend(fontsize=5, ncol=2, loc="best")
     fig.suptitle("fe2nn strain-path families (Mandel components, default configs)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 if __name__ == "__main__":  # python -m fe2nn.data.paths docs/paths.png

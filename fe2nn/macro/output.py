@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import shutil
 from pathlib import Path
@@ -151,10 +150,9 @@ class OutputWriter:
     def _write_plot(self) -> None:
         if not self.rows:
             return
-        import matplotlib
+        from fe2nn.io_utils import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         data = np.array([r[3:9] for r in self.rows], dtype=float)
         u, R = np.vstack([np.zeros(3), data[:, :3]]), np.vstack([np.zeros(3), data[:, 3:]])
@@ -167,9 +165,7 @@ class OutputWriter:
         ax.grid(True, alpha=0.3)
         ax.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))
         fig.tight_layout()
-        with atomic_path(self.dir / "force_displacement.png") as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-        plt.close(fig)
+        save_figure(fig, self.dir / "force_displacement.png", dpi=120)
 
     def close(self, records=None) -> None:
         for _, w in self.writers:

@@ -248,10 +248,9 @@ class Microstructure:
         index = n // 2 if index is None else int(index)
         if not 0 <= index < n:
             raise ValueError(f"slice index must lie in [0, {n - 1}], got {index}")
-        import matplotlib
+        from fe2nn.io_utils import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         sl = np.take(self.grain_ids.numpy(), index, axis=axis)
         rest = [a for a in range(3) if a != axis]
@@ -263,9 +262,7 @@ class Microstructure:
         ax.set_ylabel(names[rest[1]])
         ax.set_title(f"{self.n_grains} grains, {names[axis]} = {(index + 0.5) / n:.3f}")
         fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
+        save_figure(fig, path, dpi=100)
 
 
 def voronoi_ids(points: np.ndarray, grid: Tuple[int, int, int], chunk: int = 1 << 16) -> np.ndarray:

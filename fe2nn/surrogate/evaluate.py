@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from fe2nn.errors import UserError
-from fe2nn.io_utils import atomic_path, write_text_atomic
+from fe2nn.io_utils import write_text_atomic
 from fe2nn.surrogate import uniaxial as U
 from fe2nn.surrogate.rno import RNO, rollout_at_dt_factor
 
@@ -124,10 +124,9 @@ def groups(card: Dict[str, Any], ds: Dict[str, Any]) -> Dict[str, Dict[str, Any]
 
 
 def _plot_group(path: Path, name: str, strain, stress, pred, idx, n_show: int = 3) -> None:
-    import matplotlib
+    from fe2nn.io_utils import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from fe2nn import mandel
 
@@ -157,16 +156,13 @@ def _plot_group(path: Path, name: str, strain, stress, pred, idx, n_show: int = 
         ax.set_ylabel("von Mises stress [MPa]")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _plot_dt(path: Path, name: str, strain, stress, preds: Dict[float, tuple]) -> None:
-    import matplotlib
+    from fe2nn.io_utils import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     c = int(np.argmax(np.ptp(stress[0], axis=0)))
@@ -178,16 +174,13 @@ def _plot_dt(path: Path, name: str, strain, stress, preds: Dict[float, tuple]) -
     ax.set_title(f"step-size independence ({name} #0)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _plot_along_path(path: Path, groups: Dict[str, Any]) -> None:
-    import matplotlib
+    from fe2nn.io_utils import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for name, g in groups.items():
@@ -200,9 +193,7 @@ def _plot_along_path(path: Path, groups: Dict[str, Any]) -> None:
     ax.set_title("error along the path (dt x 1, mean over paths)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FACTORS,

@@ -101,12 +101,9 @@ def reference_material(dataset: Dict[str, Any]) -> Material:
 
 def plot(path: Path, result: Dict[str, Any]) -> None:
     """sigma_22-eps_22 loops, one panel per rate: reference solid, surrogate dashed."""
-    import matplotlib
+    from fe2nn.io_utils import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fe2nn.io_utils import atomic_path
+    plt = pyplot()
 
     curves = result["curves"]
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)
@@ -122,6 +119,4 @@ def plot(path: Path, result: Dict[str, Any]) -> None:
     axes[0][0].plot([], [], "k--", label="surrogate")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
