@@ -19,7 +19,8 @@ Time-step augmentation (``training.dt_factors``): each mini-batch is run at one 
 size, drawn from the list:
 
 * factor m >= 2 (integer): the path is coarsened to every m-th point -- the stress
-  targets there are exact RVE values;
+  targets there are the RVE values of the original path (the RVE on the coarsened,
+  straighter path would answer differently, so part of that error is not learnable);
 * factor 1/m: the strain path is refined by linear interpolation in time (m sub-steps
   per increment) and the loss uses the original points only.  No stress target is
   ever interpolated: between data points the RVE response is unknown (re-running
