@@ -38,7 +38,7 @@ import numpy as np
 
 from fe2nn.config import load_toml, parse, resolve_path
 from fe2nn.errors import UserError
-from fe2nn.io_utils import rank0_print, write_text_atomic
+from fe2nn.io_utils import pyplot, rank0_print, save_figure, write_text_atomic
 
 
 @dataclass
@@ -152,8 +152,6 @@ def compare(sur, ref, rec_s, rec_r, comm) -> Dict[str, Any]:
 
 
 def _plot(path: Path, sur, ref, boundary) -> None:
-    from fe2nn.io_utils import pyplot, save_figure
-
     plt = pyplot()
 
     R = np.array([r.reaction for r in ref.steps])

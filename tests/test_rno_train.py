@@ -321,7 +321,7 @@ def test_extra_datasets_keep_each_files_split(tmp_path, dataset):
 
 def test_error_along_path_splits_direction_and_magnitude():
     """Closed form: a uniform 2 % magnitude error is flat along the path with no direction share;
-    a rotation by a growing angle has error 2 sin(phi/2) and is all direction."""
+    a rotation by a growing angle phi has error 2 sin(phi/2), of which sin(phi) is perpendicular."""
     import numpy as np
 
     T = 8

@@ -9,6 +9,7 @@ from typing import Dict, List
 import numpy as np
 
 from fe2nn.data.dataset import array_checksum, read_arrays, rejection_reasons
+from fe2nn.io_utils import pyplot, save_figure
 
 COMPONENTS = ("11", "22", "33", "√2·23", "√2·13", "√2·12")
 
@@ -67,8 +68,6 @@ def report(path: Path, s: Dict, attrs: dict) -> str:
 
 def plot(arrays: Dict[str, np.ndarray], attrs: dict, out_dir: Path, per_family: int = 3) -> List[Path]:
     """PNG plots of sample strain paths and stress responses (a few per family)."""
-    from fe2nn.io_utils import pyplot, save_figure
-
     plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from fe2nn.config import in_range, non_negative, positive
+from fe2nn.io_utils import pyplot, save_figure
 
 SQRT3 = np.sqrt(3.0)
 _VOL = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]) / SQRT3  # unit volumetric Mandel direction
@@ -320,8 +321,6 @@ def as_dict(cfg) -> dict:
 # -- documentation figure -----------------------------------------------------------------
 def plot_examples(path: str, n_steps: int = 200, seed: int = 0, per_family: int = 3) -> None:
     """Write a PNG with example paths of every family (strain components vs time)."""
-    from fe2nn.io_utils import pyplot, save_figure
-
     plt = pyplot()
 
     labels = ["11", "22", "33", "√2·23", "√2·13", "√2·12"]

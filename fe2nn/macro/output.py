@@ -25,7 +25,7 @@ import ufl
 from dolfinx import fem, la
 from mpi4py import MPI
 
-from fe2nn.io_utils import atomic_path
+from fe2nn.io_utils import atomic_path, pyplot, save_figure
 from fe2nn.macro.quadrature import mandel_to_tensor
 
 CSV_COLUMNS = ["step", "time", "load_factor", "u_x", "u_y", "u_z", "reaction_x", "reaction_y", "reaction_z",
@@ -150,8 +150,6 @@ class OutputWriter:
     def _write_plot(self) -> None:
         if not self.rows:
             return
-        from fe2nn.io_utils import pyplot, save_figure
-
         plt = pyplot()
 
         data = np.array([r[3:9] for r in self.rows], dtype=float)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from fe2nn import mandel
-from fe2nn.io_utils import atomic_path
+from fe2nn.io_utils import atomic_path, pyplot, save_figure
 
 FORMAT = "fe2nn-microstructure-1"
 
@@ -248,8 +248,6 @@ class Microstructure:
         index = n // 2 if index is None else int(index)
         if not 0 <= index < n:
             raise ValueError(f"slice index must lie in [0, {n - 1}], got {index}")
-        from fe2nn.io_utils import pyplot, save_figure
-
         plt = pyplot()
 
         sl = np.take(self.grain_ids.numpy(), index, axis=axis)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from fe2nn.errors import UserError
-from fe2nn.io_utils import write_text_atomic
+from fe2nn.io_utils import pyplot, save_figure, write_text_atomic
 from fe2nn.surrogate import uniaxial as U
 from fe2nn.surrogate.rno import RNO, rollout_at_dt_factor
 
@@ -124,8 +124,6 @@ def groups(card: Dict[str, Any], ds: Dict[str, Any]) -> Dict[str, Dict[str, Any]
 
 
 def _plot_group(path: Path, name: str, strain, stress, pred, idx, n_show: int = 3) -> None:
-    from fe2nn.io_utils import pyplot, save_figure
-
     plt = pyplot()
 
     from fe2nn import mandel
@@ -160,8 +158,6 @@ def _plot_group(path: Path, name: str, strain, stress, pred, idx, n_show: int = 
 
 
 def _plot_dt(path: Path, name: str, strain, stress, preds: Dict[float, tuple]) -> None:
-    from fe2nn.io_utils import pyplot, save_figure
-
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
@@ -178,8 +174,6 @@ def _plot_dt(path: Path, name: str, strain, stress, preds: Dict[float, tuple]) -
 
 
 def _plot_along_path(path: Path, groups: Dict[str, Any]) -> None:
-    from fe2nn.io_utils import pyplot, save_figure
-
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))

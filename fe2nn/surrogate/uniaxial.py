@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fe2nn.errors import UserError
+from fe2nn.io_utils import pyplot, save_figure
 from fe2nn.materials.base import Material
 from fe2nn.materials.drivers import uniaxial_stress
 
@@ -101,8 +102,6 @@ def reference_material(dataset: Dict[str, Any]) -> Material:
 
 def plot(path: Path, result: Dict[str, Any]) -> None:
     """sigma_22-eps_22 loops, one panel per rate: reference solid, surrogate dashed."""
-    from fe2nn.io_utils import pyplot, save_figure
-
     plt = pyplot()
 
     curves = result["curves"]
