@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fe2nn.surrogate.material import RNOMaterial, compute_envelope
-from fe2nn.surrogate.rno import RNO, RNOArch, refine_path, rollout_at_dt_factor
+from fe2nn.surrogate.rno import RNO, RNOArch, grow, refine_path, rollout_at_dt_factor
 
 
 def _model(k=3, activation="silu", seed=0, g_rate=False, xi_bound=0.0, elastic_split=False, g_increment=False):
@@ -399,3 +399,43 @@ def test_stress_update_and_lazy_tangent_equal_update(tangent_dtype):
     for a, b in ((s, s2), (t, t2), (new["xi"], new2["xi"]), (new["strain"], new2["strain"])):
         assert torch.equal(a, b)
     assert t2.dtype == torch.float64
+
+
+@pytest.mark.parametrize("flags", [dict(g_increment=True, xi_bound=2.0), dict(g_rate=True), dict(),
+                                   dict(elastic_split=True, k=6)])
+def test_grow_keeps_the_function_and_lets_new_capacity_learn(flags):
+    """rno.grow embeds a model in one with more internal variables and wider hidden layers: the
+    same stress, internal variables and tangent (to round-off), the new internal variables stay 0,
+    and the loss has a gradient towards every new part (no dead saddle); shrinking is refused."""
+    flags = dict(flags)
+    k = flags.pop("k", 3)
+    m = _model(k=k, **flags)
+    big_arch = RNOArch(**{**m.arch.__dict__, "k": k + 2, "f_hidden": [30, 28], "g_hidden": [20]})
+    torch.manual_seed(5)
+    big = grow(m, big_arch)
+    assert big.k == k + 2 and big.normalization() == m.normalization()
+    g = torch.Generator().manual_seed(3)
+    strain = torch.cumsum(2e-3 * torch.randn(4, 9, 6, generator=g, dtype=torch.float64), dim=1)
+    strain[:, 0] = 0.0
+    time = torch.cumsum(0.5 + torch.rand(4, 9, generator=g, dtype=torch.float64), dim=1)
+    with torch.no_grad():
+        ref, xi_ref = m.rollout(strain, time, return_xi=True)
+        out, xi = big.rollout(strain, time, return_xi=True)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+        torch.testing.assert_close(xi[..., :k], xi_ref, rtol=1e-12, atol=1e-12)
+        assert float(xi[..., k:].abs().max()) == 0.0
+        eps, prev, dt, xi0 = _inputs(k=k)
+        xi0 = torch.cat([xi0, torch.zeros(xi0.shape[0], 2, dtype=xi0.dtype)], dim=1)
+        _, tan_ref, _ = m.step_with_tangent(eps, prev, dt, xi0[:, :k])
+        _, tan, _ = big.step_with_tangent(eps, prev, dt, xi0)
+        torch.testing.assert_close(tan, tan_ref, rtol=1e-12, atol=1e-12 * float(tan_ref.abs().max()))
+    big.train()
+    (big.rollout(strain, time) / big.stress_scale).pow(2).sum().backward()
+    last_g, last_f = big.G[-1], big.F[-1]
+    # G's outputs k, k+1: the new variables' rates (their A part in the increment form)
+    assert float(last_g.weight.grad[[k, k + 1]].abs().max()) > 0
+    assert float(last_f.weight.grad[:, 24:].abs().max()) > 0  # F's new hidden units
+    with pytest.raises(ValueError, match="can only grow"):
+        grow(big, m.arch)
+    with pytest.raises(ValueError, match="activation"):
+        grow(m, RNOArch(**{**m.arch.__dict__, "activation": "tanh"}))

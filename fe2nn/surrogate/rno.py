@@ -429,6 +429,68 @@ class RNO(nn.Module):
         return stress
 
 
+def _copy_linear(new: nn.Linear, old: nn.Linear, rows: torch.Tensor, cols: int, last: bool, keep_new_cols: bool):
+    """Embed ``old`` in ``new``: old output j -> new row rows[j], old input i -> new input i (inputs are a
+    prefix).  New inputs of old rows are zeroed unless ``keep_new_cols`` (first layer: new internal
+    variables, which are 0 until G moves them); new rows of the last layer are zeroed (so new outputs are 0)."""
+    with torch.no_grad():
+        if last:
+            new.weight.zero_()
+            new.bias.zero_()
+        if not keep_new_cols:
+            new.weight[rows, cols:] = 0.0
+        new.weight[rows, :cols] = old.weight.to(new.weight)
+        new.bias[rows] = old.bias.to(new.bias)
+
+
+def grow(model: "RNO", arch: RNOArch) -> "RNO":
+    """A larger RNO that computes exactly what ``model`` computes: more internal variables (k) and/or
+    wider hidden layers (same depth, activation and flags).
+
+    Used to continue training with more capacity (``training.init_from`` a smaller surrogate).  New
+    internal variables start at 0 and stay there until training moves G's new outputs (zero rows);
+    F and G see them through fresh random input weights, so that the loss has a gradient towards them.
+    New hidden units have fresh random inputs and zero weights to the next layer.  The normalization
+    and the integration setting are kept.  Raises ValueError when ``arch`` is not a superset.
+    """
+    old = model.arch
+    same = ("activation", "strain_dim", "g_rate", "xi_bound", "elastic_split", "g_increment")
+    diff = [key for key in same if getattr(old, key) != getattr(arch, key)]
+    if diff:
+        raise ValueError(f"can only grow k and hidden widths; {', '.join(diff)} differ")
+    if arch.k < old.k or len(arch.f_hidden) != len(old.f_hidden) or len(arch.g_hidden) != len(old.g_hidden) \
+            or any(a < b for a, b in zip(list(arch.f_hidden) + list(arch.g_hidden), list(old.f_hidden) + list(old.g_hidden))):
+        raise ValueError(f"can only grow: k {old.k} -> {arch.k}, F {old.f_hidden} -> {arch.f_hidden}, "
+                         f"G {old.g_hidden} -> {arch.g_hidden} (same depth, nothing smaller)")
+    ref = next(model.parameters())
+    new = RNO(arch, model.strain_scale, model.rate_scale, model.stress_scale).to(ref)
+    new.max_substep_strain = model.max_substep_strain
+
+    def embed(dst: nn.Sequential, src: nn.Sequential, out_rows: torch.Tensor) -> None:
+        lin_d = [m for m in dst if isinstance(m, nn.Linear)]
+        lin_s = [m for m in src if isinstance(m, nn.Linear)]
+        for i, (d, s) in enumerate(zip(lin_d, lin_s)):
+            last = i == len(lin_s) - 1
+            rows = out_rows if last else torch.arange(s.out_features)
+            _copy_linear(d, s, rows, s.in_features, last, keep_new_cols=(i == 0))
+
+    embed(new.F, model.F, torch.arange(old.strain_dim))
+    if model.G is not None:
+        if old.g_increment:  # outputs [A (k), B (k x 6) row-major]: B's rows move by the new k
+            k0, k1 = old.k, arch.k
+            rows = torch.cat([torch.arange(k0), k1 + torch.arange(k0 * 6)])
+        else:
+            rows = torch.arange(old.k)
+        embed(new.G, model.G, rows)
+    with torch.no_grad():
+        new.F_linear.weight.zero_()
+        new.F_linear.weight[:, :model.F_linear.in_features] = model.F_linear.weight
+        if model.C_el is not None:
+            new.C_el.copy_(model.C_el)
+        new.scales.copy_(model.scales)
+    return new
+
+
 def relative_l2(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
     """Relative L2 error per path: ||pred - target|| / ||target|| over (T, 6); shape (B,)."""
     num = ((pred - target) ** 2).sum(dim=(-2, -1))

@@ -49,7 +49,7 @@ import torch
 from fe2nn.config import in_range, load_toml, non_negative, one_of, parse, positive, resolve_path
 from fe2nn.errors import UserError
 from fe2nn.io_utils import atomic_path, write_text_atomic
-from fe2nn.surrogate.rno import RNO, ACTIVATIONS, RNOArch, relative_l2, rollout_at_dt_factor
+from fe2nn.surrogate.rno import RNO, ACTIVATIONS, RNOArch, grow, relative_l2, rollout_at_dt_factor
 
 # -- dataset reading -----------------------------------------------------------------------
 def read_dataset(path: str | Path) -> Dict[str, Any]:
@@ -253,7 +253,8 @@ class TrainingConfig:
         "weight w of the stress-increment term: loss = relative L2 of the stress + w x relative L2 of the "
         "stress increments (per path); the increments weigh changes of stiffness (yield, reverse yield)")))
     init_from: str = field(default="", metadata=dict(
-        doc="surrogate directory to start from (fine-tuning; same architecture, its normalization is kept)"))
+        doc="surrogate directory to start from (fine-tuning; its normalization is kept); a [model] with larger k "
+            "or hidden widths grows it (rno.grow: the same function at the start)"))
 
 
 @dataclass
@@ -366,8 +367,14 @@ class Trainer:
 
         model, _ = load_surrogate(path)
         if model.arch.to_dict() != arch.to_dict():
-            raise UserError(f"training.init_from = {path}: its architecture {model.arch.to_dict()} differs from "
-                            f"[model] {arch.to_dict()}; use the same [model] keys")
+            small = model.arch
+            try:  # a larger [model]: the same function, with room to learn more (see rno.grow)
+                model = grow(model, arch)
+            except ValueError as err:
+                raise UserError(f"training.init_from = {path}: its architecture {small.to_dict()} cannot "
+                                f"become [model] {arch.to_dict()}: {err}") from None
+            print(f"training.init_from = {path}: grown from k = {small.k}, F {small.f_hidden}, G {small.g_hidden} "
+                  f"to k = {arch.k}, F {arch.f_hidden}, G {arch.g_hidden} (same function at the start)", flush=True)
         return model.to(device=self.device, dtype=self.dtype).train()
 
     def _init_linear_skip(self, strain: np.ndarray, stress: np.ndarray) -> None:
