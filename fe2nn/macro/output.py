@@ -23,7 +23,6 @@ from typing import List
 import numpy as np
 import ufl
 from dolfinx import fem, la
-from mpi4py import MPI
 
 from fe2nn.io_utils import atomic_path, pyplot, save_figure
 from fe2nn.macro.quadrature import mandel_to_tensor
