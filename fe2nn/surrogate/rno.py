@@ -27,7 +27,7 @@ Shapes: strain (..., 6) Mandel, dt (...) [s], xi (..., k).  Everything is batche
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import List, Tuple
 
 import torch
@@ -429,10 +429,11 @@ class RNO(nn.Module):
         return stress
 
 
-def _copy_linear(new: nn.Linear, old: nn.Linear, rows: torch.Tensor, cols: int, last: bool, keep_new_cols: bool):
+def _copy_linear(new: nn.Linear, old: nn.Linear, rows: torch.Tensor, last: bool, keep_new_cols: bool):
     """Embed ``old`` in ``new``: old output j -> new row rows[j], old input i -> new input i (inputs are a
     prefix).  New inputs of old rows are zeroed unless ``keep_new_cols`` (first layer: new internal
     variables, which are 0 until G moves them); new rows of the last layer are zeroed (so new outputs are 0)."""
+    cols = old.in_features
     with torch.no_grad():
         if last:
             new.weight.zero_()
@@ -454,8 +455,8 @@ def grow(model: "RNO", arch: RNOArch) -> "RNO":
     and the integration setting are kept.  Raises ValueError when ``arch`` is not a superset.
     """
     old = model.arch
-    same = ("activation", "strain_dim", "g_rate", "xi_bound", "elastic_split", "g_increment")
-    diff = [key for key in same if getattr(old, key) != getattr(arch, key)]
+    grown = ("k", "f_hidden", "g_hidden")
+    diff = [f.name for f in fields(RNOArch) if f.name not in grown and getattr(old, f.name) != getattr(arch, f.name)]
     if diff:
         raise ValueError(f"can only grow k and hidden widths; {', '.join(diff)} differ")
     if arch.k < old.k or len(arch.f_hidden) != len(old.f_hidden) or len(arch.g_hidden) != len(old.g_hidden) \
@@ -472,7 +473,7 @@ def grow(model: "RNO", arch: RNOArch) -> "RNO":
         for i, (d, s) in enumerate(zip(lin_d, lin_s)):
             last = i == len(lin_s) - 1
             rows = out_rows if last else torch.arange(s.out_features)
-            _copy_linear(d, s, rows, s.in_features, last, keep_new_cols=(i == 0))
+            _copy_linear(d, s, rows, last, keep_new_cols=(i == 0))
 
     embed(new.F, model.F, torch.arange(old.strain_dim))
     if model.G is not None:
