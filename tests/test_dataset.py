@@ -10,7 +10,7 @@ import torch
 
 from conftest import run_cli
 from fe2nn.data import generate as G
-from fe2nn.data.dataset import FIELDS, content_hash, load_dataset, metadata, read_arrays
+from fe2nn.data.dataset import FIELDS, content_hash, load_dataset, metadata, read_arrays, recipe_hash
 from fe2nn.errors import UserError
 
 CONFIG = """
@@ -68,6 +68,58 @@ def test_content_hash_is_stable_and_sensitive(dataset, tmp_path):
     with h5py.File(copy, "r+") as fh:
         del fh.attrs["content_hash"]
     assert content_hash(copy) != h  # one ulp changes the hash
+
+
+def _edited_copy(src, dst, edit):
+    """A copy of a dataset with ``edit(h5py.File)`` applied and the stored content hash dropped."""
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as fh:
+        edit(fh)
+        del fh.attrs["content_hash"]
+    return dst
+
+
+def _nudge(name, index):
+    def edit(fh):  # one ulp, as another CPU's exp/log or BLAS may round
+        v = fh[name][index]
+        fh[name][index] = np.nextafter(v, np.inf)
+    return edit
+
+
+def test_recipe_hash_ignores_rounding_but_not_what_the_data_is(dataset, tmp_path):
+    """The recipe hash identifies a dataset regenerated elsewhere (values differing in their last
+    bits) and changes with the paths, the RVE, the acceptance of a sample or the shapes."""
+    h = recipe_hash(dataset)
+    assert h is not None and len(h) == 64 and h == recipe_hash(dataset)
+    for i, (name, index) in enumerate([("stress", (2, 5, 1)), ("strain", (0, 3, 2)), ("time", (4, 7))]):
+        copy = _edited_copy(dataset, tmp_path / f"ulp{i}.h5", _nudge(name, index))
+        assert content_hash(copy) != content_hash(dataset) and recipe_hash(copy) == h, name
+
+    def attr(key, change):
+        def edit(fh):
+            import json
+            d = json.loads(fh.attrs[key])
+            change(d)
+            fh.attrs[key] = json.dumps(d)
+        return edit
+
+    def unchanged(d):  # the device and batch size change how, not what, is computed
+        d["device"], d["batch_size"] = "cuda", 1
+
+    copy = _edited_copy(dataset, tmp_path / "how.h5", attr("solver", unchanged))
+    assert recipe_hash(copy) == h
+    other = {
+        "paths": attr("paths", lambda d: d.update(seed=d["seed"] + 1)),
+        "material": attr("material", lambda d: d.update(sigma_y=d["sigma_y"] * 1.01)),
+        "solver": attr("solver", lambda d: d.update(max_substeps=d["max_substeps"] + 1)),
+        "accepted": lambda fh: fh["accepted"].__setitem__(1, False),
+    }
+    for name, edit in other.items():
+        assert recipe_hash(_edited_copy(dataset, tmp_path / f"{name}.h5", edit)) != h, name
+
+    def strip(fh):  # not written by fe2nn generate: no recipe
+        del fh.attrs["paths"]
+    assert recipe_hash(_edited_copy(dataset, tmp_path / "bare.h5", strip)) is None
 
 
 def test_truncated_and_foreign_files_are_reported(dataset, tmp_path):

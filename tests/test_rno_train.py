@@ -152,6 +152,40 @@ def test_evaluate_cli_writes_report_and_plots(tmp_path, dataset):
     assert "random_walk" in p.stdout and "targets" in p.stdout
 
 
+def test_evaluate_finds_the_test_split_of_regenerated_data(tmp_path):
+    """Data regenerated from the same config on another machine (values differing in their last bits,
+    so another content hash) keeps the card's held-out test split, by the recipe hash; data of
+    another recipe is another dataset."""
+    import shutil
+
+    import h5py
+    import numpy as np
+
+    def with_recipe(path, seed):  # the attributes fe2nn generate writes
+        with h5py.File(path, "r+") as fh:
+            fh.attrs["paths"] = json.dumps({"seed": seed, "n_steps": 16})
+            fh.attrs["solver"] = json.dumps({"solver": "j2", "options": {}, "max_substeps": 16})
+        return path
+
+    data = with_recipe(make_dataset(tmp_path / "orig.h5", {"random_walk": 16, "cyclic": 2}, T=16, seed=3), 3)
+    assert tr.main([str(_config(tmp_path, data, "rg", epochs=2)), "--no-progress"]) == 0
+    entry = json.loads((tmp_path / "rg" / "card.json").read_text())["dataset"]
+    assert entry["recipe_sha256"] == tr.read_dataset(data)["recipe_sha256"] is not None
+    regen = tmp_path / "regen.h5"
+    shutil.copy(data, regen)
+    with h5py.File(regen, "r+") as fh:
+        fh["stress"][3, 4, 0] = np.nextafter(fh["stress"][3, 4, 0], np.inf)
+    other = with_recipe(make_dataset(tmp_path / "other.h5", {"random_walk": 16, "cyclic": 2}, T=16, seed=4), 4)
+    for path, match, kind, n in ((data, "content", "held-out test split", 2), (regen, "recipe", "held-out test split", 2),
+                                 (other, "none", "training family, other dataset (all samples)", 16)):
+        p = run_cli("evaluate", str(tmp_path / "rg"), str(path), "--out", str(tmp_path / match), "--no-plots")
+        assert p.returncode == 0, p.stderr
+        rep = json.loads((tmp_path / match / "report.json").read_text())
+        assert rep["dataset_match"] == match and rep["same_dataset_as_training"] == (match != "none")
+        assert rep["groups"]["random_walk"]["kind"] == kind and rep["groups"]["random_walk"]["n_paths"] == n
+        assert ("regenerated from the same config" in p.stdout) == (match == "recipe")
+
+
 def test_evaluate_bad_arguments_one_line(tmp_path, dataset):
     for args, msg in [((str(tmp_path / "nope"), str(dataset)), "surrogate card not found"),
                       ((str(tmp_path),), "required"),

@@ -6,6 +6,7 @@ Example::
     train = load_dataset("al_taylor.h5", split="train")   # accepted samples only
     train.strain.shape, train.stress.shape, train.dt.shape  # (n,T+1,6), (n,T+1,6), (n,T)
     content_hash("al_taylor.h5")                            # sha256 hex of the data arrays
+    recipe_hash("al_taylor.h5")                             # sha256 hex of what they were made from
 """
 from __future__ import annotations
 
@@ -48,6 +49,41 @@ def array_checksum(arrays: Mapping[str, np.ndarray], names: Sequence[tuple] = HA
         a = np.ascontiguousarray(np.asarray(arrays[name]).astype(dtype, copy=False))
         h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
         h.update(a.tobytes())
+    return h.hexdigest()
+
+
+#: arrays (with the dtype they are hashed in) that the recipe hash covers besides the attributes
+RECIPE_ARRAYS = (("accepted", "|b1"), ("family", "<i8"), ("sample_index", "<i8"))
+
+
+def recipe_checksum(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> str | None:
+    """sha256 (hex) of what a dataset was made from rather than of its floating-point results.
+
+    Covers the path definition (``paths`` attribute: seed, increments, family settings), the
+    RVE (crystal parameters; microstructure settings, and the microstructure's own hash only
+    when it was read from a file; solver, its options and sub-step limit; not the device or
+    batch size), the array shapes and which samples were accepted, of which family and index.
+    A dataset regenerated from the same config on another machine has the same recipe hash,
+    while its content hash (:func:`array_checksum`) generally differs: numpy's exp/log and
+    torch's kernels round differently on different CPUs, so strains and stresses can differ in
+    their last bits.  None when the attributes are missing (files not written by ``fe2nn generate``).
+    """
+    def decoded(key):
+        v = attrs.get(key)
+        return json.loads(v) if isinstance(v, str) else v
+
+    try:
+        paths, material, micro, solver = (decoded(k) for k in ("paths", "material", "microstructure", "solver"))
+    except ValueError:
+        return None
+    if not (isinstance(paths, dict) and isinstance(solver, dict)) or "material" not in attrs:
+        return None
+    if isinstance(micro, dict):  # generated: its settings (its hash covers orientations, which round per CPU)
+        micro = {k: v for k, v in micro.items() if k != "hash" or micro.get("file")}
+    solver = {k: v for k, v in solver.items() if k not in ("device", "batch_size")}
+    h = hashlib.sha256(json.dumps({"paths": paths, "material": material, "microstructure": micro, "solver": solver,
+                                   "shape": list(np.shape(arrays["strain"]))}, sort_keys=True).encode())
+    h.update(array_checksum(arrays, RECIPE_ARRAYS).encode())
     return h.hexdigest()
 
 
@@ -107,6 +143,11 @@ def content_hash(path: str | Path) -> str:
     """Stable sha256 (hex) of the data arrays of a dataset (independent of attributes and chunking)."""
     arrays, _ = read_arrays(path)
     return array_checksum(arrays)
+
+
+def recipe_hash(path: str | Path) -> str | None:
+    """:func:`recipe_checksum` of a dataset file: equal for the same config regenerated elsewhere."""
+    return recipe_checksum(*read_arrays(path))
 
 
 def metadata(path: str | Path) -> Dict[str, Any]:

@@ -57,11 +57,13 @@ def read_dataset(path: str | Path) -> Dict[str, Any]:
 
     Returns numpy arrays strain (N,T+1,6), stress (N,T+1,6), time (N,T+1), accepted (N,)
     bool, family (N,) int, plus family_names (list of str), sha256 (content hash of the
-    data arrays, :func:`fe2nn.data.dataset.array_checksum`), path and config (the generating
+    data arrays, :func:`fe2nn.data.dataset.array_checksum`), recipe_sha256 (what they were made
+    from, :func:`fe2nn.data.dataset.recipe_checksum`; equal for the same config regenerated on
+    another machine, None for files without the attributes), path and config (the generating
     ``fe2nn generate`` config as JSON text, None when absent).  Problems raise a
     UserError naming the file.
     """
-    from fe2nn.data.dataset import array_checksum, read_arrays
+    from fe2nn.data.dataset import array_checksum, read_arrays, recipe_checksum
 
     p = Path(path)
     arrays, attrs = read_arrays(p)
@@ -75,7 +77,8 @@ def read_dataset(path: str | Path) -> Dict[str, Any]:
         raise UserError(f"{p}: family codes outside the {len(names)} names in family_names")
     return {"strain": arrays["strain"].astype(np.float64), "stress": arrays["stress"].astype(np.float64),
             "time": t, "accepted": acc, "family": fam, "family_names": names,
-            "sha256": array_checksum(arrays), "path": str(p), "config": attrs.get("config"),
+            "sha256": array_checksum(arrays), "recipe_sha256": recipe_checksum(arrays, attrs), "path": str(p),
+            "config": attrs.get("config"),
             "rve": {key: attrs.get(key) for key in RVE_ATTRS}}
 
 
@@ -87,8 +90,8 @@ def combine_datasets(parts: List[Dict[str, Any]], families: List[str], where: st
     """Datasets of the same RVE and number of increments as one (samples concatenated in order).
 
     Family codes are renumbered onto the union of the family names (the first file's order
-    first).  The result has the keys of :func:`read_dataset` (``sha256``, ``path`` and
-    ``config`` of the first file) plus ``parts``: per file its path, sha256, family names and
+    first).  The result has the keys of :func:`read_dataset` (``sha256``, ``recipe_sha256``, ``path``
+    and ``config`` of the first file) plus ``parts``: per file its path, both hashes, family names and
     sample offset.  An extra file of another RVE, another number of increments, or without
     any sample of ``families`` is a UserError naming it and ``where``.
     """
@@ -121,7 +124,8 @@ def combine_datasets(parts: List[Dict[str, Any]], families: List[str], where: st
 
 
 def _part(d: Dict[str, Any], offset: int) -> Dict[str, Any]:
-    return {"path": d["path"], "sha256": d["sha256"], "family_names": list(d["family_names"]),
+    return {"path": d["path"], "sha256": d["sha256"], "recipe_sha256": d.get("recipe_sha256"),
+            "family_names": list(d["family_names"]),
             "offset": offset, "n": int(d["strain"].shape[0])}
 
 
@@ -537,11 +541,13 @@ def export(trainer: Trainer, out_dir: Path) -> Dict[str, Any]:
         cfg_d["training"]["init_from"] = rel(cfg.training.init_from)
     card = {
         "envelope": compute_envelope(ds["strain"][tr], ds["time"][tr]),
-        "dataset": {"path": rel(ds["path"]), "sha256": ds["sha256"], "family_names": main["family_names"],
+        "dataset": {"path": rel(ds["path"]), "sha256": ds["sha256"], "recipe_sha256": ds.get("recipe_sha256"),
+                    "family_names": main["family_names"],
                     "train_families": list(cfg.data.train_families), "split_seed": cfg.data.seed,
                     "split": main.get("split", split),
-                    **({"extra": [{"path": rel(p["path"]), "sha256": p["sha256"], "family_names": p["family_names"],
-                                   "split": p["split"]} for p in extra]} if extra else {})},
+                    **({"extra": [{"path": rel(p["path"]), "sha256": p["sha256"], "recipe_sha256": p["recipe_sha256"],
+                                   "family_names": p["family_names"], "split": p["split"]} for p in extra]}
+                       if extra else {})},
         "training": {"epochs_run": trainer.epoch, "best_epoch": trainer.best_epoch,
                      "best_val_rel_l2": trainer.best_val, "config": cfg_d},
         "errors": {"metric": "relative L2 of stress per path over the whole trajectory", **errors},

@@ -6,10 +6,12 @@
 Groups (accepted samples of DATASET):
 
 * ``random_walk``: the held-out test split of the first surrogate whose card was trained
-  on DATASET (same sha256), minus every path that is identical to a training or
+  on DATASET (same sha256, or the same recipe sha256: regenerated from the same config, see
+  ``fe2nn.data.dataset.recipe_checksum``), minus every path that is identical to a training or
   validation path of *any* compared surrogate.  The training/validation paths of a
   surrogate trained on another dataset are read from that dataset, which must be given
-  with ``--seen`` (datasets generated with the same seed share their first paths);
+  with ``--seen`` (datasets generated with the same seed share their first paths; give
+  datasets generated on the same machine, as paths are compared bit for bit);
 * every family outside the cards' ``train_families``: all samples.
 
 Each group at dt x 1/4, x 1, x 4 (see ``fe2nn evaluate``); relative L2 stress error per
@@ -26,14 +28,14 @@ import numpy as np
 
 from fe2nn.io_utils import write_text_atomic
 from fe2nn.surrogate.card import load_surrogate
-from fe2nn.surrogate.evaluate import FACTORS, path_errors, predict
+from fe2nn.surrogate.evaluate import FACTORS, dataset_match, path_errors, predict
 from fe2nn.surrogate.train import read_dataset
 
 
-def _seen_paths(card: dict, datasets: dict) -> np.ndarray:
+def _seen_paths(card: dict, datasets: list) -> np.ndarray:
     """Strain paths (n, T+1, 6) of a surrogate's training + validation split."""
     info = card["dataset"]
-    ds = datasets.get(info["sha256"])
+    ds = next((d for d in datasets if dataset_match(info, d) != "none"), None)
     if ds is None:
         sys.exit(f"compare: the dataset of a surrogate (sha256 {info['sha256'][:12]}...) is needed: pass it with --seen")
     idx = list(info["split"]["train"]) + list(info["split"]["val"])
@@ -48,12 +50,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     ds = read_dataset(a.dataset)
-    datasets = {ds["sha256"]: ds}
-    for p in a.seen:
-        d = read_dataset(p)
-        datasets[d["sha256"]] = d
+    datasets = [ds, *(read_dataset(p) for p in a.seen)]
     models = [(s, *load_surrogate(s)) for s in a.surrogates]
-    own = [c for _, _, c in models if c["dataset"]["sha256"] == ds["sha256"]]
+    own = [c for _, _, c in models if dataset_match(c["dataset"], ds) != "none"]
     if not own:
         sys.exit("compare: no surrogate was trained on DATASET (its test split defines the random-walk group)")
     train_fams = set(own[0]["dataset"]["train_families"])
