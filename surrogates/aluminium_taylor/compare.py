@@ -62,8 +62,9 @@ def main(argv=None) -> int:
     keep = [i for i in test if np.min(np.abs(flat - ds["strain"][i].reshape(1, -1)).max(axis=1)) > 0.0]
     groups = {"random_walk (unseen test paths)": np.array(keep, dtype=np.int64)}
     for code, name in enumerate(ds["family_names"]):
-        if name not in train_fams:
-            groups[f"{name} (kept out)"] = np.flatnonzero(ds["accepted"] & (ds["family"] == code))
+        idx = np.flatnonzero(ds["accepted"] & (ds["family"] == code))
+        if name not in train_fams and idx.size:  # files list every family, also those without samples
+            groups[f"{name} (kept out)"] = idx
     report = {"dataset": a.dataset, "sha256": ds["sha256"], "groups": {}}
     print(f"{'surrogate':40s} {'group':34s} {'n':>4s} " + " ".join(f"{'x%g mean' % f:>10s}" for f in FACTORS)
           + f" {'x1 p95':>8s} {'x1 max':>8s}")
