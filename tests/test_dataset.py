@@ -154,6 +154,7 @@ def test_inspect_cli(dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "6 samples x 12 increments" in out and "random_walk 3" in out and "cyclic 3" in out
+    assert f"content sha256 {content_hash(dataset)[:16]}, recipe sha256 {recipe_hash(dataset)[:16]}" in out
     assert "accepted: 6; rejected: 0 not converged, 0 Hill-Mandel" in out
     for name in ("strain.png", "stress.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"

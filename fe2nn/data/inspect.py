@@ -8,7 +8,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from fe2nn.data.dataset import array_checksum, read_arrays, rejection_reasons
+from fe2nn.data.dataset import array_checksum, read_arrays, recipe_checksum, rejection_reasons
 from fe2nn.io_utils import pyplot, save_figure
 
 COMPONENTS = ("11", "22", "33", "√2·23", "√2·13", "√2·12")
@@ -36,13 +36,14 @@ def summarize(arrays: Dict[str, np.ndarray], attrs: dict) -> Dict:
         "dt": (float(dt.min()), float(np.median(dt)), float(dt.max())),
         "hill_mandel_max": float(hm.max()) if hm.size else float("nan"),
         "iterations": (float(it.mean()) if it.size else 0.0, int(it.max()) if it.size else 0),
-        "content_hash": array_checksum(arrays),
+        "content_hash": array_checksum(arrays), "recipe_hash": recipe_checksum(arrays, attrs),
         "rejected_samples": [int(i) for i in np.nonzero(~arrays["accepted"].astype(bool))[0]],
     }
 
 
 def report(path: Path, s: Dict, attrs: dict) -> str:
-    lines = [f"{path}: {s['n_samples']} samples x {s['n_steps']} increments, content sha256 {s['content_hash'][:16]}"]
+    lines = [f"{path}: {s['n_samples']} samples x {s['n_steps']} increments, content sha256 {s['content_hash'][:16]}"
+             + (f", recipe sha256 {s['recipe_hash'][:16]}" if s["recipe_hash"] else "")]
     lines.append("families: " + ", ".join(f"{k} {v}" for k, v in s["families"].items()))
     rej = s["rejected"]
     lines.append(f"accepted: {s['accepted']}; rejected: {rej['not_converged']} not converged, "
