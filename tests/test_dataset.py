@@ -1,6 +1,7 @@
 """Dataset files: validation, content hash, torch loaders, fe2nn inspect."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import h5py
@@ -97,7 +98,6 @@ def test_recipe_hash_ignores_rounding_but_not_what_the_data_is(dataset, tmp_path
 
     def attr(key, change):
         def edit(fh):
-            import json
             d = json.loads(fh.attrs[key])
             change(d)
             fh.attrs[key] = json.dumps(d)

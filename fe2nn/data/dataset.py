@@ -68,15 +68,9 @@ def recipe_checksum(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) 
     torch's kernels round differently on different CPUs, so strains and stresses can differ in
     their last bits.  None when the attributes are missing (files not written by ``fe2nn generate``).
     """
-    def decoded(key):
-        v = attrs.get(key)
-        return json.loads(v) if isinstance(v, str) else v
-
-    try:
-        paths, material, micro, solver = (decoded(k) for k in ("paths", "material", "microstructure", "solver"))
-    except ValueError:
-        return None
-    if not (isinstance(paths, dict) and isinstance(solver, dict)) or "material" not in attrs:
+    a = decode_attrs(attrs)
+    paths, material, micro, solver = (a.get(k) for k in ("paths", "material", "microstructure", "solver"))
+    if not (isinstance(paths, dict) and isinstance(solver, dict)) or "material" not in a:
         return None
     if isinstance(micro, dict):  # generated: its settings (its hash covers orientations, which round per CPU)
         micro = {k: v for k, v in micro.items() if k != "hash" or micro.get("file")}
@@ -152,7 +146,11 @@ def recipe_hash(path: str | Path) -> str | None:
 
 def metadata(path: str | Path) -> Dict[str, Any]:
     """Root attributes, JSON values decoded."""
-    _, attrs = read_arrays(path)
+    return decode_attrs(read_arrays(path)[1])
+
+
+def decode_attrs(attrs: Mapping[str, Any]) -> Dict[str, Any]:
+    """Root attributes with their JSON objects and lists decoded and numpy scalars as Python ones."""
     out = {}
     for k, v in attrs.items():
         if isinstance(v, str) and v[:1] in "{[":

@@ -114,11 +114,11 @@ def dataset_match(entry: Dict[str, Any], ds: Dict[str, Any]) -> str:
 def training_file(card: Dict[str, Any], ds: Dict[str, Any]):
     """(entry, match): the card's training dataset entry (the file or one of its extra files) that
     ``ds`` is, by :func:`dataset_match` (content first); (None, "none") for another dataset."""
-    found = [(d, dataset_match(d, ds)) for d in _training_files(card)]
+    files = _training_files(card)
     for want in ("content", "recipe"):
-        for d, how in found:
-            if how == want:
-                return d, how
+        for d in files:
+            if dataset_match(d, ds) == want:
+                return d, want
     return None, "none"
 
 
