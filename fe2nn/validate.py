@@ -101,12 +101,22 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm):
     from fe2nn.macro.solver import solve
 
     rec = _Recorder(steps)
+    callbacks = [rec]
+    if cfg.output.strain_paths:  # each run writes its own strain_paths.h5
+        from fe2nn.macro.history import StrainHistory
+
+        callbacks.append(StrainHistory(t0=cfg.load.times[0]))
     comm.barrier()
     t0 = time.perf_counter()
     result = solve(build_problem(cfg, mesh, material), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
                    max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, output=out, **cfg.solver.solve_kwargs(),
-                   vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=progress, callback=rec)
+                   vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=progress,
+                   callback=lambda solver, r: [c(solver, r) for c in callbacks])
     wall = comm.allreduce(time.perf_counter() - t0, op=__import__("mpi4py").MPI.MAX)
+    if len(callbacks) > 1:  # after the timing
+        from fe2nn.macro.history import FILE_NAME
+
+        callbacks[1].write(out / FILE_NAME, attrs={"config": "validate", "mesh": Path(cfg.mesh.file).name})
     constitutive = comm.allreduce(sum(r.timings.get("constitutive", 0.0) for r in result.steps),
                                   op=__import__("mpi4py").MPI.MAX)
     n_points = int(comm.allreduce(result.solver.qf.n_points))

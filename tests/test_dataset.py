@@ -177,3 +177,19 @@ def test_inspect_ranges_match_arrays(dataset):
     rate = np.diff(A["strain"][..., 3], axis=1) / dt
     assert s["strain_rate"][3] == (rate.min(), rate.max())
     assert set(FIELDS) <= set(A)
+
+
+def test_rve_identity_ignores_device_and_batch_size():
+    """Data sets generated with other batch sizes or devices are of the same RVE (they can be trained
+    on together); other solver options or crystal parameters are not."""
+    from fe2nn.data.dataset import rve_identity
+
+    base = {"material": {"C11": 1.0}, "microstructure": {"n_grains": 30, "seed": 7, "hash": "ab"},
+            "solver": {"solver": "taylor", "options": {}, "max_substeps": 16, "device": "auto", "batch_size": 40}}
+    other = {**base, "solver": {**base["solver"], "device": "cuda", "batch_size": 32},
+             "microstructure": {**base["microstructure"], "hash": "cd"}}
+    assert rve_identity(other) == rve_identity(base)
+    assert rve_identity({**base, "solver": {**base["solver"], "options": {"tol": 1e-9}}}) != rve_identity(base)
+    assert rve_identity({**base, "material": {"C11": 2.0}}) != rve_identity(base)
+    from_file = {**base, "microstructure": {"file": "m.h5", "hash": "ab"}}
+    assert rve_identity({**from_file, "microstructure": {"file": "m.h5", "hash": "cd"}}) != rve_identity(from_file)

@@ -40,7 +40,7 @@ def test_validate_under_mpirun_reports_consistent_metrics(tmp_path):
     card = json.loads((SURROGATE / "card.json").read_text())
     cfg = bar_config(tmp_path / "v.toml", rno_table(), strain=4e-3, times=(0.0, 2.0, 2.5), factors=(0.0, 1.0, 0.75),
                      steps=4, out=str(tmp_path / "val"),
-                     extra="\n[validate]\nstress_steps = [2, 4]\n")  # reference: [material] with model = "rve"
+                     extra="strain_paths = true\n[validate]\nstress_steps = [2, 4]\n")  # reference: model = "rve"
     proc = run_cli("validate", str(cfg), "-q", n=2, check=True)
     out = tmp_path / "val"
     assert "report:" in proc.stdout and proc.stdout.count("max reaction deviation") == 1  # rank 0 only
@@ -58,6 +58,15 @@ def test_validate_under_mpirun_reports_consistent_metrics(tmp_path):
     assert 0 < c["max_stress_relative_l2"] < 0.2
     assert rep["ood"]["monitored"] and rep["ood"]["steps"] == len(Rs)
     assert rep["timing"]["speedup_constitutive"] > 1
+    # each run's strain paths: the same points and times; strains as close as the reactions
+    import h5py
+
+    with h5py.File(out / "surrogate" / "strain_paths.h5") as a, h5py.File(out / "reference" / "strain_paths.h5") as b:
+        np.testing.assert_array_equal(a["time"][()], b["time"][()])
+        np.testing.assert_array_equal(a["cell"][()], b["cell"][()])
+        es, er = a["strain"][()], b["strain"][()]
+    assert es.shape == er.shape == (es.shape[0], len(Rs) + 1, 6)
+    assert 0 < np.abs(es - er).max() < 0.1 * np.abs(er).max()
 
 
 @needs_surrogate

@@ -399,3 +399,33 @@ def test_existing_output_from_another_config_and_overwrite(tmp_path):
         G.generate(G.load_config(cfg), str(cfg), progress=False)
     s = G.generate(G.load_config(cfg), str(cfg), progress=False, overwrite=True)
     assert s["n_samples"] == 11 and content_hash(tmp_path / "data.h5") != first
+
+
+def test_recorded_paths_dataset_on_two_ranks(tmp_path):
+    """paths.recorded: the RVE along point histories of a solve's strain_paths.h5; the dataset
+    names the family, carries the file's hash, equals the sampled paths and does not depend on
+    the rank count; a missing file is a one-line error naming the key."""
+    from test_paths import write_strain_paths
+
+    from fe2nn.data import paths as P
+
+    write_strain_paths(tmp_path / "sp.h5", steps=4, t_end=40.0)
+    text = TAYLOR + '[paths.recorded]\ncount = 3\nfile = "sp.h5"\n'
+    for n in (1, 2):
+        (tmp_path / f"r{n}.toml").write_text(text.replace('output = "al.h5"', f'output = "r{n}.h5"'))
+        proc = run_generate(tmp_path / f"r{n}.toml", n=n)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    A, attrs = read_arrays(tmp_path / "r1.h5")
+    B, _ = read_arrays(tmp_path / "r2.h5")
+    for k in ("strain", "stress", "time", "family"):
+        np.testing.assert_array_equal(A[k], B[k])
+    assert list(attrs["family_names"])[-1] == "recorded" and A["accepted"].all()
+    cfg = G.load_config(tmp_path / "r1.toml")
+    assert '"file_sha256": "%s"' % cfg.paths.recorded.file_sha256 in attrs["paths"]
+    rec = np.flatnonzero(A["family"] == P.FAMILY_NAMES.index("recorded"))
+    assert rec.size == 3
+    strain, time = P.sample_paths([cfg.paths.recorded] * 3, 8, 5, rec)
+    np.testing.assert_array_equal(A["strain"][rec], strain)
+    np.testing.assert_array_equal(A["time"][rec], time)
+    (tmp_path / "sp.h5").unlink()
+    assert_one_line_error(run_generate(tmp_path / "r1.toml"), "paths.recorded.file", "sp.h5")

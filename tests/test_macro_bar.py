@@ -51,6 +51,7 @@ rtol = 1e-10
 [output]
 dir = "out"
 reaction = "xmax"
+strain_paths = true
 """
 
 
@@ -92,3 +93,17 @@ def test_bar_reaction_equals_material_point_response(tmp_path, ranks):
     np.testing.assert_allclose(s["u_x"], s["load_factor"] * UMAX, rtol=0, atol=1e-12)
     # one progress line per step on rank 0 only
     assert proc.stdout.count("step ") == len(s["time"])
+    # strain paths at the quadrature points: homogeneous, axial strain = u / L, lateral strains
+    # those of the uniaxial-stress material-point response
+    import h5py
+
+    with h5py.File(out / "strain_paths.h5") as fh:
+        strain, t, x, cell = fh["strain"][()], fh["time"][()], fh["x"][()], fh["cell"][()]
+    assert strain.shape[1:] == (len(s["time"]) + 1, 6) and strain.shape[0] == x.shape[0] == cell.size
+    np.testing.assert_array_equal(t, np.concatenate([[0.0], s["time"]]))
+    np.testing.assert_array_equal(strain[:, 0], 0.0)
+    np.testing.assert_allclose(strain[:, 1:, 0], np.broadcast_to(s["load_factor"] * UMAX / L, strain[:, 1:, 0].shape),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(strain, np.broadcast_to(strain[:1], strain.shape), rtol=0, atol=1e-12)
+    assert (x.min(axis=0) > 0).all() and (x.max(axis=0) < [L, W, W]).all()
+    assert (np.diff(cell) >= 0).all()

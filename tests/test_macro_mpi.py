@@ -46,6 +46,7 @@ rtol = 1e-11
 dir = "out{n}"
 reaction = "top"
 vtx = false
+strain_paths = true
 """
 
 
@@ -67,6 +68,18 @@ def test_one_and_two_ranks_give_the_same_reaction_history(tmp_path):
     assert scale > 0
     np.testing.assert_allclose(R2, R1, rtol=0, atol=1e-8 * scale)
     np.testing.assert_allclose(r2["u_y"], r1["u_y"], rtol=1e-12)
+    # the strain paths at the quadrature points: the same points in the same order, the same values
+    import h5py
+
+    files = [h5py.File(tmp_path / f"out{n}" / "strain_paths.h5") for n in (1, 2)]
+    for key in ("cell", "point", "time"):
+        np.testing.assert_array_equal(files[1][key][()], files[0][key][()])
+    np.testing.assert_allclose(files[1]["x"][()], files[0]["x"][()], rtol=0, atol=1e-14)
+    e1, e2 = files[0]["strain"][()], files[1]["strain"][()]
+    assert e1.shape == (files[0]["x"].shape[0], len(r1["time"]) + 1, 6)
+    np.testing.assert_allclose(e2, e1, rtol=0, atol=1e-8 * np.abs(e1).max())
+    # the plastic zone makes the paths differ from point to point
+    assert np.ptp(e1[:, -1, 1]) > 0.5 * np.abs(e1[:, -1, 1]).max()
     # the plate yields: the reaction is no longer proportional to the load
     stiffness = r1["reaction_y"] / r1["load_factor"]
     assert stiffness[3] < 0.9 * stiffness[0]

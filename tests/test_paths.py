@@ -19,7 +19,7 @@ def _increments(strain, time):
     return de, np.linalg.norm(de, axis=1), np.diff(time)
 
 
-@pytest.mark.parametrize("name", P.FAMILY_NAMES)
+@pytest.mark.parametrize("name", P.SYNTHETIC)
 def test_shapes_start_and_positive_steps(name):
     cfg = P.FAMILIES[name]()
     for i in range(10):
@@ -30,7 +30,7 @@ def test_shapes_start_and_positive_steps(name):
         assert np.all(np.isfinite(strain))
 
 
-@pytest.mark.parametrize("name", P.FAMILY_NAMES)
+@pytest.mark.parametrize("name", P.SYNTHETIC)
 def test_reproducible_and_seed_dependent(name):
     cfg = P.FAMILIES[name]()
     a = P.sample_path(cfg, T, seed=11, index=3)
@@ -152,7 +152,9 @@ def test_reversal_walks_reverse_more_and_travel_further():
     (so that reversals reach reverse plastic flow); its own family name and code after the others."""
     rw, rv = P.RandomWalk(), P.ReversalWalk()
     assert P.family_name(rv) == "reversal_walk" and P.family_name(rw) == "random_walk"
-    assert P.FAMILY_NAMES.index("reversal_walk") == len(P.FAMILY_NAMES) - 1  # appended: older configs keep their codes
+    # appended: older configs keep their codes
+    assert P.FAMILY_NAMES[:4] == ("random_walk", "monotonic", "cyclic", "reversal_walk")
+    assert P.FAMILY_NAMES[4:] == ("recorded",)
     stats = {}
     for name, cfg in (("random_walk", rw), ("reversal_walk", rv)):
         rev, travel = [], []
@@ -177,3 +179,61 @@ def test_appending_reversal_walks_keeps_earlier_samples():
     c1, f1 = sample_layout(more)
     assert np.array_equal(c1[:7], c0) and list(c1[7:]) == [P.FAMILY_NAMES.index("reversal_walk")] * 3
     assert f1[:7] == f0 and all(type(f) is P.ReversalWalk for f in f1[7:])
+
+
+def write_strain_paths(path, steps=10, t_end=5.0):
+    """A strain_paths.h5 as fe2nn solve writes it: point 0 barely moves, point 1 loads along e11
+    and back, point 2 shears; uniform times."""
+    import h5py
+
+    t = np.linspace(0.0, t_end, steps + 1)
+    s = np.sin(np.pi * t / t_end)
+    strain = np.zeros((3, steps + 1, 6))
+    strain[0, :, 0] = 1e-6 * s
+    strain[1, :, 0], strain[1, :, 1] = 4e-3 * s, -2e-3 * s
+    strain[2, :, 5] = 3e-3 * t / t_end
+    with h5py.File(path, "w") as fh:
+        fh["strain"], fh["time"] = strain, t
+        fh["x"], fh["cell"], fh["point"] = np.zeros((3, 3)), np.arange(3), np.zeros(3, int)
+    return strain, t
+
+
+def test_recorded_paths_are_resampled_point_histories(tmp_path):
+    strain, t = write_strain_paths(tmp_path / "sp.h5")
+    cfg = P.Recorded(count=1, file=str(tmp_path / "sp.h5"), min_path=1e-3)
+    seen = set()
+    for i in range(20):
+        eps, time = P.sample_path(cfg, 40, seed=1, index=i)  # 40 = 4 x the 10 recorded steps
+        assert eps.shape == (41, 6) and np.all(eps[0] == 0.0) and time[0] == 0.0
+        np.testing.assert_allclose(time, np.linspace(0.0, 5.0, 41), rtol=0, atol=1e-12)
+        k = int(np.argmax([np.abs(eps[::4] - strain[j]).max() < 1e-15 for j in range(3)]))
+        np.testing.assert_array_equal(eps[::4], strain[k])  # every recorded state kept
+        np.testing.assert_allclose(eps[2], 0.5 * (strain[k, 0] + strain[k, 1]), rtol=1e-12)  # linear between
+        seen.add(k)
+    assert seen == {1, 2}  # point 0 (path 4e-6 < min_path) is never drawn
+    a, b = P.sample_path(cfg, 40, 1, 7), P.sample_path(cfg, 40, 1, 7)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert len(cfg.file_sha256) == 64
+    # time scaling divides the strain rates, log-uniform within [min, max]
+    scaled = P.Recorded(count=1, file=cfg.file, time_scale=[2.0, 8.0])
+    ends = [P.sample_path(scaled, 10, 3, i)[1][-1] for i in range(30)]
+    assert 10.0 <= min(ends) and max(ends) <= 40.0 and max(ends) > 2 * min(ends)
+
+
+def test_recorded_file_errors_name_the_problem(tmp_path):
+    import h5py
+
+    write_strain_paths(tmp_path / "sp.h5")
+    with pytest.raises(UserError, match="min_path"):
+        P.Recorded(count=1, min_path=1.0).load(tmp_path / "sp.h5")
+    with pytest.raises(UserError, match="has changed"):
+        P.Recorded(count=1, file_sha256="0" * 64).load(tmp_path / "sp.h5")
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    with pytest.raises(UserError, match="not a strain_paths.h5"):
+        P.Recorded(count=1).load(tmp_path / "junk.h5")
+    with h5py.File(tmp_path / "moved.h5", "w") as fh:
+        fh["strain"], fh["time"] = np.ones((2, 3, 6)), np.arange(3.0)
+    with pytest.raises(UserError, match="start from zero strain"):
+        P.Recorded(count=1).load(tmp_path / "moved.h5")
+    with pytest.raises(UserError, match="paths.recorded"):
+        parse(P.Recorded, {"count": 2}, "gen.toml", "paths.recorded")

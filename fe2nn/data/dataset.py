@@ -56,6 +56,19 @@ def array_checksum(arrays: Mapping[str, np.ndarray], names: Sequence[tuple] = HA
 RECIPE_ARRAYS = (("accepted", "|b1"), ("family", "<i8"), ("sample_index", "<i8"))
 
 
+def rve_identity(attrs: Mapping[str, Any]) -> Dict[str, Any]:
+    """What identifies a dataset's RVE in its (decoded, :func:`decode_attrs`) attributes: the crystal
+    parameters, the microstructure settings (and the microstructure's own hash only when it was read
+    from a file: a generated one's covers orientations, which round per CPU) and the solver with its
+    options and sub-step limit, not the device or batch size."""
+    material, micro, solver = (attrs.get(k) for k in ("material", "microstructure", "solver"))
+    if isinstance(micro, dict):
+        micro = {k: v for k, v in micro.items() if k != "hash" or micro.get("file")}
+    if isinstance(solver, dict):
+        solver = {k: v for k, v in solver.items() if k not in ("device", "batch_size")}
+    return {"material": material, "microstructure": micro, "solver": solver}
+
+
 def recipe_checksum(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> str | None:
     """sha256 (hex) of what a dataset was made from rather than of its floating-point results.
 
@@ -69,13 +82,10 @@ def recipe_checksum(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) 
     their last bits.  None when the attributes are missing (files not written by ``fe2nn generate``).
     """
     a = decode_attrs(attrs)
-    paths, material, micro, solver = (a.get(k) for k in ("paths", "material", "microstructure", "solver"))
-    if not (isinstance(paths, dict) and isinstance(solver, dict)) or "material" not in a:
+    paths = a.get("paths")
+    if not (isinstance(paths, dict) and isinstance(a.get("solver"), dict)) or "material" not in a:
         return None
-    if isinstance(micro, dict):  # generated: its settings (its hash covers orientations, which round per CPU)
-        micro = {k: v for k, v in micro.items() if k != "hash" or micro.get("file")}
-    solver = {k: v for k, v in solver.items() if k not in ("device", "batch_size")}
-    h = hashlib.sha256(json.dumps({"paths": paths, "material": material, "microstructure": micro, "solver": solver,
+    h = hashlib.sha256(json.dumps({"paths": paths, **rve_identity(a),
                                    "shape": list(np.shape(arrays["strain"]))}, sort_keys=True).encode())
     h.update(array_checksum(arrays, RECIPE_ARRAYS).encode())
     return h.hexdigest()

@@ -61,6 +61,7 @@ class PathsConfig:
     monotonic: P.Monotonic = field(default_factory=P.Monotonic)
     cyclic: P.Cyclic = field(default_factory=P.Cyclic)
     reversal_walk: P.ReversalWalk = field(default_factory=P.ReversalWalk)
+    recorded: P.Recorded = field(default_factory=P.Recorded)
 
 
 @dataclass
@@ -89,7 +90,24 @@ class GenerateConfig:
 
 
 def load_config(path: str | os.PathLike) -> GenerateConfig:
-    return parse(GenerateConfig, load_toml(path), str(path))
+    cfg = parse(GenerateConfig, load_toml(path), str(path))
+    rec = cfg.paths.recorded
+    if rec.count > 0:  # read the recorded paths now: errors before any work, and their hash in the config
+        file = resolve_path(path, rec.file)
+        if not file.is_file():
+            raise UserError(f"{path}: key 'paths.recorded.file': {file} not found (a strain_paths.h5 of fe2nn solve "
+                            "with output.strain_paths = true)")
+        try:
+            rec.load(file)
+        except UserError as err:
+            raise UserError(f"{path}: key 'paths.recorded.file': {err}") from None
+    return cfg
+
+
+def family_names(cfg: GenerateConfig) -> List[str]:
+    """The family names a dataset of ``cfg`` records (``recorded`` only when it has samples, so that
+    other datasets keep the names, path settings and recipe hash they had before it existed)."""
+    return [f for f in P.FAMILY_NAMES if f in P.SYNTHETIC or getattr(cfg.paths, f).count > 0]
 
 
 def sample_layout(cfg: GenerateConfig) -> Tuple[np.ndarray, List]:
@@ -107,6 +125,7 @@ def config_hash(cfg: GenerateConfig, rve_meta: dict) -> str:
     key = dataclasses.asdict(cfg)
     for k in ("output", "hill_mandel_tol"):
         key.pop(k)
+    key["paths"] = {f: v for f, v in key["paths"].items() if f in family_names(cfg)}  # as before `recorded`
     key["rve_meta"] = rve_meta
     key["part_format"] = PART_FORMAT
     key["fe2nn_version"] = fe2nn.__version__  # parts of another release are not mixed in
@@ -378,9 +397,9 @@ def assemble(cfg: GenerateConfig, parts: Parts, output: Path, metadata: Dict[str
         with h5py.File(tmp, "w") as fh:
             for name, dtype in PART_ARRAYS + (("accepted", "|b1"),):
                 fh.create_dataset(name, data=arrays[name].astype(dtype))
-            fh["family"].attrs["family_names"] = list(P.FAMILY_NAMES)
+            fh["family"].attrs["family_names"] = family_names(cfg)
             fh.attrs.update(metadata)
-            fh.attrs["family_names"] = list(P.FAMILY_NAMES)
+            fh.attrs["family_names"] = family_names(cfg)
             fh.attrs["summary"] = json.dumps(summary, sort_keys=True)
             for k, v in summary.items():
                 fh.attrs[k] = v
@@ -545,7 +564,7 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
                                   "max_substeps": cfg.max_substeps, "batch_size": cfg.batch_size}, sort_keys=True,
                                  default=repr),
             "paths": json.dumps({"n_steps": cfg.n_steps, "seed": cfg.seed,
-                                 **{f: dataclasses.asdict(getattr(cfg.paths, f)) for f in P.FAMILY_NAMES}},
+                                 **{f: dataclasses.asdict(getattr(cfg.paths, f)) for f in family_names(cfg)}},
                                 sort_keys=True),
             "hill_mandel_tol": cfg.hill_mandel_tol,
         }

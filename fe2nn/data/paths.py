@@ -1,6 +1,6 @@
 """Macro strain-path families for RVE training data (Mandel notation, SI units).
 
-Four families, each a dataclass config (also the ``[paths.<family>]`` tables of
+Five families, each a dataclass config (also the ``[paths.<family>]`` tables of
 ``fe2nn generate``):
 
 * ``random_walk`` -- smooth random walks: the increments follow a per-segment
@@ -12,6 +12,9 @@ Four families, each a dataclass config (also the ``[paths.<family>]`` tables of
   amplitude, mean strain and number of cycles.
 * ``reversal_walk`` -- random walks (same generator and keys) whose defaults give fewer,
   longer, straighter segments that mostly reverse: unloading and reverse plastic flow.
+* ``recorded`` -- the strain histories of quadrature points of a structural solve
+  (``fe2nn solve`` with ``output.strain_paths = true``), drawn at random and resampled: the
+  paths a surrogate meets in that kind of structure.
 
 **Strain bound.** ``max_strain`` bounds the full Mandel (Frobenius) norm
 ``|eps| = sqrt(eps:eps)``, which includes the volumetric part.  Hence the
@@ -29,7 +32,8 @@ volumetric part is scaled by ``volumetric_weight`` before normalisation (plastic
 flow is isochoric; large volumetric strains only produce elastic pressure).
 
 **Reproducibility.** A sample's path is a pure function of (global seed, sample
-index, family config, number of steps): its generator is
+index, family config (for ``recorded``: and the recorded file, whose sha256 the config
+carries), number of steps): its generator is
 ``numpy.random.default_rng([seed, index])``.  It does not depend on batching
 or on the number of MPI ranks.
 
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -161,11 +166,68 @@ class Cyclic:
             raise ValueError(f"amplitude max {self.amplitude[1]} must be <= max_strain {self.max_strain}")
 
 
+@dataclass
+class Recorded:
+    """Strain paths recorded at the quadrature points of a structural solve (``fe2nn solve`` with
+    ``output.strain_paths = true``): sample k takes the history of a point drawn at random (among
+    those whose strain path reaches ``min_path``), scales its times by a factor drawn log-uniformly
+    from ``time_scale`` and resamples it linearly onto the dataset's increments, equal in time.
+    Choose ``n_steps`` a multiple of the recorded steps so that every recorded state is kept."""
+
+    count: int = field(default=0, metadata=_doc("number of samples", non_negative))
+    file: str = field(default="", metadata=_doc("strain_paths.h5 of a solve, relative to the config file"))
+    min_path: float = field(default=0.0, metadata=_doc(
+        "draw only points whose accumulated strain path sum |d eps| (Mandel norm) reaches this [-]", non_negative))
+    time_scale: List[float] = field(default_factory=lambda: [1.0, 1.0], metadata=_doc(
+        "[min, max] factor on the recorded times, log-uniform per path (the strain rates are divided by it)",
+        _range_check()))
+    file_sha256: str = field(default="", metadata=_doc(
+        "sha256 of the file; filled in when the config is read, checked when given"))
+
+    def validate(self) -> None:
+        if self.count > 0 and not self.file:
+            raise ValueError("file: a strain_paths.h5 file is needed when count > 0")
+
+    def load(self, path) -> None:
+        """Read the recorded paths from ``path`` (the resolved ``file``) and check its hash."""
+        import hashlib
+
+        from fe2nn.errors import UserError
+
+        try:
+            import h5py
+
+            with h5py.File(path, "r") as fh:
+                strain, time = np.asarray(fh["strain"], dtype=np.float64), np.asarray(fh["time"], dtype=np.float64)
+        except (OSError, KeyError) as err:
+            raise UserError(f"{path}: not a strain_paths.h5 file of fe2nn solve (output.strain_paths = true): "
+                            f"{err}") from None
+        if strain.ndim != 3 or strain.shape[2] != 6 or strain.shape[1] != time.size or time.size < 2 \
+                or not (np.diff(time) > 0).all():
+            raise UserError(f"{path}: expected 'strain' (points, steps + 1, 6) and increasing 'time' (steps + 1,), "
+                            f"got {strain.shape} and {time.shape}")
+        if np.abs(strain[:, 0]).max() > 0:
+            raise UserError(f"{path}: the recorded paths must start from zero strain (row 0 of 'strain')")
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if self.file_sha256 and self.file_sha256 != digest:
+            raise UserError(f"{path}: sha256 {digest[:16]}... differs from paths.recorded.file_sha256 "
+                            f"{self.file_sha256[:16]}...; the file has changed")
+        self.file_sha256 = digest
+        length = np.linalg.norm(np.diff(strain, axis=1), axis=2).sum(axis=1)
+        eligible = np.flatnonzero(length >= self.min_path)
+        if eligible.size == 0:
+            raise UserError(f"{path}: no point's strain path reaches paths.recorded.min_path = {self.min_path} "
+                            f"(longest: {length.max():.3g})")
+        self._recorded = (strain, time - time[0], eligible)
+
+
 #: family name -> config class; the position is the family code stored in datasets (new families
 #: are appended, so that a config without them numbers its samples as before)
 FAMILIES: Dict[str, type] = {"random_walk": RandomWalk, "monotonic": Monotonic, "cyclic": Cyclic,
-                             "reversal_walk": ReversalWalk}
+                             "reversal_walk": ReversalWalk, "recorded": Recorded}
 FAMILY_NAMES: Tuple[str, ...] = tuple(FAMILIES)
+#: the families generated from their settings alone (``recorded`` also needs a file)
+SYNTHETIC: Tuple[str, ...] = FAMILY_NAMES[:4]
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -290,7 +352,20 @@ def cyclic(cfg: Cyclic, n_steps: int, rng: np.random.Generator) -> Tuple[np.ndar
     return _finish(dx[:, None] * d, dt)
 
 
-_GENERATORS = {"random_walk": random_walk, "monotonic": monotonic, "cyclic": cyclic, "reversal_walk": random_walk}
+def recorded(cfg: Recorded, n_steps: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """One recorded point history, time-scaled and resampled: strain (T+1, 6), time (T+1,)."""
+    if not hasattr(cfg, "_recorded"):
+        cfg.load(cfg.file)
+    strain, time, eligible = cfg._recorded
+    point = eligible[rng.integers(eligible.size)]
+    scale = float(_loguniform(rng, cfg.time_scale))
+    t = np.linspace(0.0, time[-1], n_steps + 1)
+    eps = np.stack([np.interp(t, time, strain[point, :, j]) for j in range(6)], axis=1)
+    return eps, t * scale
+
+
+_GENERATORS = {"random_walk": random_walk, "monotonic": monotonic, "cyclic": cyclic, "reversal_walk": random_walk,
+               "recorded": recorded}
 
 
 def family_name(cfg) -> str:
@@ -324,9 +399,9 @@ def plot_examples(path: str, n_steps: int = 200, seed: int = 0, per_family: int 
     plt = pyplot()
 
     labels = ["11", "22", "33", "√2·23", "√2·13", "√2·12"]
-    fig, axes = plt.subplots(len(FAMILIES), per_family, figsize=(3.2 * per_family, 2.3 * len(FAMILIES)),
+    fig, axes = plt.subplots(len(SYNTHETIC), per_family, figsize=(3.2 * per_family, 2.3 * len(SYNTHETIC)),
                              squeeze=False)
-    for r, (name, cls) in enumerate(FAMILIES.items()):
+    for r, (name, cls) in enumerate((n, FAMILIES[n]) for n in SYNTHETIC):
         for c in range(per_family):
             strain, time = sample_path(cls(), n_steps, seed, c)
             ax = axes[r, c]
@@ -336,7 +411,7 @@ def plot_examples(path: str, n_steps: int = 200, seed: int = 0, per_family: int 
             ax.tick_params(labelsize=6)
             if c == 0:
                 ax.set_ylabel("strain [%]", fontsize=7)
-            if r == len(FAMILIES) - 1:
+            if r == len(SYNTHETIC) - 1:
                 ax.set_xlabel("time [s]", fontsize=7)
     axes[0, -1].legend(fontsize=5, ncol=2, loc="best")
     fig.suptitle("fe2nn strain-path families (Mandel components, default configs)", fontsize=9)

@@ -89,9 +89,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     from fe2nn.fe2 import OODMonitor
 
     monitor = OODMonitor()  # out-of-distribution points of a surrogate per step (no-op otherwise)
-    result = solve(problem, cfg.load.times, cfg.load.factors, steps=cfg.load.steps, max_dt=cfg.load.max_dt,
-                   reaction=cfg.output.reaction, output=out_dir, **cfg.solver.solve_kwargs(),
-                   vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=not args.quiet, callback=monitor)
+    callbacks = [monitor]
+    history = None
+    if cfg.output.strain_paths:
+        from fe2nn.macro.history import FILE_NAME, StrainHistory
+
+        history = StrainHistory(t0=cfg.load.times[0])
+        callbacks.append(history)
+    try:
+        result = solve(problem, cfg.load.times, cfg.load.factors, steps=cfg.load.steps, max_dt=cfg.load.max_dt,
+                       reaction=cfg.output.reaction, output=out_dir, **cfg.solver.solve_kwargs(),
+                       vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=not args.quiet,
+                       callback=lambda solver, rec: [c(solver, rec) for c in callbacks])
+    finally:  # the converged steps, also when a later step fails
+        if history is not None:
+            history.write(out_dir / FILE_NAME, attrs={"config": Path(file).name, "mesh": Path(mesh_path).name})
     from fe2nn.io_utils import rank0_print
 
     sv = result.solver
@@ -105,5 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f"{spent['assembly']:.1f}, linear solves {spent['solve']:.1f}")
     if cfg.output.vtx:
         rank0_print(f"  open in ParaView: {out_dir / 'displacement.bp'}, {out_dir / 'fields.bp'} (VTX/ADIOS2)")
+    if history is not None:
+        rank0_print(f"  strain paths at the quadrature points: {out_dir / FILE_NAME}")
     rank0_print(f"  steps table: {out_dir / 'steps.csv'}" + (f"; plot: {out_dir / 'force_displacement.png'}" if cfg.output.plot else ""))
     return 0

@@ -63,7 +63,7 @@ def read_dataset(path: str | Path) -> Dict[str, Any]:
     ``fe2nn generate`` config as JSON text, None when absent).  Problems raise a
     UserError naming the file.
     """
-    from fe2nn.data.dataset import array_checksum, read_arrays, recipe_checksum
+    from fe2nn.data.dataset import array_checksum, decode_attrs, read_arrays, recipe_checksum, rve_identity
 
     p = Path(path)
     arrays, attrs = read_arrays(p)
@@ -79,11 +79,7 @@ def read_dataset(path: str | Path) -> Dict[str, Any]:
             "time": t, "accepted": acc, "family": fam, "family_names": names,
             "sha256": array_checksum(arrays), "recipe_sha256": recipe_checksum(arrays, attrs), "path": str(p),
             "config": attrs.get("config"),
-            "rve": {key: attrs.get(key) for key in RVE_ATTRS}}
-
-
-#: dataset attributes that identify the RVE (datasets trained on together must agree on them)
-RVE_ATTRS = ("material", "microstructure", "solver")
+            "rve": rve_identity(decode_attrs(attrs))}
 
 
 def combine_datasets(parts: List[Dict[str, Any]], families: List[str], where: str) -> Dict[str, Any]:
@@ -103,10 +99,11 @@ def combine_datasets(parts: List[Dict[str, Any]], families: List[str], where: st
         if d["strain"].shape[1] != T:
             raise UserError(f"{where}: {d['path']} has {d['strain'].shape[1] - 1} increments per path, "
                             f"{first['path']} has {T - 1}; datasets trained on together need the same number")
-        for key in RVE_ATTRS:
-            if d["rve"].get(key) != first["rve"].get(key):
+        for key, value in first["rve"].items():  # datasets trained on together: the same RVE
+            if d["rve"].get(key) != value:
                 raise UserError(f"{where}: {d['path']} was made with another RVE {key} than {first['path']} "
-                                f"({d['rve'].get(key)} vs {first['rve'].get(key)})")
+                                f"({json.dumps(d['rve'].get(key), sort_keys=True)} vs "
+                                f"{json.dumps(value, sort_keys=True)})")
         if not any(f in d["family_names"] for f in families):
             raise UserError(f"{where}: {d['path']} has no samples of the training families {families} "
                             f"(it has: {', '.join(d['family_names'])})")
