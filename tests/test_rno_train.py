@@ -278,6 +278,18 @@ def test_export_sets_substep_limit_from_training_increments(tmp_path, dataset):
                                    dim=-1)
     assert card["integration"]["max_substep_strain"] == pytest.approx(float(inc.max()), rel=1e-12)
     assert model.max_substep_strain == card["integration"]["max_substep_strain"]
+    # fine-tuned, it keeps the sub-step length it trained with (init_from's), also on data whose
+    # increments are longer: exporting with those would integrate big steps it never took in training
+    fine = _config(tmp_path, dataset, "fine", epochs=1, extra=f'init_from = "{tmp_path / "sub"}"')
+    assert tr.main([str(fine), "--no-progress"]) == 0
+    h = card["integration"]["max_substep_strain"]
+    assert json.loads((tmp_path / "fine" / "card.json").read_text())["integration"]["max_substep_strain"] == h
+    small = _config(tmp_path, dataset, "small", epochs=1, extra="max_substep_strain = 1e-4")
+    assert tr.main([str(small), "--no-progress"]) == 0
+    assert 1e-4 < h and load_surrogate(tmp_path / "small")[0].max_substep_strain == 1e-4
+    fine2 = _config(tmp_path, dataset, "fine2", epochs=1, extra=f'init_from = "{tmp_path / "small"}"')
+    assert tr.main([str(fine2), "--no-progress"]) == 0
+    assert load_surrogate(tmp_path / "fine2")[0].max_substep_strain == 1e-4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -248,8 +248,9 @@ class TrainingConfig:
     max_substep_strain: float = field(default=-1.0, metadata=dict(
         check=lambda v: None if v == -1 or v >= 0 else "must be -1 (auto) or >= 0",
         doc="exported integration setting: strain increments (Mandel norm) above it are split into equal "
-            "sub-steps of about this length when the surrogate is used; -1 = the largest increment of the "
-            "training paths, 0 = never"))
+            "sub-steps of about this length when the surrogate is used; -1 = the one the model trained with "
+            "(training.init_from's surrogate, which trains with its sub-steps), else the largest increment of "
+            "the training paths; 0 = never"))
     increment_weight: float = field(default=0.0, metadata=dict(check=non_negative, doc=(
         "weight w of the stress-increment term: loss = relative L2 of the stress + w x relative L2 of the "
         "stress increments (per path); the increments weigh changes of stiffness (yield, reverse yield)")))
@@ -516,7 +517,9 @@ def export(trainer: Trainer, out_dir: Path) -> Dict[str, Any]:
     model = trainer.best_model().double()
     tr = split["train"]
     h = cfg.training.max_substep_strain
-    if h < 0:  # the largest strain increment the model was trained on at the data's step size
+    if h < 0 and model.max_substep_strain > 0:  # fine-tuned: the sub-step length it was trained with
+        h = model.max_substep_strain
+    elif h < 0:  # the largest strain increment the model was trained on at the data's step size
         h = float(np.linalg.norm(np.diff(ds["strain"][tr], axis=1), axis=-1).max())
     model.max_substep_strain = h
     errors: Dict[str, Any] = {}
