@@ -111,7 +111,7 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm):
     result = solve(build_problem(cfg, mesh, material), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
                    max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, output=out, **cfg.solver.solve_kwargs(),
                    vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=progress,
-                   callback=lambda solver, r: [c(solver, r) for c in callbacks])
+                   callback=callbacks)
     wall = comm.allreduce(time.perf_counter() - t0, op=__import__("mpi4py").MPI.MAX)
     if len(callbacks) > 1:  # after the timing
         from fe2nn.macro.history import FILE_NAME

@@ -100,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = solve(problem, cfg.load.times, cfg.load.factors, steps=cfg.load.steps, max_dt=cfg.load.max_dt,
                        reaction=cfg.output.reaction, output=out_dir, **cfg.solver.solve_kwargs(),
                        vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=not args.quiet,
-                       callback=lambda solver, rec: [c(solver, rec) for c in callbacks])
+                       callback=callbacks)
     finally:  # the converged steps, also when a later step fails
         if history is not None:
             history.write(out_dir / FILE_NAME, attrs={"config": Path(file).name, "mesh": Path(mesh_path).name})

@@ -16,7 +16,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -430,15 +430,19 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
           rtol: float = 1e-8, atol: float = 1e-10, max_iterations: int = 25, linear_solver: str = "auto",
           petsc_options: Optional[Dict[str, object]] = None, vtx: bool = True, every: int = 1,
           plot: bool = True, progress: bool = True, predictor: str = "extrapolate",
-          callback: Optional[Callable[[NewtonSolver, StepRecord], None]] = None) -> Result:
+          callback: Union[None, Callable[[NewtonSolver, StepRecord], None],
+                          Sequence[Callable[[NewtonSolver, StepRecord], None]]] = None) -> Result:
     """Run the load history ``(times, factors)`` with cut-backs; returns the converged steps.
 
     ``output``: directory for VTX fields, steps.csv and the force-displacement
     plot (None: no files).  A step that fails is retried with half the step
     size down to ``min_dt`` (default: smallest nominal step / 1024), then
     SolverError is raised (the output of the converged steps is still written).
+    ``callback``: one callable or a list, each called as ``f(solver, record)`` after every
+    converged step (on every rank).
     """
     table = LoadTable(times, factors)
+    callbacks = list(callback) if isinstance(callback, (list, tuple)) else [callback] if callback else []
     solver = NewtonSolver(problem, rtol=rtol, atol=atol, max_iterations=max_iterations,
                           linear_solver=linear_solver, petsc_options=petsc_options, reaction=reaction,
                           predictor=predictor)
@@ -490,8 +494,8 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
                             comm=solver.comm)
             if writer is not None:
                 writer.write_step(rec, fields=(rec.step % every == 0 or t == targets[-1]))
-            if callback is not None:
-                callback(solver, rec)
+            for call in callbacks:
+                call(solver, rec)
             cut = 0
             if t == target:
                 i += 1

@@ -67,6 +67,7 @@ def read_dataset(path: str | Path) -> Dict[str, Any]:
 
     p = Path(path)
     arrays, attrs = read_arrays(p)
+    decoded = decode_attrs(attrs)
     names = list(attrs.get("family_names") or [])
     t = arrays["time"].astype(np.float64)
     acc = arrays["accepted"].astype(bool)
@@ -77,9 +78,8 @@ def read_dataset(path: str | Path) -> Dict[str, Any]:
         raise UserError(f"{p}: family codes outside the {len(names)} names in family_names")
     return {"strain": arrays["strain"].astype(np.float64), "stress": arrays["stress"].astype(np.float64),
             "time": t, "accepted": acc, "family": fam, "family_names": names,
-            "sha256": array_checksum(arrays), "recipe_sha256": recipe_checksum(arrays, attrs), "path": str(p),
-            "config": attrs.get("config"),
-            "rve": rve_identity(decode_attrs(attrs))}
+            "sha256": array_checksum(arrays), "recipe_sha256": recipe_checksum(arrays, decoded), "path": str(p),
+            "config": attrs.get("config"), "rve": rve_identity(decoded)}
 
 
 def combine_datasets(parts: List[Dict[str, Any]], families: List[str], where: str) -> Dict[str, Any]:
