@@ -105,3 +105,70 @@ def test_tangent_only_where_newton_needs_it(monkeypatch):
     np.testing.assert_array_equal(lazy.solver.u.x.array, eager.solver.u.x.array)
     assert calls["tangent"] == calls["newton"] > 0
     assert calls["stress"] - calls["tangent"] >= len(lazy.steps)  # no tangent at the converged states
+
+
+def test_failure_diagnosis_counts_softening_and_out_of_envelope_points():
+    _diagnosis_check()
+
+
+def test_failure_diagnosis_on_two_ranks():
+    """The same counts (all ranks summed) on 2 MPI ranks."""
+    from conftest import run_python_mpi
+
+    run_python_mpi(2, "-c", "import sys; sys.path.insert(0, 'tests'); import test_macro_cutback as t; "
+                   "t._diagnosis_check()", cwd=REPO)
+
+
+def _diagnosis_check():
+    """``NewtonSolver.diagnose`` (appended to the error of a step that fails for good) counts the
+    points whose tangent is not positive definite and those a material flags as outside its
+    envelope.  Material: sigma = E eps - c <eps11 - e0>^2 e1 (nu = 0), whose tangent
+    E I - 2 c <eps11 - e0> e1 e1 loses positive definiteness past eps11 = e0 + E / (2 c) = 1.5e-3;
+    it flags eps11 > 2e-3 as out of its envelope.  The bar (x in [0, 10]) gets ux = a x^2, so
+    eps11 = 2 a x varies along it and the expected counts follow from the point strains."""
+    import torch
+    from mpi4py import MPI
+
+    from fe2nn.fe2 import OOD_CAUSES, OOD_KEY
+    from fe2nn.macro import Problem, read_mesh
+    from fe2nn.macro.solver import NewtonSolver
+    from fe2nn.materials.base import Material
+
+    E, c, e0 = 1e9, 1e12, 1e-3
+
+    class Softening(Material):
+        point_info = (OOD_KEY, *OOD_CAUSES.values())
+
+        def initial_state(self, n):
+            return {}
+
+        def update(self, strain, dt, state):
+            strain = self.as_tensor(strain)
+            over = torch.clamp(strain[:, 0] - e0, min=0.0)
+            stress = E * strain
+            stress[:, 0] -= c * over ** 2
+            tangent = E * torch.eye(6, dtype=strain.dtype).repeat(strain.shape[0], 1, 1)
+            tangent[:, 0, 0] -= 2 * c * over
+            far = strain[:, 0] > 2e-3
+            self.info = {OOD_KEY: far, "ood_strain": far, "ood_rate": torch.zeros_like(far),
+                         "ood_path": torch.zeros_like(far)}
+            return stress, tangent, {}
+
+    mesh = read_mesh(REPO / "meshes" / "bar.msh")
+    solver = NewtonSolver(Problem(mesh, Softening(), degree=2).fix("xmin", x=0.0))
+    x = mesh.mesh.geometry.x
+    length = mesh.mesh.comm.allreduce(float(x[:, 0].max()), op=MPI.MAX)
+    a = 2.5e-3 / (2 * length)  # eps11 from 0 to 2.5e-3
+    solver.u.interpolate(lambda p: np.stack([a * p[0] ** 2, 0 * p[0], 0 * p[0]]))
+    solver.evaluate_material(1.0)
+    e11 = solver.qf.strain()[:, 0]
+    total = mesh.mesh.comm.allreduce(e11.size)
+    soft = mesh.mesh.comm.allreduce(int(np.count_nonzero(e11 > e0 + E / (2 * c))))
+    far = mesh.mesh.comm.allreduce(int(np.count_nonzero(e11 > 2e-3)))
+    assert 0 < far < soft < total
+    why = solver.diagnose()
+    assert f"{far} of {total} points outside the surrogate's training envelope (strain {far}, rate 0, path 0)" in why
+    assert f"{soft} of {total} points with a tangent that is not positive definite" in why
+    solver.u.x.array[:] = 0.0  # unstrained: nothing to report
+    solver.evaluate_material(1.0)
+    assert solver.diagnose() == ""

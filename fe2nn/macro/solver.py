@@ -395,6 +395,33 @@ class NewtonSolver:
         self.u.x.array[:] = self.u_committed + ratio * du
         return True
 
+    def diagnose(self) -> str:
+        """Why the last material evaluation may keep Newton from converging, as a phrase ("" when
+        nothing stands out); collective.  Counts, over all ranks, the points whose tangent at the
+        last iterate is not positive definite (smallest eigenvalue of its symmetric part <= 0:
+        the material softens there and the deformation can localize) and, for a material with a
+        training envelope, the points outside it by cause."""
+        from fe2nn.fe2 import OOD_CAUSES, OOD_KEY, point_info_counts
+
+        try:
+            self.evaluate_tangent()
+        except Exception:  # noqa: BLE001 - a diagnosis must not replace the failure it explains
+            pass
+        C = np.asarray(self.qf.view(self.qf.tangent)).reshape(-1, 6, 6)
+        soft = int(np.count_nonzero(np.linalg.eigvalsh(0.5 * (C + C.transpose(0, 2, 1)))[:, 0] <= 0.0)) if C.size else 0
+        soft = int(self.comm.allreduce(soft, op=MPI.SUM))
+        total = int(self.comm.allreduce(self.qf.n_points, op=MPI.SUM))
+        counts = point_info_counts(self.material, self.qf.n_points, self.comm)
+        parts = []
+        if counts.get(OOD_KEY, 0):
+            causes = ", ".join(f"{cause} {counts.get(key, 0)}" for cause, key in OOD_CAUSES.items())
+            parts.append(f"{counts[OOD_KEY]} of {total} points outside the surrogate's training envelope "
+                         f"({causes})")
+        if soft:
+            parts.append(f"{soft} of {total} points with a tangent that is not positive definite "
+                         f"(material softening: the deformation can localize there)")
+        return "; ".join(parts)
+
     def commit(self) -> None:
         self.state = self.trial_state
         dlam = self.factor - self._committed_factor
@@ -470,11 +497,14 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
             try:
                 residuals = solver.step(lam, dt_try)
             except StepFailed as err:
-                solver.rollback()
                 dt, cut = dt_try / 2, cut + 1
                 if dt < min_dt:
+                    why = solver.diagnose()  # collective; before the rollback (last iterate)
+                    solver.rollback()
                     raise SolverError(f"load step to t = {t_new:.6g} s (load factor {lam:.6g}) failed: {err}; "
-                                      f"the step size would fall below min_dt = {min_dt:.3g} s") from None
+                                      f"the step size would fall below min_dt = {min_dt:.3g} s"
+                                      + (f"; at the last iterate {why}" if why else "")) from None
+                solver.rollback()
                 if progress:
                     rank0_print(f"  cut back at t = {t_new:.6g} s: {err}; retrying with dt = {dt:.4g} s",
                                 comm=solver.comm)
