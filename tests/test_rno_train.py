@@ -329,6 +329,64 @@ def test_increment_loss_term(tmp_path, dataset):
         tr.main([str(bad)])
 
 
+def test_rate_stability_term_makes_the_short_step_tangent_positive_definite(tmp_path, dataset):
+    """A model trained with training.rate_stability_weight keeps sym(RNO.rate_tangent) positive
+    definite at the training paths' points (up to the margin), where the same training without it
+    leaves negative eigenvalues; the history records the validation term and the card the plain
+    validation error of the best epoch; the stability probe of fe2nn evaluate sees the difference
+    at short steps (1/64 of an increment)."""
+    a = _config(tmp_path, dataset, "s0", epochs=6)
+    b = _config(tmp_path, dataset, "s1", epochs=6,
+                extra="rate_stability_weight = 100.0\nrate_stability_margin = 1e-3")
+    assert tr.main([str(a), "--no-progress"]) == 0 and tr.main([str(b), "--no-progress"]) == 0
+    d = tr.read_dataset(dataset)
+    strain, time = torch.as_tensor(d["strain"]), torch.as_tensor(d["time"])
+    plain, _ = load_surrogate(tmp_path / "s0")
+    stable, card = load_surrogate(tmp_path / "s1")
+    with torch.no_grad():
+        assert float(tr.rate_instability(plain, strain, time)) > 0
+        assert float(tr.rate_instability(stable, strain, time)) == 0.0
+    hist = json.loads((tmp_path / "s1" / "history.json").read_text())
+    assert all("val_rate_instability" in h for h in hist)
+    best = [h for h in hist if h["epoch"] == card["training"]["best_epoch"]][0]
+    assert card["training"]["best_val_rel_l2"] == pytest.approx(best["val"], rel=1e-12)
+    probe_plain = ev.stability(plain, d["strain"], d["time"])
+    probe_stable = ev.stability(stable, d["strain"], d["time"])
+    assert set(probe_stable) == {"1", "0.25", "0.0625", "0.015625"}
+    assert probe_stable["0.015625"]["non_pd_share"] < probe_plain["0.015625"]["non_pd_share"]
+
+
+def test_rate_tangent_is_the_short_step_limit_of_the_tangent():
+    """(r_s f dt / sigma_s) d sigma/d eps of a step over the fraction f of an increment (same strain
+    rate) tends to RNO.rate_tangent as f -> 0, linearly in f; and it is differentiable in F's weights
+    (autograd against a finite difference)."""
+    from fe2nn.surrogate.rno import RNO, RNOArch
+
+    torch.manual_seed(0)
+    model = RNO(RNOArch(k=3, f_hidden=[16, 16], g_hidden=[8], g_increment=True), 2e-3, 1e-3, 5e7).double()
+    torch.nn.init.normal_(model.F_linear.weight, std=0.3)
+    n = 7
+    e1 = 2e-3 * torch.randn(n, 6, dtype=torch.float64)
+    e0 = e1 - 3e-4 * torch.randn(n, 6, dtype=torch.float64)
+    xi0 = 0.5 * torch.randn(n, 3, dtype=torch.float64)
+    dt = torch.full((n,), 0.2, dtype=torch.float64)
+    s = model.scales
+    gaps = []
+    for f in (1e-2, 1e-4):
+        with torch.no_grad():
+            _, C, xi = model.step_with_tangent(e0 + f * (e1 - e0), e0, f * dt, xi0)
+            A = model.rate_tangent(e0 + f * (e1 - e0), e0, f * dt, xi)
+        gaps.append(float((C * (s[1] * f * dt[:, None, None] / s[2]) - A).abs().max() / A.abs().max()))
+    assert gaps[1] < 2e-3 and gaps[1] < 2e-2 * gaps[0], gaps
+    W = model.F[0].weight
+    A = model.rate_tangent(e1, e0, dt, xi0)
+    g = torch.autograd.grad(A.sum(), W)[0][0, 7]
+    with torch.no_grad():
+        W[0, 7] += 1e-6
+        fd = (model.rate_tangent(e1, e0, dt, xi0).sum() - A.sum()) / 1e-6
+    assert float(g) == pytest.approx(float(fd), rel=1e-4, abs=1e-9)
+
+
 def test_extra_datasets_keep_each_files_split(tmp_path, dataset):
     """data.extra_paths: the first file's split is the one it has alone (adding a file moves
     none of its samples), every file is split on its own, the card lists each file with its

@@ -50,6 +50,11 @@ FACTORS = (0.25, 1.0, 4.0)
 TARGETS = {"in_family_mean": 0.02, "out_of_family_mean": 0.05, "dt_ratio": 1.5}
 
 
+def _fraction(key: str) -> str:
+    f = float(key)
+    return "1" if f == 1 else f"1/{round(1 / f)}"
+
+
 def _label(f: float) -> str:
     return "dt x 1/4" if f == 0.25 else f"dt x {f:g}"
 
@@ -88,6 +93,47 @@ def error_along_path(pred: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
     total = float((diff ** 2).sum())
     perp = total - float((along ** 2).sum())
     return {"mean_error": e.mean(axis=0).tolist(), "direction_share": perp / total if total > 0 else 0.0}
+
+
+#: fractions of an increment (same strain rate) at which :func:`stability` probes the tangent: the
+#: full increment and the shorter steps that Newton cut-backs take
+PROBE_FRACTIONS = (1.0, 0.25, 1.0 / 16, 1.0 / 64)
+
+
+def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS,
+              batch: int = 16384) -> Dict[str, Any]:
+    """Material stability of the surrogate along paths: is its tangent positive definite?
+
+    From the model's own state after every increment n-1 of each path (strain (B, T+1, 6),
+    time (B, T+1)), the step towards eps_n is taken over the fraction f of the increment (strain
+    eps_{n-1} + f (eps_n - eps_{n-1}) after f dt_n: the same strain rate, a shorter step, as a
+    cut-back takes), and the smallest eigenvalue of the symmetric part of the consistent tangent
+    d sigma/d eps is computed.  A stable (hardening, rate-dependent) material such as the
+    crystal-plasticity RVE keeps it positive; where it is <= 0 the material softens and the
+    structure can localize (the macro Newton stalls there; see ``NewtonSolver.diagnose``).
+    Returns, per fraction: the share of (path, increment) pairs with a tangent that is not
+    positive definite, the share of paths with at least one, and the smallest eigenvalue [Pa].
+    """
+    s = torch.as_tensor(strain, dtype=torch.float64)
+    t = torch.as_tensor(time, dtype=torch.float64)
+    B, T1, _ = s.shape
+    out: Dict[str, Any] = {}
+    with torch.no_grad():
+        _, xi = model.rollout(s, t, return_xi=True)
+        xi_prev = torch.cat([xi.new_zeros(B, 1, model.k), xi[:, :-1]], dim=1).reshape(-1, model.k)
+        e0, e1 = s[:, :-1].reshape(-1, 6), s[:, 1:].reshape(-1, 6)
+        dt = (t[:, 1:] - t[:, :-1]).reshape(-1)
+        for f in fractions:
+            lam = torch.empty(e0.shape[0], dtype=torch.float64)
+            for i in range(0, e0.shape[0], batch):
+                j = slice(i, i + batch)
+                _, C, _ = model.step_with_tangent(e0[j] + f * (e1[j] - e0[j]), e0[j], f * dt[j], xi_prev[j])
+                lam[j] = torch.linalg.eigvalsh(0.5 * (C + C.transpose(1, 2)))[:, 0]
+            bad = (lam <= 0).reshape(B, T1 - 1)
+            out[f"{f:g}"] = {"non_pd_share": float(bad.double().mean()),
+                             "paths_with_non_pd": float(bad.any(dim=1).double().mean()),
+                             "min_eigenvalue": float(lam.min())}
+    return out
 
 
 def stats(e: np.ndarray) -> Dict[str, float]:
@@ -251,6 +297,7 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
         if 1.0 in preds:
             p, ti = preds[1.0]
             res["along_path"] = error_along_path(p, sig[:, 1:][:, ti])
+        res["stability"] = stability(model, s, t)
         report["groups"][name] = res
         if plots:
             safe = name.replace("/", "_").replace(" ", "_")
@@ -316,6 +363,13 @@ def format_table(report: Dict[str, Any]) -> str:
             lines.append(f"{name}: error at 1/4, 1/2 and the end of the path {at} (dt x 1; |error| / RMS stress), "
                          f"{g['along_path']['direction_share']:.0%} of its square from a wrong stress direction, the rest "
                          "from a wrong magnitude")
+    for name, g in report["groups"].items():
+        if "stability" in g:
+            st = g["stability"]
+            worst = min(v["min_eigenvalue"] for v in st.values())
+            lines.append(f"{name}: tangent not positive definite at " + " / ".join(
+                f"{v['non_pd_share']:.2%}" for v in st.values()) + " of the increments taken over "
+                + " / ".join(_fraction(f) for f in st) + f" of their length (smallest eigenvalue {worst / 1e9:.3g} GPa)")
     for c in report.get("uniaxial", {}).get("cases", []):
         lines.append(f"uniaxial stress cycle a = {c['amplitude']:.2%} at {c['rate']:.2g} 1/s: largest deviation "
                      f"{c['max_deviation']:.2%} (tension branch {c['max_deviation_tension']:.2%})")

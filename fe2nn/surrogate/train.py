@@ -51,6 +51,9 @@ from fe2nn.errors import UserError
 from fe2nn.io_utils import atomic_path, write_text_atomic
 from fe2nn.surrogate.rno import RNO, ACTIVATIONS, RNOArch, grow, relative_l2, rollout_at_dt_factor
 
+#: paths of each batch on which the rate-stability term (training.rate_stability_weight) is evaluated
+RATE_STABILITY_PATHS = 32
+
 # -- dataset reading -----------------------------------------------------------------------
 def read_dataset(path: str | Path) -> Dict[str, Any]:
     """Read an fe2nn HDF5 dataset (validated by :func:`fe2nn.data.dataset.read_arrays`).
@@ -254,6 +257,14 @@ class TrainingConfig:
     increment_weight: float = field(default=0.0, metadata=dict(check=non_negative, doc=(
         "weight w of the stress-increment term: loss = relative L2 of the stress + w x relative L2 of the "
         "stress increments (per path); the increments weigh changes of stiffness (yield, reverse yield)")))
+    rate_stability_weight: float = field(default=0.0, metadata=dict(check=non_negative, doc=(
+        "weight w of the rate-stability term: loss += w x mean over the points of the paths (up to 32 paths per "
+        "batch, at the data's step size) of max(0, m - smallest eigenvalue of sym(A)), A = RNO.rate_tangent, the "
+        "part of the tangent that grows as 1/dt; keeps the tangent positive definite at short steps (cut-backs; "
+        "fe2nn evaluate's stability probe).  The best epoch then minimizes the validation error + w x the same "
+        "term on the validation paths")))
+    rate_stability_margin: float = field(default=0.0, metadata=dict(check=non_negative, doc=(
+        "m of rate_stability_weight (normalized units: stress scale / rate scale)")))
     init_from: str = field(default="", metadata=dict(
         doc="surrogate directory to start from (fine-tuning; its normalization is kept); a [model] with larger k "
             "or hidden widths grows it (rno.grow: the same function at the start)"))
@@ -321,6 +332,18 @@ def evaluate_loss(model: RNO, strain: torch.Tensor, stress: torch.Tensor, time: 
             pred, idx = rollout_at_dt_factor(model, strain[i:i + batch], time[i:i + batch], factor)
             errs.append(relative_l2(pred, stress[i:i + batch, 1:][:, idx]))
     return torch.cat(errs) if errs else torch.zeros(0)
+
+
+def rate_instability(model: RNO, strain: torch.Tensor, time: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Mean over all increments of the paths strain (B, T+1, 6), time (B, T+1) of
+    max(0, margin - smallest eigenvalue of sym(A)), A = :meth:`RNO.rate_tangent` at the model's own
+    internal variables along the paths (taken without gradients); differentiable in F's weights."""
+    with torch.no_grad():
+        _, xi = model.rollout(strain, time, return_xi=True)
+    A = model.rate_tangent(strain[:, 1:].reshape(-1, 6), strain[:, :-1].reshape(-1, 6),
+                           (time[:, 1:] - time[:, :-1]).reshape(-1), xi.reshape(-1, model.k))
+    lam = torch.linalg.eigvalsh(0.5 * (A + A.transpose(1, 2)))[:, 0]
+    return torch.relu(margin - lam).mean()
 
 
 class Trainer:
@@ -441,6 +464,9 @@ class Trainer:
             loss = relative_l2(pred, target).mean()
             if tc.increment_weight > 0:
                 loss = loss + tc.increment_weight * relative_l2(*increments(sig[:, :1], pred, target)).mean()
+            if tc.rate_stability_weight > 0:
+                loss = loss + tc.rate_stability_weight * rate_instability(
+                    self.model, s[:RATE_STABILITY_PATHS], t[:RATE_STABILITY_PATHS], tc.rate_stability_margin)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
@@ -454,6 +480,18 @@ class Trainer:
         self.model.eval()
         d = self.data["val"] if self.data["val"]["strain"].shape[0] else self.data["train"]
         return float(evaluate_loss(self.model, d["strain"], d["stress"], d["time"]).mean())
+
+    def validation_instability(self) -> float:
+        """:func:`rate_instability` on the validation paths (0 without the rate-stability term)."""
+        tc = self.cfg.training
+        if tc.rate_stability_weight <= 0:
+            return 0.0
+        d = self.data["val"] if self.data["val"]["strain"].shape[0] else self.data["train"]
+        with torch.no_grad():
+            parts = [float(rate_instability(self.model, d["strain"][i:i + 256], d["time"][i:i + 256],
+                                            tc.rate_stability_margin)) * min(256, d["strain"].shape[0] - i)
+                     for i in range(0, d["strain"].shape[0], 256)]
+        return sum(parts) / max(d["strain"].shape[0], 1)
 
     def run(self, stop_after: Optional[int] = None) -> bool:
         """Train until done; returns True when training finished (epochs or early stop)."""
@@ -469,22 +507,27 @@ class Trainer:
             while not finished:
                 loss = self.train_epoch()
                 val = self.validation_error()
+                unstable = self.validation_instability()
+                score = val + tc.rate_stability_weight * unstable  # the selection score (= val without that term)
                 self.epoch += 1
                 lr = self.opt.param_groups[0]["lr"]
                 if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    self.sched.step(val)
+                    self.sched.step(score)
                 else:
                     self.sched.step()
-                if val < self.best_val:
-                    self.best_val, self.best_epoch, self.bad_epochs = val, self.epoch, 0
+                if score < self.best_val:
+                    self.best_val, self.best_epoch, self.bad_epochs = score, self.epoch, 0
                     self.best_state = copy.deepcopy(self.model.state_dict())
                 else:
                     self.bad_epochs += 1
-                self.history.append({"epoch": self.epoch, "loss": loss, "val": val, "lr": lr})
+                self.history.append({"epoch": self.epoch, "loss": loss, "val": val, "lr": lr,
+                                     **({"val_rate_instability": unstable} if tc.rate_stability_weight > 0 else {})})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", val=f"{val:.4f}", best=f"{self.best_val:.4f}")
                 if not self.progress:  # logs of unattended runs: one line per epoch
                     print(f"epoch {self.epoch}/{tc.epochs}: loss {loss:.5f}, validation {val:.4%} "
+                          + (f"+ {tc.rate_stability_weight:g} x rate instability {unstable:.3e} "
+                             if tc.rate_stability_weight > 0 else "") +
                           f"(best {self.best_val:.4%} at epoch {self.best_epoch}), lr {lr:.2e}, "
                           f"{_time.monotonic() - t0:.0f} s", flush=True)
                 out_of_time = tc.time_limit > 0 and _time.monotonic() - t0 >= tc.time_limit
@@ -500,6 +543,11 @@ class Trainer:
         finally:
             bar.close()
         return True
+
+    def best_val_rel_l2(self) -> float:
+        """Validation error of the best epoch (the selection score without the rate-stability term)."""
+        rows = [h for h in self.history if h["epoch"] == self.best_epoch]
+        return float(rows[-1]["val"]) if rows else self.best_val
 
     def best_model(self) -> RNO:
         m = copy.deepcopy(self.model)
@@ -549,7 +597,7 @@ def export(trainer: Trainer, out_dir: Path) -> Dict[str, Any]:
                                    "family_names": p["family_names"], "split": p["split"]} for p in extra]}
                        if extra else {})},
         "training": {"epochs_run": trainer.epoch, "best_epoch": trainer.best_epoch,
-                     "best_val_rel_l2": trainer.best_val, "config": cfg_d},
+                     "best_val_rel_l2": trainer.best_val_rel_l2(), "config": cfg_d},
         "errors": {"metric": "relative L2 of stress per path over the whole trajectory", **errors},
     }
     save_surrogate(model, out_dir, card)
@@ -569,7 +617,7 @@ def train_one(cfg: TrainConfig, ds, split, out_dir: Path, resume: bool, stop_aft
         print(f"stopped at epoch {trainer.epoch}; continue with --resume (checkpoint {trainer.ckpt})", flush=True)
         return None
     errors = export(trainer, out_dir)
-    print(f"k={cfg.model.k}: best validation rel. L2 {trainer.best_val:.4%} at epoch {trainer.best_epoch}; "
+    print(f"k={cfg.model.k}: best validation rel. L2 {trainer.best_val_rel_l2():.4%} at epoch {trainer.best_epoch}; "
           f"test {errors.get('test_dt_x1', {}).get('mean', float('nan')):.4%}; surrogate written to {out_dir}",
           flush=True)
     return trainer
@@ -630,7 +678,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         tr = train_one(c, ds, split, sub, resume, args.stop_after, not args.no_progress)
         if tr is None:
             return 0
-        results[k] = {"val_rel_l2": tr.best_val, "best_epoch": tr.best_epoch, "dir": str(sub)}
+        results[k] = {"val_rel_l2": tr.best_val_rel_l2(), "best_epoch": tr.best_epoch, "dir": str(sub)}
     print("\nk sweep (validation relative L2 stress error, best epoch):")
     print(f"{'k':>4} {'val error':>10} {'epoch':>6}")
     for k, r in results.items():
