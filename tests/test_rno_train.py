@@ -356,6 +356,43 @@ def test_rate_stability_term_makes_the_short_step_tangent_positive_definite(tmp_
     assert probe_stable["0.015625"]["non_pd_share"] < probe_plain["0.015625"]["non_pd_share"]
 
 
+def test_material_stability_probe_on_closed_form_laws(dataset):
+    """evaluate.material_stability: a hardening J2 law keeps a positive definite tangent at every
+    probe fraction; a law that softens past eps11 = 1.5e-3 (sigma11 = E eps11 - c <eps11 - 1e-3>^2)
+    is flagged on exactly the increments whose probe strain lies past that point."""
+    from fe2nn.materials.base import Material
+    from fe2nn.materials.j2 import J2Plasticity
+
+    d = tr.read_dataset(dataset)
+    strain, time = d["strain"][:4], d["time"][:4]
+    j2 = ev.material_stability(J2Plasticity(70e9, 0.3, 100e6, H_iso=2e9), strain, time)
+    assert set(j2) == {"1", "0.25", "0.0625", "0.015625"}
+    assert all(v["non_pd_share"] == 0.0 and v["min_eigenvalue"] > 0 for v in j2.values())
+
+    E, c = 1e9, 1e12
+
+    class Softening(Material):
+        def initial_state(self, n):
+            return {}
+
+        def update(self, eps, dt, state):
+            eps = self.as_tensor(eps)
+            over = torch.clamp(eps[:, 0] - 1e-3, min=0.0)
+            sig = E * eps
+            sig[:, 0] -= c * over ** 2
+            C = E * torch.eye(6, dtype=eps.dtype).repeat(eps.shape[0], 1, 1)
+            C[:, 0, 0] -= 2 * c * over
+            return sig, C, {}
+
+    soft = ev.material_stability(Softening(), strain, time)
+    e = torch.as_tensor(strain)
+    for key, v in soft.items():
+        f = float(key)
+        probe = e[:, :-1, 0] + f * (e[:, 1:, 0] - e[:, :-1, 0])
+        assert v["non_pd_share"] == pytest.approx(float((probe >= 1.5e-3).double().mean()), abs=1e-12)
+    assert max(v["non_pd_share"] for v in soft.values()) > 0
+
+
 def test_rate_tangent_is_the_short_step_limit_of_the_tangent():
     """(r_s f dt / sigma_s) d sigma/d eps of a step over the fraction f of an increment (same strain
     rate) tends to RNO.rate_tangent as f -> 0, linearly in f; and it is differentiable in F's weights

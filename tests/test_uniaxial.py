@@ -58,6 +58,22 @@ def test_reference_rve_rebuilt_from_dataset_config(tmp_path):
         U.reference_material(bad)
 
 
+def test_taylor_rve_tangent_stays_positive_definite_at_short_steps(tmp_path):
+    """The stability probe of fe2nn evaluate --rve-probe through a small Taylor RVE along synthetic
+    random walks: a hardening, rate-dependent polycrystal keeps a positive definite tangent over the
+    full increment and over 1/4 .. 1/64 of it, and shorter steps make it stiffer (towards elastic)."""
+    from fe2nn.surrogate import evaluate as ev
+    from fe2nn.surrogate.train import read_dataset
+
+    rve = {"solver": "taylor", "material": "aluminium", "microstructure": {"n_grains": 4, "grid": 8, "seed": 2}}
+    mat = U.reference_material({"config": json.dumps({"rve": rve}), "path": str(tmp_path / "d.h5")})
+    d = read_dataset(make_dataset(tmp_path / "j2.h5", {"random_walk": 3}, T=12, seed=5))
+    probe = ev.material_stability(mat, d["strain"], d["time"])
+    lam = [probe[f]["min_eigenvalue"] for f in ("1", "0.25", "0.0625", "0.015625")]
+    assert all(probe[f]["non_pd_share"] == 0.0 for f in probe)
+    assert 0 < lam[0] < lam[1] < lam[2] < lam[3], lam
+
+
 def test_dataset_without_rve_config_is_one_line_error(tmp_path):
     with pytest.raises(UserError, match="no RVE configuration stored"):
         U.reference_material({"config": None, "path": "x.h5"})
@@ -68,3 +84,6 @@ def test_dataset_without_rve_config_is_one_line_error(tmp_path):
     assert p.returncode == 2 and "no RVE configuration stored" in p.stderr and str(data) in p.stderr
     assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
     assert not (tmp_path / "m" / "evaluation").exists()  # refused before any work: nothing written
+    p = run_cli("evaluate", str(tmp_path / "m"), str(data), "--rve-probe", "2")
+    assert p.returncode == 2 and "no RVE configuration stored" in p.stderr and str(data) in p.stderr
+    assert not (tmp_path / "m" / "evaluation").exists()

@@ -27,6 +27,9 @@ At dt x 1 the report also says where along the paths the error sits (its mean ov
 paths at each increment, relative to the path's RMS stress) and which share of it comes
 from a wrong direction of the stress rather than a wrong magnitude (:func:`error_along_path`): an
 error that grows along the path is drift of the internal variables.
+Every group also gets a stability probe (:func:`stability`): is the consistent tangent positive
+definite when the step to the next data point is shortened (as Newton cut-backs do)?  With
+``--rve-probe N`` the same probe runs through the dataset's RVE on N paths per group.
 Writes ``report.json`` and PNG plots (predicted vs RVE stress-strain curves, step-size
 comparison, error along the path) into DIR (default: SURROGATE/evaluation), all atomically.
 """
@@ -134,6 +137,27 @@ def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_
                              "paths_with_non_pd": float(bad.any(dim=1).double().mean()),
                              "min_eigenvalue": float(lam.min())}
     return out
+
+
+def material_stability(material, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS) -> Dict[str, Any]:
+    """:func:`stability` for any :class:`~fe2nn.materials.base.Material` (e.g. the dataset's RVE):
+    the material is driven along the paths (B, T+1, 6), and before each increment the probe steps
+    are taken from its converged state.  Same report; B x T x (1 + fractions) batched updates of B
+    points, so give it a few paths for an RVE."""
+    s = torch.as_tensor(strain, dtype=torch.float64)
+    t = torch.as_tensor(time, dtype=torch.float64)
+    B, T1, _ = s.shape
+    lam = {f: torch.empty(B, T1 - 1, dtype=torch.float64) for f in fractions}
+    state = material.initial_state(B)
+    for n in range(1, T1):
+        dt = t[:, n] - t[:, n - 1]
+        for f in fractions:
+            _, C, _ = material.update(s[:, n - 1] + f * (s[:, n] - s[:, n - 1]), f * dt, state)
+            lam[f][:, n - 1] = torch.linalg.eigvalsh(0.5 * (C + C.transpose(1, 2)))[:, 0].cpu()
+        _, _, state = material.update(s[:, n], dt, state)
+    return {f"{f:g}": {"non_pd_share": float((v <= 0).double().mean()),
+                       "paths_with_non_pd": float((v <= 0).any(dim=1).double().mean()),
+                       "min_eigenvalue": float(v.min())} for f, v in lam.items()}
 
 
 def stats(e: np.ndarray) -> Dict[str, float]:
@@ -262,9 +286,11 @@ def _plot_along_path(path: Path, groups: Dict[str, Any]) -> None:
 
 
 def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FACTORS,
-             plots: bool = True, uniaxial: bool = False) -> Dict[str, Any]:
+             plots: bool = True, uniaxial: bool = False, rve_probe: int = 0) -> Dict[str, Any]:
     """Evaluate and write the report/plots; returns the report dict.  ``uniaxial``: also the
-    uniaxial-stress cycles against the dataset's RVE (:mod:`fe2nn.surrogate.uniaxial`)."""
+    uniaxial-stress cycles against the dataset's RVE (:mod:`fe2nn.surrogate.uniaxial`).
+    ``rve_probe`` > 0: also the stability probe of the dataset's RVE on that many paths of each
+    group (the first ones; :func:`material_stability`)."""
     from fe2nn.surrogate.card import card_paths, load_surrogate
     from fe2nn.surrogate.train import read_dataset
 
@@ -279,6 +305,7 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
 
         uniaxial_setup = (build_material({"model": "rno", "surrogate": str(Path(surrogate).resolve())},
                                          file=str(surrogate)), U.reference_material(ds), U.envelope_rates(card))
+    rve = U.reference_material(ds) if rve_probe > 0 else None
     match = training_file(card, ds)[1]
     report: Dict[str, Any] = {"surrogate": str(surrogate), "dataset": str(dataset), "dataset_sha256": ds["sha256"],
                               "dataset_recipe_sha256": ds.get("recipe_sha256"),
@@ -298,6 +325,9 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
             p, ti = preds[1.0]
             res["along_path"] = error_along_path(p, sig[:, 1:][:, ti])
         res["stability"] = stability(model, s, t)
+        if rve is not None:
+            res["rve_stability"] = {"paths": min(rve_probe, idx.size),
+                                    **material_stability(rve, s[:rve_probe], t[:rve_probe])}
         report["groups"][name] = res
         if plots:
             safe = name.replace("/", "_").replace(" ", "_")
@@ -370,6 +400,11 @@ def format_table(report: Dict[str, Any]) -> str:
             lines.append(f"{name}: tangent not positive definite at " + " / ".join(
                 f"{v['non_pd_share']:.2%}" for v in st.values()) + " of the increments taken over "
                 + " / ".join(_fraction(f) for f in st) + f" of their length (smallest eigenvalue {worst / 1e9:.3g} GPa)")
+        if "rve_stability" in g:
+            st = {f: v for f, v in g["rve_stability"].items() if f != "paths"}
+            lines.append(f"{name}: the RVE's tangent on {g['rve_stability']['paths']} paths: not positive definite at "
+                         + " / ".join(f"{v['non_pd_share']:.2%}" for v in st.values()) + " (smallest eigenvalue "
+                         + " / ".join(f"{v['min_eigenvalue'] / 1e9:.3g}" for v in st.values()) + " GPa)")
     for c in report.get("uniaxial", {}).get("cases", []):
         lines.append(f"uniaxial stress cycle a = {c['amplitude']:.2%} at {c['rate']:.2g} 1/s: largest deviation "
                      f"{c['max_deviation']:.2%} (tension branch {c['max_deviation_tension']:.2%})")
@@ -391,11 +426,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--uniaxial", action="store_true",
                     help="also run uniaxial-stress tension-unloading-compression cycles through the surrogate and "
                          "through the dataset's RVE (the validation demo's load path at one point; ~1 min for Taylor)")
+    ap.add_argument("--rve-probe", type=int, default=0, metavar="N",
+                    help="also run the stability probe through the dataset's RVE on the first N paths of each group")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    report = evaluate(args.surrogate, args.dataset, args.out, plots=not args.no_plots, uniaxial=args.uniaxial)
+    if args.rve_probe < 0:
+        raise UserError(f"fe2nn evaluate: --rve-probe must be >= 0, got {args.rve_probe}")
+    report = evaluate(args.surrogate, args.dataset, args.out, plots=not args.no_plots, uniaxial=args.uniaxial,
+                      rve_probe=args.rve_probe)
     print(format_table(report))
     from fe2nn.surrogate.card import card_paths
 
