@@ -293,12 +293,14 @@ def test_export_sets_substep_limit_from_training_increments(tmp_path, dataset):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_training_on_cuda_matches_cpu(tmp_path, dataset):
-    """Same seed, same batches: CUDA and CPU training differ only in float64 summation order;
-    the CUDA-trained export loads on the CPU."""
+@pytest.mark.parametrize("extra", ["", "rate_stability_weight = 10.0\nrate_stability_margin = 1e-3"])
+def test_training_on_cuda_matches_cpu(tmp_path, dataset, extra):
+    """Same seed, same batches: CUDA and CPU training differ only in float64 summation order
+    (with the rate-stability term too: its eigenvalues on the GPU); the CUDA-trained export loads
+    on the CPU."""
     hist = {}
     for dev in ("cpu", "cuda"):
-        cfg = _config(tmp_path, dataset, dev, epochs=4, extra=f'device = "{dev}"')
+        cfg = _config(tmp_path, dataset, dev, epochs=4, extra=f'device = "{dev}"\n{extra}')
         assert tr.main([str(cfg), "--no-progress"]) == 0
         hist[dev] = [h["loss"] for h in json.loads((tmp_path / dev / "history.json").read_text())]
     assert hist["cuda"] == pytest.approx(hist["cpu"], rel=1e-8)
