@@ -103,6 +103,14 @@ def error_along_path(pred: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
 PROBE_FRACTIONS = (1.0, 0.25, 1.0 / 16, 1.0 / 64)
 
 
+def _probe_summary(lam: Dict[float, torch.Tensor]) -> Dict[str, Any]:
+    """Per fraction f: smallest tangent eigenvalues lam[f] (B paths, T increments) [Pa] -> the share of
+    increments and of paths where the tangent is not positive definite, and the smallest value."""
+    return {f"{f:g}": {"non_pd_share": float((v <= 0).double().mean()),
+                       "paths_with_non_pd": float((v <= 0).any(dim=1).double().mean()),
+                       "min_eigenvalue": float(v.min())} for f, v in lam.items()}
+
+
 def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS,
               batch: int = 16384) -> Dict[str, Any]:
     """Material stability of the surrogate along paths: is its tangent positive definite?
@@ -120,7 +128,7 @@ def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_
     s = torch.as_tensor(strain, dtype=torch.float64)
     t = torch.as_tensor(time, dtype=torch.float64)
     B, T1, _ = s.shape
-    out: Dict[str, Any] = {}
+    out: Dict[float, torch.Tensor] = {}
     with torch.no_grad():
         _, xi = model.rollout(s, t, return_xi=True)
         xi_prev = torch.cat([xi.new_zeros(B, 1, model.k), xi[:, :-1]], dim=1).reshape(-1, model.k)
@@ -132,11 +140,8 @@ def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_
                 j = slice(i, i + batch)
                 _, C, _ = model.step_with_tangent(e0[j] + f * (e1[j] - e0[j]), e0[j], f * dt[j], xi_prev[j])
                 lam[j] = torch.linalg.eigvalsh(0.5 * (C + C.transpose(1, 2)))[:, 0]
-            bad = (lam <= 0).reshape(B, T1 - 1)
-            out[f"{f:g}"] = {"non_pd_share": float(bad.double().mean()),
-                             "paths_with_non_pd": float(bad.any(dim=1).double().mean()),
-                             "min_eigenvalue": float(lam.min())}
-    return out
+            out[f] = lam.reshape(B, T1 - 1)
+    return _probe_summary(out)
 
 
 def material_stability(material, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS) -> Dict[str, Any]:
@@ -155,9 +160,7 @@ def material_stability(material, strain: np.ndarray, time: np.ndarray, fractions
             _, C, _ = material.update(s[:, n - 1] + f * (s[:, n] - s[:, n - 1]), f * dt, state)
             lam[f][:, n - 1] = torch.linalg.eigvalsh(0.5 * (C + C.transpose(1, 2)))[:, 0].cpu()
         _, _, state = material.update(s[:, n], dt, state)
-    return {f"{f:g}": {"non_pd_share": float((v <= 0).double().mean()),
-                       "paths_with_non_pd": float((v <= 0).any(dim=1).double().mean()),
-                       "min_eigenvalue": float(v.min())} for f, v in lam.items()}
+    return _probe_summary(lam)
 
 
 def stats(e: np.ndarray) -> Dict[str, float]:
