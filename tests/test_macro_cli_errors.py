@@ -81,6 +81,9 @@ def test_load_beyond_the_limit_cuts_back_then_fails_clearly(tmp_path):
     assert "cut back" in proc.stdout
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "min_dt" in err[0] and "load factor" in err[0], proc.stderr
+    # the diagnosis: above the limit load the perfectly plastic bar has no stiffness left along the
+    # flow direction (a zero eigenvalue of the tangent) at its yielded points
+    assert "points with a tangent that is not positive definite" in err[0], err[0]
     # the converged (elastic) step is kept, complete
     steps = (tmp_path / "out" / "steps.csv").read_text().strip().splitlines()
     assert len(steps) >= 2 and steps[0].startswith("step,time")

@@ -398,9 +398,10 @@ class NewtonSolver:
     def diagnose(self) -> str:
         """Why the last material evaluation may keep Newton from converging, as a phrase ("" when
         nothing stands out); collective.  Counts, over all ranks, the points whose tangent at the
-        last iterate is not positive definite (smallest eigenvalue of its symmetric part <= 0:
-        the material softens there and the deformation can localize) and, for a material with a
-        training envelope, the points outside it by cause."""
+        last iterate is not positive definite (smallest eigenvalue of its symmetric part <= 1e-9
+        times its largest, so that a perfectly plastic direction with a zero eigenvalue counts
+        whatever its rounding: no stiffness left or softening, where the deformation can localize)
+        and, for a material with a training envelope, the points outside it by cause."""
         from fe2nn.fe2 import OOD_CAUSES, OOD_KEY, point_info_counts
 
         try:
@@ -408,7 +409,10 @@ class NewtonSolver:
         except Exception:  # noqa: BLE001 - a diagnosis must not replace the failure it explains
             pass
         C = np.asarray(self.qf.view(self.qf.tangent)).reshape(-1, 6, 6)
-        soft = int(np.count_nonzero(np.linalg.eigvalsh(0.5 * (C + C.transpose(0, 2, 1)))[:, 0] <= 0.0)) if C.size else 0
+        soft = 0
+        if C.size:
+            lam = np.linalg.eigvalsh(0.5 * (C + C.transpose(0, 2, 1)))
+            soft = int(np.count_nonzero(lam[:, 0] <= 1e-9 * np.abs(lam).max(axis=1)))
         soft = int(self.comm.allreduce(soft, op=MPI.SUM))
         total = int(self.comm.allreduce(self.qf.n_points, op=MPI.SUM))
         counts = point_info_counts(self.material, self.qf.n_points, self.comm)
@@ -419,7 +423,7 @@ class NewtonSolver:
                          f"({causes})")
         if soft:
             parts.append(f"{soft} of {total} points with a tangent that is not positive definite "
-                         f"(material softening: the deformation can localize there)")
+                         f"(no stiffness left, or softening, in some direction: the deformation can localize there)")
         return "; ".join(parts)
 
     def commit(self) -> None:
@@ -504,10 +508,11 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
                     raise SolverError(f"load step to t = {t_new:.6g} s (load factor {lam:.6g}) failed: {err}; "
                                       f"the step size would fall below min_dt = {min_dt:.3g} s"
                                       + (f"; at the last iterate {why}" if why else "")) from None
+                why = solver.diagnose() if progress else ""  # collective (progress is the same on every rank)
                 solver.rollback()
                 if progress:
-                    rank0_print(f"  cut back at t = {t_new:.6g} s: {err}; retrying with dt = {dt:.4g} s",
-                                comm=solver.comm)
+                    rank0_print(f"  cut back at t = {t_new:.6g} s: {err}" + (f"; {why}" if why else "")
+                                + f"; retrying with dt = {dt:.4g} s", comm=solver.comm)
                 continue
             solver.commit()
             t = t_new
