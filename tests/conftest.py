@@ -49,3 +49,33 @@ def run_python_mpi(n: int, script: str, *args: str, cwd=None, timeout: float = 6
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+def softening_material(E: float = 1e9, c: float = 1e12, e0: float = 1e-3, far: float | None = None):
+    """A test law that softens: sigma = E eps - c <eps11 - e0>^2 e1 (Mandel, nu = 0) with its
+    consistent tangent E I - 2 c <eps11 - e0> e1 e1, which stops being positive definite past
+    eps11 = e0 + E / (2 c).  With ``far``, it flags eps11 > far as outside its envelope (the
+    surrogate's ``ood`` info, cause "strain")."""
+    from fe2nn.fe2 import OOD_CAUSES, OOD_KEY
+    from fe2nn.materials.base import Material
+
+    class Softening(Material):
+        point_info = (OOD_KEY, *OOD_CAUSES.values()) if far is not None else ()
+
+        def initial_state(self, n):
+            return {}
+
+        def update(self, strain, dt, state):
+            strain = self.as_tensor(strain)
+            over = torch.clamp(strain[:, 0] - e0, min=0.0)
+            stress = E * strain
+            stress[:, 0] -= c * over ** 2
+            tangent = E * torch.eye(6, dtype=strain.dtype).repeat(strain.shape[0], 1, 1)
+            tangent[:, 0, 0] -= 2 * c * over
+            if far is not None:
+                out = strain[:, 0] > far
+                none = torch.zeros_like(out)
+                self.info = {OOD_KEY: out, "ood_strain": out, "ood_rate": none, "ood_path": none}
+            return stress, tangent, {}
+
+    return Softening()

@@ -126,36 +126,15 @@ def _diagnosis_check():
     E I - 2 c <eps11 - e0> e1 e1 loses positive definiteness past eps11 = e0 + E / (2 c) = 1.5e-3;
     it flags eps11 > 2e-3 as out of its envelope.  The bar (x in [0, 10]) gets ux = a x^2, so
     eps11 = 2 a x varies along it and the expected counts follow from the point strains."""
-    import torch
     from mpi4py import MPI
 
-    from fe2nn.fe2 import OOD_CAUSES, OOD_KEY
+    from conftest import softening_material
     from fe2nn.macro import Problem, read_mesh
     from fe2nn.macro.solver import NewtonSolver
-    from fe2nn.materials.base import Material
 
     E, c, e0 = 1e9, 1e12, 1e-3
-
-    class Softening(Material):
-        point_info = (OOD_KEY, *OOD_CAUSES.values())
-
-        def initial_state(self, n):
-            return {}
-
-        def update(self, strain, dt, state):
-            strain = self.as_tensor(strain)
-            over = torch.clamp(strain[:, 0] - e0, min=0.0)
-            stress = E * strain
-            stress[:, 0] -= c * over ** 2
-            tangent = E * torch.eye(6, dtype=strain.dtype).repeat(strain.shape[0], 1, 1)
-            tangent[:, 0, 0] -= 2 * c * over
-            far = strain[:, 0] > 2e-3
-            self.info = {OOD_KEY: far, "ood_strain": far, "ood_rate": torch.zeros_like(far),
-                         "ood_path": torch.zeros_like(far)}
-            return stress, tangent, {}
-
     mesh = read_mesh(REPO / "meshes" / "bar.msh")
-    solver = NewtonSolver(Problem(mesh, Softening(), degree=2).fix("xmin", x=0.0))
+    solver = NewtonSolver(Problem(mesh, softening_material(E, c, e0, far=2e-3), degree=2).fix("xmin", x=0.0))
     x = mesh.mesh.geometry.x
     length = mesh.mesh.comm.allreduce(float(x[:, 0].max()), op=MPI.MAX)
     a = 2.5e-3 / (2 * length)  # eps11 from 0 to 2.5e-3

@@ -362,7 +362,8 @@ def test_material_stability_probe_on_closed_form_laws(dataset):
     """evaluate.material_stability: a hardening J2 law keeps a positive definite tangent at every
     probe fraction; a law that softens past eps11 = 1.5e-3 (sigma11 = E eps11 - c <eps11 - 1e-3>^2)
     is flagged on exactly the increments whose probe strain lies past that point."""
-    from fe2nn.materials.base import Material
+    from conftest import softening_material
+
     from fe2nn.materials.j2 import J2Plasticity
 
     d = tr.read_dataset(dataset)
@@ -371,22 +372,7 @@ def test_material_stability_probe_on_closed_form_laws(dataset):
     assert set(j2) == {"1", "0.25", "0.0625", "0.015625"}
     assert all(v["non_pd_share"] == 0.0 and v["min_eigenvalue"] > 0 for v in j2.values())
 
-    E, c = 1e9, 1e12
-
-    class Softening(Material):
-        def initial_state(self, n):
-            return {}
-
-        def update(self, eps, dt, state):
-            eps = self.as_tensor(eps)
-            over = torch.clamp(eps[:, 0] - 1e-3, min=0.0)
-            sig = E * eps
-            sig[:, 0] -= c * over ** 2
-            C = E * torch.eye(6, dtype=eps.dtype).repeat(eps.shape[0], 1, 1)
-            C[:, 0, 0] -= 2 * c * over
-            return sig, C, {}
-
-    soft = ev.material_stability(Softening(), strain, time)
+    soft = ev.material_stability(softening_material(1e9, 1e12, 1e-3), strain, time)
     e = torch.as_tensor(strain)
     for key, v in soft.items():
         f = float(key)

@@ -400,9 +400,7 @@ class RNO(nn.Module):
             xi, dxi = xi_prev, strain.new_zeros(6, n, 0)
         xf, dxf = self._bound_jvp(xi, dxi)
         x, dx = torch.cat([e, r, xf], -1), torch.cat([de, dr, dxf], 2)
-        f, df = _mlp_jvp(self.F, x, dx)
-        f = f + self.F_linear(x)
-        df = df + dx @ self.F_linear.weight.T
+        f, df = self._f_jvp(x, dx)
         if self.C_el is not None:
             f = f + (e - xi[:, :6]) @ self.C_el.T
             df = df + (de - dxi[..., :6]) @ self.C_el.T
@@ -426,9 +424,12 @@ class RNO(nn.Module):
         n = x.shape[0]
         dx = x.new_zeros(6, n, x.shape[1])
         dx[:, :, 6:12] = torch.diag_embed(torch.rsqrt(1.0 + q * q)).permute(1, 0, 2)
-        _, df = _mlp_jvp(self.F, x, dx, inplace=False)
-        df = df + dx @ self.F_linear.weight.T
-        return df.permute(1, 2, 0)
+        return self._f_jvp(x, dx, inplace=False)[1].permute(1, 2, 0)
+
+    def _f_jvp(self, x: torch.Tensor, dx: torch.Tensor, inplace: bool = True):
+        """F with its linear skip at inputs x (n, in), and its derivatives (m, n, 6) along dx (m, n, in)."""
+        f, df = _mlp_jvp(self.F, x, dx, inplace)
+        return f + self.F_linear(x), df + dx @ self.F_linear.weight.T
 
     # -- whole trajectories -------------------------------------------------------------
     def rollout(self, strain: torch.Tensor, time: torch.Tensor, return_xi: bool = False):
