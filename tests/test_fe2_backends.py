@@ -117,6 +117,17 @@ def test_bad_surrogate_is_one_line_before_the_solve(tmp_path, kind, needle):
         assert not (tmp_path / "out").exists()
 
 
+@needs_surrogate
+def test_surrogate_chunk_key(tmp_path):
+    """material.chunk: 0 (default) picks the device's pass size, a number is kept, a negative one is
+    an error naming the key."""
+    cfg = str(tmp_path / "c.toml")
+    assert build_material(rno_table(), cfg).chunk == 1024  # CPU
+    assert build_material(rno_table(chunk=5000), cfg).chunk == 5000
+    with pytest.raises(UserError, match=r"key 'material.chunk' = -1 must be >= 0"):
+        build_material(rno_table(chunk=-1), cfg)
+
+
 def test_missing_surrogate_cli(tmp_path):
     """No surrogate at the path: exit 2, one line naming the path, nothing written."""
     cfg = bar_config(tmp_path / "c.toml", rno_table(tmp_path / "nowhere"), out=str(tmp_path / "out"))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from typing import Any, Dict
 
-from fe2nn.config import non_negative, positive
+from fe2nn.config import non_negative
 from fe2nn.errors import UserError
 from fe2nn.materials.registry import _device, _device_check, register
 from fe2nn.micro.rve import SOLVERS, MicrostructureConfig
@@ -39,7 +39,8 @@ class RnoParams:
     device: str = field(default="cpu", metadata=dict(check=_device_check))
     envelope_margin: float = field(default=0.05, metadata=dict(
         check=non_negative, doc="relative slack of the training-envelope check"))
-    chunk: int = field(default=16384, metadata=dict(check=positive, doc="points per batched network call"))
+    chunk: int = field(default=0, metadata=dict(
+        check=non_negative, doc="points per tangent pass; 0 = 1024 on a CPU (cache-sized), 16384 on a GPU"))
     tangent_dtype: str = field(default="float32", metadata=dict(
         check=one_of("float32", "float64"),
         doc="precision of the consistent tangent (the stress is always float64)"))
@@ -76,7 +77,7 @@ def build_rno(p: RnoParams, base_dir: Path):
         if not torch.cuda.is_available():
             raise ValueError(f"key 'material.device' = {p.device!r}: CUDA is not available (use 'cpu' or 'auto')")
     try:
-        mat = RNOMaterial(path, device=device, envelope_margin=p.envelope_margin, chunk=p.chunk,
+        mat = RNOMaterial(path, device=device, envelope_margin=p.envelope_margin, chunk=p.chunk or None,
                                 tangent_dtype=p.tangent_dtype)
     except UserError as err:  # the card loader names the file; add the config context
         raise ValueError(f"key 'material.surrogate': {err}") from None

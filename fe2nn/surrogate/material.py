@@ -59,6 +59,7 @@ class RNOMaterial(Material):
     ``envelope`` may be given as a dict like :func:`compute_envelope` returns).
     ``envelope_margin``: relative slack of the out-of-distribution check.
     ``tangent_dtype``: "float64" (exact) or "float32" precision of the Newton tangent.
+    ``chunk``: points per tangent pass (None: :meth:`default_chunk` for the device).
 
     State: ``xi`` (n, k) internal variables [-], ``strain`` (n, 6) strain of the last
     converged increment [-], ``path_length`` (n,) accumulated strain path length
@@ -71,7 +72,7 @@ class RNOMaterial(Material):
 
     def __init__(self, path_or_model: str | os.PathLike | RNO, device: str | torch.device = "cpu",
                  envelope: Optional[Dict[str, Any]] = None, envelope_margin: float = 0.05,
-                 chunk: int = 16384, tangent_dtype: str = "float64"):
+                 chunk: Optional[int] = None, tangent_dtype: str = "float64"):
         super().__init__()
         self.device = torch.device(device)
         if isinstance(path_or_model, RNO):
@@ -84,7 +85,7 @@ class RNOMaterial(Material):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.k = self.model.k
-        self.chunk = chunk
+        self.chunk = chunk or self.default_chunk(self.device)
         # The stress and internal variables always come from the float64 forward pass; the
         # Newton tangent may be computed in float32 (relative error ~1e-7, same iteration
         # counts, ~2.5x cheaper on CPUs).
@@ -104,6 +105,14 @@ class RNOMaterial(Material):
             if env.get("strain_path_length_max") is not None:
                 self._env["strain_path_length_max"] = torch.as_tensor(
                     env["strain_path_length_max"], dtype=self.dtype, device=self.device)
+
+    @staticmethod
+    def default_chunk(device: torch.device) -> int:
+        """Points per tangent pass when not given: on a CPU 1024, so that a chunk's derivatives
+        (6 x 1024 x 128 floats, 3 MB) stay in the core's cache (the plate demo's constitutive time
+        on one core fell 6-9 % against one pass of 4832 points); on a GPU 16384 (one launch
+        sequence for a rank's points)."""
+        return 1024 if device.type == "cpu" else 16384
 
     def initial_state(self, n: int) -> State:
         z = dict(dtype=self.dtype, device=self.device)
