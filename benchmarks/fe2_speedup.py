@@ -8,7 +8,8 @@ A. surrogate vs J2 -- the main demo's problem (demos/plate_hole_rno.toml: mesh, 
    time spent in ``material.update``.  Target: surrogate <= 1.5 x J2.  ``--device cuda`` runs
    the surrogate on the GPU (the J2 law and the FE solve stay on the CPU).
 B. surrogate vs FFT-RVE FE² -- a tiny bar (12 tetrahedra = 12 quadrature points) pulled to
-   0.4 % strain, with an FFT RVE of ``--grid``^3 voxels and ``--grains`` grains per point;
+   0.4 % strain, with an FFT RVE of ``--grid``^3 voxels (16, about 5 min; 8 with ``--quick``: a
+   toy polycrystal, 8x cheaper) and ``--grains`` grains per point;
    whole-solve wall time and constitutive time per quadrature-point evaluation
    (time in the solver's material evaluation / (points x material calls)).  At 12 points the
    surrogate's cost is per-call overhead, so its cost per point is also measured in a batch
@@ -89,7 +90,7 @@ def _update_cost(table: dict, n: int, reps: int = 5) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few steps (smoke run)")
-    ap.add_argument("--grid", type=int, default=8, help="FFT voxels per side")
+    ap.add_argument("--grid", type=int, default=None, help="FFT voxels per side (default 16; 8 with --quick)")
     ap.add_argument("--grains", type=int, default=10, help="FFT grains")
     ap.add_argument("--skip-fft", action="store_true", help="only part A")
     ap.add_argument("--skip-j2", action="store_true", help="only part B")
@@ -98,6 +99,7 @@ def main() -> int:
                     help="surrogate directory to time (default: the demo's, surrogates/aluminium_taylor)")
     ap.add_argument("--out", help="JSON file")
     args = ap.parse_args()
+    args.grid = args.grid or (8 if args.quick else 16)
     from fe2nn.macro.run import load_config
     from test_fe2_util import SURROGATE, bar_config, rno_table
 
