@@ -1,11 +1,11 @@
 """Throughput of the RNO surrogate vs the RVEs it replaces (stress + consistent tangent).
 
     python benchmarks/surrogate.py [--surrogate surrogates/aluminium_taylor] [--out results/surrogate.json] [--quick]
-                                   [--device cpu|cuda] [--tangent-dtype float32|float64]
+                                   [--device cpu|cuda] [--tangent-dtype auto|float32|float64]
 
 One ``Material.update`` call per measurement on a batch of n points (one increment from
-a non-trivial state) with the macro solver's settings: float64 stress and state, float32
-tangent (``--tangent-dtype float64``: exact), glibc keeping freed memory
+a non-trivial state) with the macro solver's settings: float64 stress and state, the tangent
+in float32 on a CPU and in float64 on a GPU (``--tangent-dtype``), glibc keeping freed memory
 (:func:`fe2nn.fe2.keep_freed_memory`); on the CPU (default) or a CUDA device (``--device cuda``:
 strains go in and stress and tangent come back as CPU tensors, as in the macro solver, and
 the copies are timed).  Reports points per second for the RNO at
@@ -75,8 +75,9 @@ def main(argv=None) -> int:
     ap.add_argument("--taylor-grains", type=int, default=100)
     ap.add_argument("--fft-grid", type=int, default=16)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    ap.add_argument("--tangent-dtype", default="float32", choices=["float32", "float64"],
-                    help="precision of the surrogate's tangent (the solver's default: float32)")
+    ap.add_argument("--tangent-dtype", default="auto", choices=["auto", "float32", "float64"],
+                    help="precision of the surrogate's tangent (the solver's default, auto: float32 on a CPU, "
+                         "float64 on a GPU)")
     ap.add_argument("--max-mem-gb", type=float, default=8.0, help="skip RNO sizes estimated above this")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(args.threads, 1))
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     rows, res = [], {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "device": args.device,
                      "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "",
-                     "rno": rno_desc, "tangent_dtype": args.tangent_dtype, "rno_points_per_s": {}, "rve": {}}
+                     "rno": rno_desc, "tangent_dtype": str(rno.tangent_dtype).removeprefix("torch."), "rno_points_per_s": {}, "rve": {}}
     width = max(rno.model.arch.f_hidden + rno.model.arch.g_hidden)
     for n in sizes:
         mem = min(n, rno.chunk) * width * 6 * 8 * 12 / 1e9 + n * (6 + 36 + 2 * rno.k + 12) * 8 * 4 / 1e9

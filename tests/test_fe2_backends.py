@@ -128,6 +128,23 @@ def test_surrogate_chunk_key(tmp_path):
         build_material(rno_table(chunk=-1), cfg)
 
 
+def test_surrogate_tangent_dtype_key(tmp_path):
+    """material.tangent_dtype: auto (default) is float32 on a CPU (a separate pass, lazily) and would be
+    float64 on a GPU (from the stress pass); an explicit value is kept; another is an error naming
+    the key."""
+    import torch
+
+    from fe2nn.surrogate.material import RNOMaterial
+
+    cfg = str(tmp_path / "c.toml")
+    assert build_material(rno_table(), cfg).tangent_dtype == torch.float32
+    assert build_material(rno_table(tangent_dtype="float64"), cfg).tangent_dtype == torch.float64
+    assert RNOMaterial.auto_tangent_dtype(torch.device("cuda")) == "float64"
+    assert RNOMaterial.auto_tangent_dtype(torch.device("cpu")) == "float32"
+    with pytest.raises(UserError, match=r"key 'material.tangent_dtype'.*'float16'"):
+        build_material(rno_table(tangent_dtype="float16"), cfg)
+
+
 def test_missing_surrogate_cli(tmp_path):
     """No surrogate at the path: exit 2, one line naming the path, nothing written."""
     cfg = bar_config(tmp_path / "c.toml", rno_table(tmp_path / "nowhere"), out=str(tmp_path / "out"))

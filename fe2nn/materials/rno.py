@@ -5,7 +5,7 @@
     surrogate = "../surrogates/aluminium_taylor"   # directory (or its card.json), relative to the config
     device = "cpu"                                  # "cpu", "cuda[:i]" or "auto"
     envelope_margin = 0.05                          # relative slack of the out-of-distribution check
-    tangent_dtype = "float32"                       # Newton tangent precision ("float64": exact)
+    tangent_dtype = "auto"                          # Newton tangent precision: float32 on a CPU, float64 on a GPU
     # optional: the RVE the surrogate stands for (keys of model = "rve"; ignored here), so that
     # switching to the full RVE is the one key  model = "rve"
     solver = "taylor"
@@ -41,9 +41,10 @@ class RnoParams:
         check=non_negative, doc="relative slack of the training-envelope check"))
     chunk: int = field(default=0, metadata=dict(
         check=non_negative, doc="points per tangent pass; 0 = 1024 on a CPU (cache-sized), 16384 on a GPU"))
-    tangent_dtype: str = field(default="float32", metadata=dict(
-        check=one_of("float32", "float64"),
-        doc="precision of the consistent tangent (the stress is always float64)"))
+    tangent_dtype: str = field(default="auto", metadata=dict(
+        check=one_of("auto", "float32", "float64"),
+        doc="precision of the consistent tangent (the stress is always float64); auto = float32 on a "
+            "CPU (a separate, cheaper pass), float64 on a GPU (from the stress pass itself)"))
     threads: int = field(default=1, metadata=dict(doc="torch threads per rank; 0 = cores / ranks (or OMP_NUM_THREADS)"))
     # the RVE the surrogate stands for: used by model = "rve" (and fe2nn validate), ignored here
     solver: str = field(default="taylor", metadata=dict(check=one_of(*SOLVERS), doc="RVE solver (model 'rve')"))
