@@ -289,6 +289,24 @@ class RNO(nn.Module):
             xi, dxi = xi[back], (dxi[:, back] if jac else None)
         return xi, dxi
 
+    def _euler_blended(self, e0, de, de_, q, dq, r, dr, xi_prev, cs, lo, hi, w, b):
+        """:meth:`_euler_jvp` with ``hi`` sub-steps at all n points and, in the same pass (rows n..),
+        ``lo`` sub-steps at the points ``b`` inside a blend, where xi = xi_lo + w (xi_hi - xi_lo)
+        (see :meth:`_blend`; derivatives at fixed w).  Returns xi (n, k), dxi (6, n, k) or None,
+        and xi_hi - xi_lo at the points b (for the derivative of w itself)."""
+        n = e0.shape[0]
+        ab = torch.cat([torch.arange(n, device=b.device), b])
+        jac = de is not None
+        xi, dxi = self._euler_jvp(e0[ab], de[:, ab] if jac else None, de_[ab], q[ab], dq[:, ab] if jac else None,
+                                  r[ab], dr[:, ab] if jac else None, xi_prev[ab], cs[ab], torch.cat([hi, lo[b]]))
+        xl, xi = xi[n:], xi[:n]
+        diff = xi[b] - xl
+        xi[b] = xl + w[b][:, None] * diff
+        if jac:
+            dxl, dxi = dxi[:, n:], dxi[:, :n]
+            dxi[:, b] = dxl + w[b][:, None] * (dxi[:, b] - dxl)
+        return xi, dxi, diff
+
     def _g(self, e, q, r, xb):
         """G's value (..., k) at normalized strain e, rate q (asinh r), bounded xi xb."""
         if self.arch.g_increment:
@@ -356,13 +374,8 @@ class RNO(nn.Module):
                         upd[b] = (1.0 - w[b])[:, None] * (xi_lo - xi[b])
                         xi = xi + upd
                 else:  # both counts in one pass ordered by count (as step_with_tangent)
-                    n = e0.shape[0]
                     b = torch.nonzero(w < 1).squeeze(1)
-                    ab = torch.cat([torch.arange(n, device=b.device), b])
-                    xi, _ = self._euler_jvp(e0[ab], None, de_[ab], q_f[ab], None, r_f[ab], None, xi0_f[ab], cs[ab],
-                                            torch.cat([hi, lo[b]]))
-                    xl, xi = xi[n:], xi[:n]
-                    xi[b] = xl + w[b][:, None] * (xi[b] - xl)
+                    xi = self._euler_blended(e0, None, de_, q_f, None, r_f, None, xi0_f, cs, lo, hi, w, b)[0]
                 xi = xi.reshape(*lead, k)
         else:
             xi = xi_prev
@@ -408,15 +421,10 @@ class RNO(nn.Module):
             b = torch.nonzero(w < 1).squeeze(1) if blend else None
             if b is None or not b.numel():
                 xi, dxi = self._euler_jvp(e0, de, de_, q, dq, r, dr, xi_prev, cs, hi)
-            else:  # points between two counts: also m-1 sub-steps, in the same pass (rows n.. of it)
-                ab = torch.cat([torch.arange(n, device=b.device), b])
-                xi, dxi = self._euler_jvp(e0[ab], de[:, ab], de_[ab], q[ab], dq[:, ab], r[ab], dr[:, ab],
-                                          xi_prev[ab], cs[ab], torch.cat([hi, lo[b]]))
-                xl, dxl, xi, dxi = xi[n:], dxi[:, n:], xi[:n], dxi[:, :n]
+            else:  # points between two counts: also m-1 sub-steps, in the same pass
+                xi, dxi, diff = self._euler_blended(e0, de, de_, q, dq, r, dr, xi_prev, cs, lo, hi, w, b)
                 u = (strain[b] - prev_strain[b]) / inc[b, None]  # d|d eps|/d eps_n (inc > h_max here)
-                diff = xi[b] - xl  # xi = xi_lo + w (xi_hi - xi_lo)
-                dxi[:, b] = dxl + w[b][:, None] * (dxi[:, b] - dxl) + (dw[b][:, None] * u).T[:, :, None] * diff
-                xi[b] = xl + w[b][:, None] * diff
+                dxi[:, b] += (dw[b][:, None] * u).T[:, :, None] * diff  # the blend weight's own derivative
         else:
             xi, dxi = xi_prev, strain.new_zeros(6, n, 0)
         xf, dxf = self._bound_jvp(xi, dxi)
