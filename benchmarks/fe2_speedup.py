@@ -3,7 +3,7 @@
 Two measurements, each on one process (run it on an otherwise idle machine):
 
 A. surrogate vs J2 -- the main demo's problem (demos/plate_hole_rno.toml: mesh, boundary
-   conditions, load table) solved with the shipped surrogate and with a J2 law
+   conditions, load table) solved with its surrogate (or ``--surrogate``) and with a J2 law
    (aluminium-like parameters); whole-solve wall time (set-up and output excluded) and the
    time spent in ``material.update``.  Target: surrogate <= 1.5 x J2.  ``--device cuda`` runs
    the surrogate on the GPU (the J2 law and the FE solve stay on the CPU).
@@ -107,17 +107,18 @@ def main() -> int:
     ap.add_argument("--tangent-dtype", default=None, choices=["auto", "float32", "float64"],
                     help="precision of the surrogate's tangent in part A (default: the demo's, auto)")
     ap.add_argument("--surrogate", default=None,
-                    help="surrogate directory to time (default: the demo's, surrogates/aluminium_taylor)")
+                    help="surrogate directory to time (default: the main demo's, surrogates/aluminium_taylor_fast)")
     ap.add_argument("--out", help="JSON file")
     args = ap.parse_args()
     args.grid = args.grid or (8 if args.quick else 16)
     from fe2nn.macro.run import load_config
-    from test_fe2_util import SURROGATE, bar_config, rno_table
+    from test_fe2_util import bar_config, rno_table
 
     out = {"quick": args.quick, "device": args.device}
     demo = REPO / "demos" / "plate_hole_rno.toml"
-    surrogate = Path(args.surrogate).resolve() if args.surrogate else SURROGATE
-    sur_table = {**load_config(demo).material, "surrogate": str(surrogate)}
+    demo_material = load_config(demo).material
+    surrogate = (Path(args.surrogate) if args.surrogate else demo.parent / demo_material["surrogate"]).resolve()
+    sur_table = {**demo_material, "surrogate": str(surrogate)}
     out["surrogate"] = str(surrogate)
     j2 = {"model": "j2", "E": 70e9, "nu": 0.33, "sigma_y": 60e6, "H_iso": 0.5e9}
     steps = 4 if args.quick else None
