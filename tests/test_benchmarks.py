@@ -18,6 +18,7 @@ CASES = {
     "surrogate": ["--quick", "--repeat", "1", "--taylor-grains", "4", "--fft-grid", "4"],
     "fe2_speedup": ["--quick", "--grid", "4", "--grains", "2"],
     "generate": ["--quick", "--ranks", "1"],
+    "training": ["--quick"],
 }
 
 

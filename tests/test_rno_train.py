@@ -308,6 +308,57 @@ def test_training_on_cuda_matches_cpu(tmp_path, dataset, extra):
     assert all(t.device.type == "cpu" and t.dtype == torch.float64 for t in model.state_dict().values())
 
 
+def test_cuda_graphs_setting(tmp_path, dataset):
+    """training.cuda_graphs only chooses how batches run: it is not part of the config hash (a run
+    resumes across it), it must be a boolean, and on a CPU batches always run eagerly."""
+    on = tr.load_config(_config(tmp_path, dataset, "on", extra="cuda_graphs = true"))
+    off = tr.load_config(_config(tmp_path, dataset, "on", extra="cuda_graphs = false"))
+    assert on.training.cuda_graphs and not off.training.cuda_graphs
+    assert tr._config_hash(on) == tr._config_hash(off)
+    with pytest.raises(UserError, match="cuda_graphs"):
+        tr.load_config(_config(tmp_path, dataset, "bad", extra='cuda_graphs = "yes"'))
+    fams = ["random_walk"]
+    ds = tr.combine_datasets([tr.read_dataset(on.data.path)], fams, "x")
+    split = tr.split_parts(ds, fams, on.data.split, 0, 0, "x")
+    trainer = tr.Trainer(on, ds, split, tmp_path / "on", torch.device("cpu"), progress=False)
+    assert not trainer.uses_cuda_graphs() and trainer.eager_reason() == "not a CUDA device"
+    trainer.device = torch.device("cuda")  # the reasons only (nothing runs there)
+    assert trainer.uses_cuda_graphs() and trainer.eager_reason() == ""
+    trainer.model.max_substep_strain = 1e-4
+    assert trainer.eager_reason() == "the model trains with sub-steps"
+    trainer.model.max_substep_strain = 0.0
+    trainer.cfg.training.rate_stability_weight = 1.0
+    assert "rate-stability" in trainer.eager_reason()
+    trainer.cfg.training.cuda_graphs = False
+    assert trainer.eager_reason() == "training.cuda_graphs = false"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("extra, graphed", [("", True), ("rate_stability_weight = 10.0\nrate_stability_margin = 1e-3", False)])
+def test_cuda_graphs_match_eager_training(tmp_path, dataset, monkeypatch, extra, graphed):
+    """Replayed CUDA graphs train exactly as eager batches (same kernels): identical loss histories
+    and weights; one graph per (batch size, step-size factor), and none with the rate-stability
+    term, whose eigenvalue solver synchronises."""
+    recorded = []
+
+    class Counting(tr._GraphedBatch):
+        def __init__(self, *a, **k):
+            recorded.append(1)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(tr, "_GraphedBatch", Counting)
+    hist, weights = {}, {}
+    for g in ("true", "false"):
+        cfg = _config(tmp_path, dataset, f"g{g}", epochs=4, extra=f'device = "cuda"\ncuda_graphs = {g}\n{extra}')
+        assert tr.main([str(cfg), "--no-progress"]) == 0
+        hist[g] = [h["loss"] for h in json.loads((tmp_path / f"g{g}" / "history.json").read_text())]
+        weights[g] = load_surrogate(tmp_path / f"g{g}")[0].state_dict()
+    assert (len(recorded) > 0) == graphed and len(recorded) <= 3  # dt_factors [0.5, 1, 2], one batch size
+    assert hist["true"] == pytest.approx(hist["false"], rel=1e-12, abs=0)
+    for k, v in weights["true"].items():
+        assert torch.allclose(v, weights["false"][k], rtol=1e-10, atol=0), k
+
+
 def test_increment_loss_term(tmp_path, dataset):
     """increments() starts from the initial stress; the weighted term enters the training loss (a
     prediction right in value but lagging one step has a large increment error) and a negative

@@ -41,7 +41,7 @@ import sys
 import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -243,6 +243,12 @@ class TrainingConfig:
         check=one_of("float64", "float32"), doc="training precision (the exported weights are float64)"))
     threads: int = field(default=1, metadata=dict(check=non_negative, doc="torch threads, 0 = torch default"))
     device: str = field(default="auto", metadata=dict(check=one_of("auto", "cpu", "cuda")))
+    cuda_graphs: bool = field(default=True, metadata=dict(doc=(
+        "on a CUDA device, record each full batch's forward and backward pass once per step-size factor as a "
+        "CUDA graph and replay it: the same kernels with one launch instead of tens of thousands, so a batch "
+        "costs its arithmetic instead of its launch latency.  Used where the model trains without sub-steps "
+        "(not fine-tuned from a sub-stepped surrogate) and without the rate-stability term; elsewhere, and on "
+        "a CPU, batches run eagerly")))
     checkpoint_every: int = field(default=10, metadata=dict(check=positive))
     time_limit: float = field(default=0.0, metadata=dict(check=non_negative,
                                                           doc="stop and export the best model after this many "
@@ -295,7 +301,7 @@ def load_config(path: str | Path) -> TrainConfig:
 
 def _config_hash(cfg: TrainConfig) -> str:
     d = dataclasses.asdict(cfg)
-    d["training"] = {k: v for k, v in d["training"].items() if k not in ("time_limit", "threads", "device")}
+    d["training"] = {k: v for k, v in d["training"].items() if k not in ("time_limit", "threads", "device", "cuda_graphs")}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -385,6 +391,8 @@ class Trainer:
         self.history: List[Dict[str, float]] = []
         self.cfg_hash = _config_hash(cfg)
         self.ckpt = out_dir / "checkpoint.pt"
+        #: CUDA graphs of a training batch's loss and gradients, by (batch size, step-size factor)
+        self._graphs: Dict[Tuple[int, float], "_GraphedBatch"] = {}
 
     def _warm_start(self, path: str, arch: RNOArch) -> RNO:
         """The model of an existing surrogate (weights and normalization) as the starting point."""
@@ -455,26 +463,59 @@ class Trainer:
         factors = tc.dt_factors
         total, count = 0.0, 0
         self.model.train()
+        graphs = self.uses_cuda_graphs()
         for i in range(0, n, bs):
             idx = perm[i:i + bs].to(self.device)
             f = factors[int(torch.randint(len(factors), (1,), generator=self.gen))]
             s, sig, t = d["strain"][idx], d["stress"][idx], d["time"][idx]
-            pred, tidx = rollout_at_dt_factor(self.model, s, t, f)
-            target = sig[:, 1:][:, tidx]
-            loss = relative_l2(pred, target).mean()
-            if tc.increment_weight > 0:
-                loss = loss + tc.increment_weight * relative_l2(*increments(sig[:, :1], pred, target)).mean()
-            if tc.rate_stability_weight > 0:
-                loss = loss + tc.rate_stability_weight * rate_instability(
-                    self.model, s[:RATE_STABILITY_PATHS], t[:RATE_STABILITY_PATHS], tc.rate_stability_margin)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if graphs and len(idx) == bs:  # recorded once per factor, then replayed: grads land in .grad
+                key = (bs, f)
+                if key not in self._graphs:
+                    self._graphs[key] = _GraphedBatch(lambda a, b, c, f=f: self._batch_loss(a, b, c, f),
+                                                      list(self.model.parameters()), s, sig, t)
+                loss = self._graphs[key].replay(s, sig, t)
+            else:
+                loss = self._batch_loss(s, sig, t, f)
+                if tc.rate_stability_weight > 0:
+                    loss = loss + tc.rate_stability_weight * rate_instability(
+                        self.model, s[:RATE_STABILITY_PATHS], t[:RATE_STABILITY_PATHS], tc.rate_stability_margin)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             self.opt.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         return total / max(count, 1)
+
+    def _batch_loss(self, s: torch.Tensor, sig: torch.Tensor, t: torch.Tensor, f: float) -> torch.Tensor:
+        """Training loss of paths strain s (B, T+1, 6), stress sig (B, T+1, 6), time t (B, T+1) run at
+        step size dt*f: relative L2 of the stress (+ the weighted increment term), mean over the paths."""
+        tc = self.cfg.training
+        pred, tidx = rollout_at_dt_factor(self.model, s, t, f)
+        target = sig[:, 1:][:, tidx]
+        loss = relative_l2(pred, target).mean()
+        if tc.increment_weight > 0:
+            loss = loss + tc.increment_weight * relative_l2(*increments(sig[:, :1], pred, target)).mean()
+        return loss
+
+    def eager_reason(self) -> str:
+        """Why batches run eagerly instead of replaying CUDA graphs ("" when they replay them)."""
+        tc = self.cfg.training
+        if self.device.type != "cuda":
+            return "not a CUDA device"
+        if not tc.cuda_graphs:
+            return "training.cuda_graphs = false"
+        if self.model.max_substep_strain > 0:  # data-dependent sub-step counts: host synchronisations
+            return "the model trains with sub-steps"
+        if tc.rate_stability_weight > 0:  # its eigenvalue solver synchronises with the host
+            return "the rate-stability term synchronises with the host"
+        return ""
+
+    def uses_cuda_graphs(self) -> bool:
+        """Whether full batches replay CUDA graphs (``training.cuda_graphs``): on a CUDA device, for a
+        model without sub-steps and without the rate-stability term (:meth:`eager_reason`)."""
+        return not self.eager_reason()
 
     def validation_error(self) -> float:
         self.model.eval()
@@ -555,6 +596,45 @@ class Trainer:
         return m.eval()
 
 
+class _GraphedBatch:
+    """One training batch's loss and its gradients as a recorded CUDA graph.
+
+    ``loss_fn(strain, stress, time)`` is recorded once (after two warm-up passes on a side stream,
+    whose gradients are dropped) into static input and gradient tensors; :meth:`replay` copies a batch
+    of the same shape in, replays, and points every parameter's ``.grad`` at the recorded gradients,
+    which the replay overwrites (the optimizer step, gradient clipping included, stays outside)."""
+
+    def __init__(self, loss_fn, params: List[torch.Tensor], s: torch.Tensor, sig: torch.Tensor, t: torch.Tensor):
+        self.params = params
+        self.inputs = [s.clone(), sig.clone(), t.clone()]
+        side = torch.cuda.Stream(device=s.device)
+        side.wait_stream(torch.cuda.current_stream(s.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                for p in params:
+                    p.grad = None
+                loss_fn(*self.inputs).backward()
+        torch.cuda.current_stream(s.device).wait_stream(side)
+        for p in params:
+            p.grad = None
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            loss = loss_fn(*self.inputs)
+            loss.backward()
+        # keep the value only: the autograd graph (its gradient accumulators recorded on the capture
+        # stream) must not outlive the recording, or the next recording's warm-up mixes streams
+        self.loss = loss.detach()
+        self.grads = [p.grad for p in params]
+
+    def replay(self, s: torch.Tensor, sig: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        for dst, src in zip(self.inputs, (s, sig, t)):
+            dst.copy_(src)
+        self.graph.replay()
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        return self.loss
+
+
 def export(trainer: Trainer, out_dir: Path) -> Dict[str, Any]:
     """Export the best model (card + weights) with envelope, split and measured errors."""
     from fe2nn.surrogate.card import save_surrogate
@@ -609,6 +689,10 @@ def train_one(cfg: TrainConfig, ds, split, out_dir: Path, resume: bool, stop_aft
               progress: bool = True) -> Optional[Trainer]:
     device = _device(cfg.training.device)
     trainer = Trainer(cfg, ds, split, out_dir, device, progress)
+    if device.type == "cuda":
+        why = trainer.eager_reason()
+        print(f"training on {device}: " + (f"eager batches ({why})" if why else "full batches replay CUDA graphs"),
+              flush=True)
     if resume:
         trainer.load_checkpoint()
     out_dir.mkdir(parents=True, exist_ok=True)
