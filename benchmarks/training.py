@@ -27,34 +27,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _trainer(tmp: Path, data: Path, batch: int, device: str, graphs: bool, threads: int):
+    from fe2nn.config import parse
     from fe2nn.surrogate import train as tr
 
-    cfg = tmp / f"b{batch}_{device}_{int(graphs)}.toml"
-    cfg.write_text(f"""
-[data]
-path = "{data}"
-split = [1.0, 0.0, 0.0]
-[model]
-k = 16
-f_hidden = [128, 128]
-g_hidden = [128, 128]
-g_increment = true
-xi_bound = 5.0
-[training]
-epochs = 100
-batch_size = {batch}
-lr = 1e-3
-dt_factors = [0.5, 1, 2, 4]
-dtype = "float32"
-device = "{device}"
-threads = {threads}
-cuda_graphs = {str(graphs).lower()}
-[output]
-dir = "{tmp / 'out'}"
-""")
-    c = tr.load_config(cfg)
-    ds = tr.combine_datasets([tr.read_dataset(c.data.path)], ["random_walk"], str(cfg))
-    split = tr.split_parts(ds, ["random_walk"], c.data.split, 0, 0, str(cfg))
+    table = {"data": {"path": str(data), "split": [1.0, 0.0, 0.0]},
+             "model": {"k": 16, "f_hidden": [128, 128], "g_hidden": [128, 128], "g_increment": True,
+                       "xi_bound": 5.0},
+             "training": {"epochs": 100, "batch_size": batch, "lr": 1e-3, "dt_factors": [0.5, 1, 2, 4],
+                          "dtype": "float32", "device": device, "threads": threads, "cuda_graphs": graphs},
+             "output": {"dir": str(tmp / "out")}}
+    c = parse(tr.TrainConfig, table, "benchmarks/training.py")
+    ds = tr.combine_datasets([tr.read_dataset(c.data.path)], ["random_walk"], "benchmarks/training.py")
+    split = tr.split_parts(ds, ["random_walk"], c.data.split, 0, 0, "benchmarks/training.py")
     return tr.Trainer(c, ds, split, tmp / "out", torch.device(device), progress=False)
 
 
@@ -77,13 +61,15 @@ def main() -> int:
     ap.add_argument("--batch-sizes", default="16,256", help="comma-separated paths per batch")
     ap.add_argument("--paths", type=int, default=1024, help="training paths (random walks, 120 increments)")
     ap.add_argument("--repeat", type=int, default=2, help="timed epochs per case (best is reported)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="64 paths of 24 increments, batch size 16 (smoke run)")
     ap.add_argument("--out", help="JSON file")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     sys.path.insert(0, str(REPO / "tests"))
     from test_rno_synth import make_dataset
 
