@@ -301,7 +301,8 @@ def load_config(path: str | Path) -> TrainConfig:
 
 def _config_hash(cfg: TrainConfig) -> str:
     d = dataclasses.asdict(cfg)
-    d["training"] = {k: v for k, v in d["training"].items() if k not in ("time_limit", "threads", "device", "cuda_graphs")}
+    how = ("time_limit", "threads", "device", "cuda_graphs")  # how a run goes, not what it computes
+    d["training"] = {k: v for k, v in d["training"].items() if k not in how}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
