@@ -145,6 +145,27 @@ def test_surrogate_tangent_dtype_key(tmp_path):
         build_material(rno_table(tangent_dtype="float16"), cfg)
 
 
+def test_one_key_switch_accepts_every_key_of_the_other_backend():
+    """A [material] table written for "rno" switches to "rve" (and back) with the one key model, also
+    when it sets keys that only the other backend uses; fe2nn validate's default reference relies on
+    it.  Checked field by field, so a key added to one backend and not the other fails here."""
+    import dataclasses
+
+    from fe2nn.materials.registry import parse_material
+    from fe2nn.materials.rno import RnoParams
+    from fe2nn.materials.rve import RveParams
+
+    rno_keys = {f.name for f in dataclasses.fields(RnoParams)}
+    rve_keys = {f.name for f in dataclasses.fields(RveParams)}
+    assert rno_keys == rve_keys
+    table = {"surrogate": "s", "device": "cpu", "envelope_margin": 0.1, "chunk": 64, "tangent_dtype": "float64",
+             "threads": 1, "solver": "taylor", "material": "aluminium", "options": {},
+             "microstructure": {"n_grains": 4, "grid": 8, "seed": 1}}
+    assert set(table) == rno_keys
+    for model in ("rno", "rve"):
+        assert parse_material({"model": model, **table}, "c.toml")[0] == model
+
+
 def test_missing_surrogate_cli(tmp_path):
     """No surrogate at the path: exit 2, one line naming the path, nothing written."""
     cfg = bar_config(tmp_path / "c.toml", rno_table(tmp_path / "nowhere"), out=str(tmp_path / "out"))

@@ -54,6 +54,7 @@ class RveParams(RVEConfig):
     surrogate: str = field(default="", metadata=dict(doc="surrogate of model 'rno' (ignored by 'rve')"))
     envelope_margin: float = field(default=0.05, metadata=dict(doc="model 'rno' only (ignored by 'rve')"))
     chunk: int = field(default=16384, metadata=dict(doc="model 'rno' only (ignored by 'rve')"))
+    tangent_dtype: str = field(default="auto", metadata=dict(doc="model 'rno' only (ignored by 'rve')"))
     threads: int = field(default=1, metadata=dict(doc="torch threads per rank; 0 = cores / ranks (or OMP_NUM_THREADS)"))
 
 
