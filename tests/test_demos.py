@@ -1,5 +1,5 @@
-"""The two demos of the FE² issue as a user runs them (``make demo``, ``make demo-validate``):
-their claims are checked here, not only written in their comments."""
+"""The shipped configs as a user runs them: every one parses, and the two demos of the FE² issue
+(``make demo``, ``make demo-validate``) do what their comments claim."""
 from __future__ import annotations
 
 import csv
@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
+
+from fe2nn.errors import UserError
 
 
 CONFIGS = sorted([*(REPO / "demos").glob("*.toml"), *(REPO / "surrogates").glob("*/*.toml")])
@@ -34,7 +36,11 @@ def test_every_shipped_config_parses(path):
         assert not cfg.training.init_from or Path(cfg.training.init_from).is_dir(), cfg.training.init_from
         return
     else:
-        generate_config(path)
+        try:
+            generate_config(path)
+        except UserError as err:  # [paths.recorded] reads the strain paths of an earlier solve (results/)
+            if "paths.recorded.file" not in str(err) or "not found" not in str(err):
+                raise
         return
     assert (path.parent / scfg.mesh.file).is_file(), scfg.mesh.file
     if scfg.material.get("model") == "rno" and "results" not in scfg.material["surrogate"]:
