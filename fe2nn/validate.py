@@ -180,12 +180,23 @@ def _plot(path: Path, sur, ref, boundary) -> None:
     save_figure(fig, path, dpi=120)
 
 
+def material_summary(table: Dict[str, Any]) -> str:
+    """A [material] table as JSON without the keys its model accepts only to ignore them (the other
+    backend's keys of the one-key switch)."""
+    from fe2nn.materials.rno import RVE_KEYS
+    from fe2nn.materials.rve import RNO_KEYS
+
+    ignored = {"rno": RVE_KEYS, "rve": RNO_KEYS}.get(table.get("model"), ())
+    return json.dumps({k: v for k, v in table.items() if k not in ignored}, sort_keys=True)
+
+
 def markdown(report: Dict[str, Any]) -> str:
     c, t = report["comparison"], report["timing"]
     ok = "PASS" if report["pass"] else "FAIL"
     lines = [
         f"# FE² validation: {report['config']}", "",
-        f"Surrogate `{report['surrogate_material']}` vs reference `{report['reference_material']}` "
+        f"Surrogate `{material_summary(json.loads(report['surrogate_material']))}` vs reference "
+        f"`{material_summary(json.loads(report['reference_material']))}` "
         f"on {t['reference']['n_points']} quadrature points, {report['ranks']} MPI rank(s).", "",
         "| metric | value |", "|---|---|",
         f"| max reaction deviation (max\\|ΔR\\| / max\\|R_ref\\|) | {c['max_reaction_deviation']:.3%} "

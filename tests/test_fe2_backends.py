@@ -164,6 +164,15 @@ def test_one_key_switch_accepts_every_key_of_the_other_backend():
     assert set(table) == rno_keys
     for model in ("rno", "rve"):
         assert parse_material({"model": model, **table}, "c.toml")[0] == model
+    # the keys each accepts only to ignore them: the other's own keys (the validation report drops them)
+    from fe2nn.materials.rno import RVE_KEYS
+    from fe2nn.materials.rve import RNO_KEYS
+    from fe2nn.validate import material_summary
+
+    assert set(RVE_KEYS) | set(RNO_KEYS) | {"device", "threads"} == rno_keys
+    assert not set(RVE_KEYS) & set(RNO_KEYS)
+    assert set(json.loads(material_summary({"model": "rno", **table}))) == {"model", *rno_keys} - set(RVE_KEYS)
+    assert set(json.loads(material_summary({"model": "rve", **table}))) == {"model", *rno_keys} - set(RNO_KEYS)
 
 
 def test_missing_surrogate_cli(tmp_path):

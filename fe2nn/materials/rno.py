@@ -53,6 +53,10 @@ class RnoParams:
     microstructure: MicrostructureConfig = field(default_factory=MicrostructureConfig)
 
 
+#: keys of model = "rve" (the RVE the surrogate stands for) that model = "rno" accepts and ignores
+RVE_KEYS = ("solver", "material", "options", "microstructure")
+
+
 def surrogate_path(p: RnoParams, base_dir: Path) -> Path:
     """The surrogate path of ``p`` resolved against the config directory."""
     path = Path(p.surrogate).expanduser()

@@ -58,4 +58,7 @@ class RveParams(RVEConfig):
     threads: int = field(default=1, metadata=dict(doc="torch threads per rank; 0 = cores / ranks (or OMP_NUM_THREADS)"))
 
 
+#: keys of model = "rno" that model = "rve" accepts and ignores
+RNO_KEYS = ("surrogate", "envelope_margin", "chunk", "tangent_dtype")
+
 register("rve", build_rve_material, RveParams)
