@@ -45,6 +45,9 @@ def scalar_info(material, n: int) -> Dict[str, np.ndarray]:
 class OODMonitor:
     """``solve(..., callback=OODMonitor())``: OOD points per converged step (all ranks)."""
 
+    #: name of this part of a solve checkpoint (fe2nn.macro.checkpoint)
+    checkpoint_name = "ood_monitor"
+
     def __init__(self) -> None:
         self.counts: List[int] = []
         self.by_cause: Dict[str, List[int]] = {c: [] for c in OOD_CAUSES}
@@ -60,6 +63,17 @@ class OODMonitor:
         for cause, key in OOD_CAUSES.items():
             self.by_cause[cause].append(counts.get(key, 0))
         self.times.append(float(rec.time))
+
+    def checkpoint_arrays(self) -> Dict[str, np.ndarray]:
+        return {}
+
+    def checkpoint_meta(self) -> Dict[str, object]:
+        return {"counts": self.counts, "by_cause": self.by_cause, "times": self.times, "active": self.active,
+                "n_points": self.n_points}
+
+    def restore_checkpoint(self, arrays: Dict[str, np.ndarray], meta: Dict[str, object], solver=None) -> None:
+        self.counts, self.by_cause, self.times = list(meta["counts"]), dict(meta["by_cause"]), list(meta["times"])
+        self.active, self.n_points = bool(meta["active"]), int(meta["n_points"])
 
     def summary(self) -> Dict[str, object]:
         """JSON-able summary: monitored, steps with OOD points, maximum and total count."""

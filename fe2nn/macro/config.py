@@ -128,6 +128,9 @@ class OutputConfig:
     vtx: bool = True
     every: int = field(default=1, metadata=dict(check=positive, doc="write fields every n-th step"))
     plot: bool = True
+    checkpoint_every: int = field(default=0, metadata=dict(check=non_negative, doc=(
+        "write <dir>/checkpoint/ after every n-th converged step, for `fe2nn solve --resume` (0: never); "
+        "a finished run removes it")))
     strain_paths: bool = field(default=False, metadata=dict(
         doc="also write strain_paths.h5: the Mandel strain [-] at every quadrature point after every converged "
             "step, with the times [s] and point coordinates [m] (fe2nn.macro.history)"))

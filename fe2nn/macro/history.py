@@ -29,6 +29,9 @@ class StrainHistory:
     converged step; :meth:`write` gathers and writes them (collective).  Row 0 is the start
     time ``t0`` [s], where the solve starts from the undeformed state (u = 0, zero strain)."""
 
+    #: name of this part of a solve checkpoint (fe2nn.macro.checkpoint)
+    checkpoint_name = "strain_history"
+
     def __init__(self, t0: float = 0.0):
         self.t0 = float(t0)
         self.comm = None
@@ -56,6 +59,19 @@ class StrainHistory:
             self._setup(solver)
         self.times.append(float(rec.time))
         self.strains.append(solver.qf.strain().copy())
+
+    def checkpoint_arrays(self) -> dict:
+        return {"strain": np.stack(self.strains, axis=1)} if self.comm is not None else {}
+
+    def checkpoint_meta(self) -> dict:
+        return {"times": self.times}
+
+    def restore_checkpoint(self, arrays: dict, meta: dict, solver) -> None:
+        """The steps recorded up to a checkpoint."""
+        if "strain" in arrays:
+            self._setup(solver)
+            self.times = [float(t) for t in meta["times"]]
+            self.strains = [a.copy() for a in np.moveaxis(arrays["strain"], 1, 0)]
 
     def write(self, path: str | Path, attrs: dict | None = None) -> None:
         """Gather to rank 0 and write ``path`` (HDF5, atomically); collective.  Nothing is

@@ -7,6 +7,7 @@ Layout of the output directory::
                        equivalent plastic strain p [-] (when the material has it)
     steps.csv          one row per converged step
     force_displacement.png
+    checkpoint/        with [output] checkpoint_every (fe2nn.macro.checkpoint); removed at the end
 
 The .bp directories are written into a hidden temporary directory and moved into
 place when the run ends; the CSV and PNG are replaced atomically.
@@ -94,7 +95,13 @@ class CellAverages:
 class OutputWriter:
     """Writes one output directory of a macro run (collective over the solver's communicator)."""
 
-    def __init__(self, directory, solver, vtx: bool = True, plot: bool = True):
+    #: name of this part of a solve checkpoint (fe2nn.macro.checkpoint)
+    checkpoint_name = "output"
+
+    def __init__(self, directory, solver, vtx: bool = True, plot: bool = True, initial_frame: bool = True,
+                 keep_frames: bool = False):
+        """``initial_frame``: write the undeformed state as the first VTX frame (a resumed run
+        replays its frames instead); ``keep_frames``: keep every frame's arrays for checkpoints."""
         self.dir = Path(directory)
         self.solver, self.comm = solver, solver.comm
         self.plot = plot
@@ -108,6 +115,8 @@ class OutputWriter:
         self.tmp = Path(self.comm.bcast(tmp, root=0))
         self.writers = []
         self.cells = None
+        self.keep_frames = keep_frames
+        self.frames: List[tuple] = []  # (t, u, [cell function arrays]) per frame, with keep_frames
         if vtx:
             from dolfinx.io import VTXWriter
 
@@ -116,12 +125,48 @@ class OutputWriter:
                 ("displacement.bp", VTXWriter(self.comm, self.tmp / "displacement.bp", [solver.u], engine="BP4")),
                 ("fields.bp", VTXWriter(self.comm, self.tmp / "fields.bp", self.cells.functions, engine="BP4")),
             ]
-            self._write_fields(0.0)
+            if initial_frame:
+                self._write_fields(0.0)
 
     def _write_fields(self, t: float) -> None:
         self.cells.update()
         for _, w in self.writers:
             w.write(t)
+        if self.keep_frames:
+            self.frames.append((t, self.solver.u.x.array.copy(), [f.x.array.copy() for f in self.cells.functions]))
+
+    # -- checkpoints (fe2nn.macro.checkpoint) ---------------------------------------------------
+    def checkpoint_arrays(self) -> dict:
+        if not self.frames:
+            return {}
+        out = {"times": np.array([f[0] for f in self.frames]), "u": np.stack([f[1] for f in self.frames])}
+        for j in range(len(self.frames[0][2])):
+            out[f"field{j}"] = np.stack([f[2][j] for f in self.frames])
+        return out
+
+    def checkpoint_meta(self) -> dict:
+        rows = [[x.item() if hasattr(x, "item") else x for x in r] for r in self.rows]
+        return {"rows": rows, "extra_columns": self.extra_columns}
+
+    def restore_checkpoint(self, arrays: dict, meta: dict, solver=None) -> None:
+        """Take the rows of the checkpoint's steps and write its frames again (into this run's
+        VTX files, which then hold every frame of the whole run)."""
+        self.rows = [list(r) for r in meta["rows"]]
+        self.extra_columns = list(meta["extra_columns"])
+        if not self.writers or "times" not in arrays:
+            return
+        u = self.solver.u.x.array
+        current = u.copy()
+        funcs = self.cells.functions
+        for f, t in enumerate(arrays["times"]):
+            u[:] = arrays["u"][f]
+            for j, fn in enumerate(funcs):
+                fn.x.array[:] = arrays[f"field{j}"][f]
+            for _, w in self.writers:
+                w.write(float(t))
+            if self.keep_frames:
+                self.frames.append((float(t), u.copy(), [fn.x.array.copy() for fn in funcs]))
+        u[:] = current
 
     def write_step(self, rec, fields: bool = True) -> None:
         from fe2nn.fe2 import point_info_counts

@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("config", help="TOML config file (paths in it are relative to its directory)")
     ap.add_argument("--output", "-o", help="output directory (overrides [output].dir)")
     ap.add_argument("--quiet", "-q", action="store_true", help="no per-step progress lines")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run from <output dir>/checkpoint/ (written with [output] "
+                         "checkpoint_every = N), on the same number of ranks")
     return ap
 
 
@@ -88,6 +91,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     problem = build_problem(cfg, mesh, material)
     from fe2nn.fe2 import OODMonitor
 
+    from fe2nn.macro.checkpoint import Checkpoint, fingerprint
+
+    checkpoint = Checkpoint(out_dir, cfg.output.checkpoint_every,
+                            fingerprint(load_toml(file), mesh_path, MPI.COMM_WORLD.size), MPI.COMM_WORLD)
     monitor = OODMonitor()  # out-of-distribution points of a surrogate per step (no-op otherwise)
     callbacks = [monitor]
     history = None
@@ -100,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = solve(problem, cfg.load.times, cfg.load.factors, steps=cfg.load.steps, max_dt=cfg.load.max_dt,
                        reaction=cfg.output.reaction, output=out_dir, **cfg.solver.solve_kwargs(),
                        vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=not args.quiet,
-                       callback=callbacks)
+                       callback=callbacks, checkpoint=checkpoint, resume=args.resume)
     finally:  # the converged steps, also when a later step fails
         if history is not None:
             history.write(out_dir / FILE_NAME, attrs={"config": Path(file).name, "mesh": Path(mesh_path).name})

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -462,7 +464,8 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
           petsc_options: Optional[Dict[str, object]] = None, vtx: bool = True, every: int = 1,
           plot: bool = True, progress: bool = True, predictor: str = "extrapolate",
           callback: Union[None, Callable[[NewtonSolver, StepRecord], None],
-                          Sequence[Callable[[NewtonSolver, StepRecord], None]]] = None) -> Result:
+                          Sequence[Callable[[NewtonSolver, StepRecord], None]]] = None,
+          checkpoint=None, resume: bool = False) -> Result:
     """Run the load history ``(times, factors)`` with cut-backs; returns the converged steps.
 
     ``output``: directory for VTX fields, steps.csv and the force-displacement
@@ -471,7 +474,13 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
     SolverError is raised (the output of the converged steps is still written).
     ``callback``: one callable or a list, each called as ``f(solver, record)`` after every
     converged step (on every rank).
+    ``checkpoint``: a :class:`~fe2nn.macro.checkpoint.Checkpoint`, written after every
+    ``checkpoint.every``-th converged step and removed when the run finishes; ``resume``: start
+    from it instead of the undeformed state (the callbacks and the output writer get their
+    history back when they take part in checkpoints).
     """
+    if resume and checkpoint is None:
+        raise ValueError("resume needs a checkpoint")
     table = LoadTable(times, factors)
     callbacks = list(callback) if isinstance(callback, (list, tuple)) else [callback] if callback else []
     solver = NewtonSolver(problem, rtol=rtol, atol=atol, max_iterations=max_iterations,
@@ -480,13 +489,27 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
     targets = table.step_times(steps, max_dt)
     nominal = np.diff([table.start] + targets)
     min_dt = float(min_dt if min_dt is not None else nominal.min() / 1024)
+    records: List[StepRecord] = []
+    t, i, dt, cut = table.start, 0, None, 0
+    saved = None
+    if checkpoint is not None and resume:  # checked before anything is written
+        saved = checkpoint.load()
+        records = checkpoint.restore_solver(solver, saved)
+        if output is not None and solver.comm.rank == 0:  # the interrupted run's unfinished VTX files
+            for stale in Path(output).glob(".vtx.tmp*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        t, i, dt = saved["loop"]["t"], saved["loop"]["i"], saved["loop"]["dt"]
     writer = None
     if output is not None:
         from fe2nn.macro.output import OutputWriter
 
-        writer = OutputWriter(output, solver, vtx=vtx, plot=plot)
-    records: List[StepRecord] = []
-    t, i, dt, cut = table.start, 0, None, 0
+        writer = OutputWriter(output, solver, vtx=vtx, plot=plot, initial_frame=saved is None,
+                              keep_frames=checkpoint is not None and checkpoint.every > 0)
+    parts = [p for p in ([writer] + callbacks) if hasattr(p, "checkpoint_name")]
+    if saved is not None:
+        checkpoint.restore_parts(solver, saved, parts)
+        if progress:
+            rank0_print(f"resuming after step {len(records)} at t = {t:.6g} s from {checkpoint.dir}", comm=solver.comm)
     span = table.end - table.start
     failure = None
     try:
@@ -536,6 +559,8 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
                 i += 1
             if dt is not None:
                 dt = 2 * dt_try
+            if checkpoint is not None and checkpoint.due(rec.step):
+                checkpoint.save(solver, records, {"t": t, "i": i, "dt": dt}, parts)
     except SolverError as err:
         failure = err
     finally:
@@ -543,4 +568,6 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
             writer.close(records)
     if failure is not None:
         raise failure
+    if checkpoint is not None:
+        checkpoint.remove()
     return Result(records, solver)

@@ -1,0 +1,239 @@
+"""Checkpoints of a macro solve, to resume a long run (true FE², cluster wall-time limits).
+
+``[output] checkpoint_every = N`` writes ``<output dir>/checkpoint/`` after every N-th converged
+step; ``fe2nn solve CONFIG --resume`` continues from it and ends with the same results (steps.csv,
+VTX frames, strain paths, out-of-distribution counts) as a run that was never interrupted.
+A run that finishes removes its checkpoint, so a checkpoint on disk always means an unfinished run.
+
+Layout (one directory, replaced as a whole: written as ``.checkpoint.tmp``, then renamed)::
+
+    checkpoint/meta.json        step, time, the solve loop's position, the step records, the
+                                config and mesh it belongs to (fingerprint), the number of ranks
+    checkpoint/rank<r>.npz      rank r's arrays: committed displacement and last increment,
+                                material state at its quadrature points (e.g. the surrogate's
+                                internal variables, an RVE's per-voxel state), output frames so far
+
+Arrays are stored per rank, so a run resumes on the same number of ranks (mpirun -n N) with
+the same mesh partition; both are checked.  The fingerprint covers the whole config except
+``[output] dir``/``checkpoint_every`` and ``[solver]`` (so a failed run can be resumed with,
+e.g., a smaller ``min_dt`` or more Newton iterations) and the mesh file's contents.
+Everything a resumed step depends on is restored bit for bit; npz files are read without
+pickle.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from fe2nn.errors import UserError
+
+FORMAT = "fe2nn-solve-checkpoint"
+VERSION = 1
+DIR_NAME = "checkpoint"
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> List[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, name + ".")
+        elif a != b:
+            out.append(name)
+    return out
+
+
+def _record_to_json(rec) -> dict:
+    d = asdict(rec)
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
+
+
+def _record_from_json(d: dict):
+    from fe2nn.macro.solver import StepRecord
+
+    d = dict(d)
+    d["displacement"], d["reaction"] = np.asarray(d["displacement"]), np.asarray(d["reaction"])
+    return StepRecord(**d)
+
+
+class Checkpoint:
+    """Writes and reads the checkpoint of one solve (collective over ``comm``).
+
+    ``directory``: the run's output directory; ``every``: steps between checkpoints (0: never
+    write); ``fingerprint``: JSON-able description of what the run computes (see module doc).
+    Parts of the run that keep history of their own (the output writer, solve callbacks) take
+    part when they have ``checkpoint_name``, ``checkpoint_arrays()`` (this rank's arrays),
+    ``checkpoint_meta()`` (JSON, rank 0's is kept) and ``restore_checkpoint(arrays, meta, solver)``.
+    """
+
+    def __init__(self, directory: str | os.PathLike, every: int, fingerprint: dict, comm):
+        if every < 0:
+            raise ValueError(f"checkpoint every must be >= 0 steps, got {every}")
+        self.root = Path(directory)
+        self.dir = self.root / DIR_NAME
+        self.every = int(every)
+        self.fingerprint = fingerprint
+        self.comm = comm
+
+    # -- writing ---------------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def save(self, solver, records: list, loop: dict, parts: list) -> None:
+        """Write the checkpoint after a converged step (collective)."""
+        comm, rank = self.comm, self.comm.rank
+        tmp = self.root / f".{DIR_NAME}.tmp"
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        comm.barrier()
+        arrays = self._solver_arrays(solver)
+        for part in parts:
+            arrays.update({f"{part.checkpoint_name}/{k}": np.asarray(v)
+                           for k, v in part.checkpoint_arrays().items()})
+        np.savez(tmp / f"rank{rank}.npz", **arrays)
+        metas = {part.checkpoint_name: part.checkpoint_meta() for part in parts}
+        comm.barrier()
+        if rank == 0:
+            meta = {"format": FORMAT, "version": VERSION, "n_ranks": comm.size,
+                    "fingerprint": self.fingerprint, "step": len(records),
+                    "time": records[-1].time if records else None, "loop": loop,
+                    "solver": {"factor": solver.factor, "committed_factor": solver._committed_factor,
+                               "increment_factor": None if solver._increment is None else solver._increment[1]},
+                    "records": [_record_to_json(r) for r in records], "parts": metas}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            old = self.root / f".{DIR_NAME}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if self.dir.exists():
+                os.replace(self.dir, old)
+            os.replace(tmp, self.dir)
+            shutil.rmtree(old, ignore_errors=True)
+        comm.barrier()
+
+    @staticmethod
+    def _solver_arrays(solver) -> Dict[str, np.ndarray]:
+        mesh = solver.qf.mesh
+        n_cells = mesh.topology.index_map(mesh.topology.dim).size_local
+        out = {"solver/cells": np.asarray(mesh.topology.original_cell_index[:n_cells], dtype=np.int64),
+               "solver/u": solver.u_committed.copy()}
+        if solver._increment is not None:
+            out["solver/du"] = np.asarray(solver._increment[0])
+        for key, value in solver.state.items():
+            out[f"state/{key}"] = value.detach().cpu().numpy()
+        return out
+
+    def remove(self) -> None:
+        """Delete the checkpoint (the run finished); collective."""
+        self.comm.barrier()
+        if self.comm.rank == 0:
+            for d in (self.dir, self.root / f".{DIR_NAME}.tmp", self.root / f".{DIR_NAME}.old"):
+                shutil.rmtree(d, ignore_errors=True)
+        self.comm.barrier()
+
+    # -- reading ---------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.dir / "meta.json").is_file() or (self.root / f".{DIR_NAME}.old" / "meta.json").is_file()
+
+    def load(self) -> dict:
+        """Read and check the checkpoint; returns its meta with this rank's arrays under
+        ``"arrays"``.  Raises UserError (one line) when there is none or it does not fit this run."""
+        where = self.dir
+        if not (where / "meta.json").is_file():  # interrupted between the two renames of save()
+            where = self.root / f".{DIR_NAME}.old"
+        if not (where / "meta.json").is_file():
+            raise UserError(f"{self.dir}: no checkpoint to resume from (a run writes one with "
+                            f"[output] checkpoint_every = N; a finished run removes it)")
+        try:
+            meta = json.loads((where / "meta.json").read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"{where / 'meta.json'}: unreadable checkpoint ({err})") from None
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise UserError(f"{where / 'meta.json'}: not a {FORMAT} version {VERSION} file")
+        if meta["n_ranks"] != self.comm.size:
+            raise UserError(f"{where}: written by {meta['n_ranks']} MPI rank(s); resume with the same number "
+                            f"(mpirun -n {meta['n_ranks']}), this run has {self.comm.size}")
+        diff = _differences(meta["fingerprint"], self.fingerprint)
+        if diff:
+            raise UserError(f"{where}: written for another problem; changed since: {', '.join(diff)} "
+                            f"(only [output] dir/checkpoint_every and [solver] may change on resume)")
+        try:
+            with np.load(where / f"rank{self.comm.rank}.npz", allow_pickle=False) as z:
+                meta["arrays"] = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as err:
+            raise UserError(f"{where}: unreadable rank file ({err})") from None
+        return meta
+
+    def restore_solver(self, solver, meta: dict) -> list:
+        """Put the checkpoint's displacement, last increment and material state into the solver
+        (after checking the mesh partition and the state's entries); returns the step records."""
+        arrays = meta["arrays"]
+        mesh = solver.qf.mesh
+        n_cells = mesh.topology.index_map(mesh.topology.dim).size_local
+        cells = np.asarray(mesh.topology.original_cell_index[:n_cells], dtype=np.int64)
+        same = np.array_equal(cells, arrays["solver/cells"]) and arrays["solver/u"].shape == solver.u_committed.shape
+        if not self.comm.allreduce(same, op=_land()):
+            raise UserError(f"{self.dir}: the mesh is partitioned differently from the run that wrote the "
+                            f"checkpoint; resume with the same mesh file and number of ranks")
+        fresh = solver.material.initial_state(solver.qf.n_points)
+        names = {k[len("state/"):] for k in arrays if k.startswith("state/")}
+        if names != set(fresh):
+            raise UserError(f"{self.dir}: material state entries {sorted(names)} do not match the "
+                            f"material's {sorted(fresh)}")
+        state = {}
+        for key, ref in fresh.items():
+            value = torch.from_numpy(arrays[f"state/{key}"].copy())
+            if value.shape != ref.shape:
+                raise UserError(f"{self.dir}: material state '{key}' has shape {tuple(value.shape)}, "
+                                f"the material expects {tuple(ref.shape)}")
+            state[key] = value.to(device=ref.device, dtype=ref.dtype)
+        sv = meta["solver"]
+        solver.u_committed[:] = arrays["solver/u"]
+        solver.u.x.array[:] = solver.u_committed
+        solver._increment = None if sv["increment_factor"] is None else (arrays["solver/du"].copy(),
+                                                                         sv["increment_factor"])
+        solver.factor, solver._committed_factor = sv["factor"], sv["committed_factor"]
+        solver.state = solver.trial_state = state
+        return [_record_from_json(r) for r in meta["records"]]
+
+    def restore_parts(self, solver, meta: dict, parts: list) -> None:
+        """Give the output writer and the callbacks their history back."""
+        arrays = meta["arrays"]
+        for part in parts:
+            name = part.checkpoint_name
+            if name not in meta["parts"]:
+                raise UserError(f"{self.dir}: has no '{name}' (written without it)")
+            prefix = f"{name}/"
+            part.restore_checkpoint({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
+                                    meta["parts"][name], solver)
+
+
+def _land():
+    from mpi4py import MPI
+
+    return MPI.LAND
+
+
+def fingerprint(config: dict, mesh_file: str | os.PathLike, n_ranks: int) -> dict:
+    """What a resumed run must share with the run that wrote the checkpoint: the config without
+    ``[output] dir``/``checkpoint_every`` and ``[solver]``, and the mesh file's SHA-256."""
+    import hashlib
+
+    cfg = json.loads(json.dumps(config, default=str))  # plain JSON types
+    cfg.pop("solver", None)
+    out = cfg.get("output", {})
+    for key in ("dir", "checkpoint_every"):
+        out.pop(key, None)
+    h = hashlib.sha256()
+    with open(mesh_file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return {"config": cfg, "mesh_sha256": h.hexdigest(), "n_ranks": n_ranks}
+

@@ -1,0 +1,140 @@
+"""``fe2nn solve --resume``: a run killed after a checkpoint and resumed ends with the same results
+as a run that was never interrupted -- steps.csv, strain_paths.h5 and the VTX data byte for byte --
+on 1 and 2 ranks, through cut-backs (the adaptive step size is part of the checkpoint) and with the
+surrogate's internal variables as history; a checkpoint that does not fit the run is refused with
+one line before anything is written."""
+from __future__ import annotations
+
+import csv
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO, mpirun_cmd, run_cli
+from test_fe2_util import bar_config, needs_surrogate, rno_table
+
+#: runs fe2nn and dies (os._exit, as under SIGKILL: no clean-up) right after the checkpoint of step K
+KILLER = """
+import os, sys
+import fe2nn.macro.checkpoint as c
+K, save = int(sys.argv[1]), c.Checkpoint.save
+def killing_save(self, solver, records, loop, parts):
+    save(self, solver, records, loop, parts)
+    if len(records) >= K:
+        os._exit(9)
+c.Checkpoint.save = killing_save
+from fe2nn.cli import main
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
+def _j2_bar(path, out, every=1, max_iterations=2, E="200e9"):
+    """The J2 bar demo in 6 steps with at most 2 Newton iterations per step: a cut-back at t = 1.5 s."""
+    text = (REPO / "demos" / "bar_j2.toml").read_text()
+    text = text.replace('"../meshes/bar.msh"', f'"{REPO / "meshes" / "bar.msh"}"').replace("steps = 30", "steps = 6")
+    text = text.replace("E = 200e9", f"E = {E}")
+    text = text.replace('linear_solver = "direct"', f'linear_solver = "direct"\nmax_iterations = {max_iterations}')
+    text = text.replace('dir = "../results/bar_j2"', f'dir = "{out}"\ncheckpoint_every = {every}\nstrain_paths = true')
+    path.write_text(text)
+    return path
+
+
+def _killed(tmp_path, cfg, after: int, n: int = 1):
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    import os
+    import subprocess
+
+    base = [sys.executable, str(script), str(after), "solve", str(cfg), "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(mpirun_cmd(n, *base) if n > 1 else base, cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+
+
+def _rows(out):
+    with open(out / "steps.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r.pop("wall_time")
+    return rows
+
+
+def _assert_same_results(ref, res):
+    assert _rows(res) == _rows(ref)  # every column as written (17 digits), but the wall time
+    with h5py.File(ref / "strain_paths.h5") as a, h5py.File(res / "strain_paths.h5") as b:
+        for key in ("strain", "time", "x", "cell", "point"):
+            np.testing.assert_array_equal(b[key][()], a[key][()])
+    for name in ("displacement.bp", "fields.bp"):  # every frame's data and step metadata
+        for part in ("data.0", "md.0"):
+            assert (res / name / part).read_bytes() == (ref / name / part).read_bytes(), f"{name}/{part}"
+    assert sorted(p.name for p in res.iterdir()) == sorted(p.name for p in ref.iterdir())  # no checkpoint left
+
+
+def test_resume_after_kill_through_a_cut_back_gives_the_uninterrupted_results(tmp_path):
+    ref, res = tmp_path / "ref", tmp_path / "res"
+    proc = run_cli("solve", str(_j2_bar(tmp_path / "ref.toml", ref)), check=True)
+    assert "cut back at t = 1.5 s" in proc.stdout and "step    7" in proc.stdout
+    cfg = _j2_bar(tmp_path / "res.toml", res)
+    _killed(tmp_path, cfg, after=3)  # between the cut-back and the step that reaches t = 1.5 s
+    assert (res / "checkpoint" / "meta.json").is_file() and not (res / "displacement.bp").exists()
+    proc = run_cli("solve", str(cfg), "--resume", check=True)
+    assert "resuming after step 3 at t = 1.25 s" in proc.stdout
+    assert "step    4  t = 1.5 s" in proc.stdout and "step    3 " not in proc.stdout
+    _assert_same_results(ref, res)
+
+
+@needs_surrogate
+def test_resume_with_the_surrogate_restores_its_internal_variables(tmp_path):
+    kw = dict(strain=4e-3, times=(0.0, 2.0, 3.0), factors=(0.0, 1.0, 0.5), steps=6)
+    ref, res = tmp_path / "ref", tmp_path / "res"
+    extra = "checkpoint_every = 2\nstrain_paths = true"
+    run_cli("solve", str(bar_config(tmp_path / "ref.toml", rno_table(), out=str(ref), extra=extra, **kw)), "-q",
+            check=True)
+    cfg = bar_config(tmp_path / "res.toml", rno_table(), out=str(res), extra=extra, **kw)
+    _killed(tmp_path, cfg, after=4)  # past the peak: the unloading depends on the history
+    run_cli("solve", str(cfg), "--resume", "-q", check=True)
+    _assert_same_results(ref, res)
+    assert "ood_points" in _rows(res)[0]
+
+
+def test_resume_on_two_ranks_and_refusals(tmp_path):
+    ref, res = tmp_path / "ref", tmp_path / "res"
+    run_cli("solve", str(_j2_bar(tmp_path / "ref.toml", ref, every=2)), "-q", n=2, check=True)
+    cfg = _j2_bar(tmp_path / "res.toml", res, every=2)
+    _killed(tmp_path, cfg, after=4, n=2)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in res.rglob("*"))
+
+    def refused(proc, *words):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        line = proc.stderr.strip()
+        assert "\n" not in line and all(w in line for w in words), line
+        assert sorted((p.name, p.stat().st_mtime_ns) for p in res.rglob("*")) == before  # nothing written
+
+    refused(run_cli("solve", str(cfg), "--resume"), "written by 2 MPI rank(s)", "mpirun -n 2")
+    changed = _j2_bar(tmp_path / "changed.toml", res, every=2, E="210e9")
+    refused(run_cli("solve", str(changed), "--resume", n=2), "another problem", "material.E")
+    refused(run_cli("solve", str(cfg), "--resume", "-o", str(tmp_path / "elsewhere"), n=2),
+            "no checkpoint to resume from", "checkpoint_every")
+    run_cli("solve", str(cfg), "--resume", "-q", n=2, check=True)
+    _assert_same_results(ref, res)
+    # [solver] may change on resume (e.g. more Newton iterations for a run that failed)
+    _killed(tmp_path, cfg, after=2, n=2)
+    looser = _j2_bar(tmp_path / "looser.toml", res, every=2, max_iterations=25)
+    proc = run_cli("solve", str(looser), "--resume", n=2, check=True)
+    assert "resuming after step 2" in proc.stdout and "cut back" not in proc.stdout
+
+
+def test_checkpoint_every_is_validated(tmp_path):
+    cfg = _j2_bar(tmp_path / "bad.toml", tmp_path / "out", every=-1)
+    proc = run_cli("solve", str(cfg))
+    assert proc.returncode == 2 and "checkpoint_every" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("every", [0, 3])
+def test_a_finished_run_leaves_no_checkpoint(tmp_path, every):
+    out = tmp_path / "out"
+    run_cli("solve", str(_j2_bar(tmp_path / "c.toml", out, every=every)), "-q", check=True)
+    assert not any(p.name.startswith((".checkpoint", "checkpoint", ".vtx")) for p in out.iterdir())
