@@ -30,12 +30,13 @@ raise SystemExit(main(sys.argv[2:]))
 """
 
 
-def _j2_bar(path, out, every=1, max_iterations=2, E="200e9"):
-    """The J2 bar demo in 6 steps with at most 2 Newton iterations per step: a cut-back at t = 1.5 s."""
+def _j2_bar(path, out, every=1, max_iterations=2, E="200e9", solver=""):
+    """The J2 bar demo in 6 steps with at most 2 Newton iterations per step: a cut-back at t = 1.5 s.
+    ``solver``: more lines of its [solver] table."""
     text = (REPO / "demos" / "bar_j2.toml").read_text()
     text = text.replace('"../meshes/bar.msh"', f'"{REPO / "meshes" / "bar.msh"}"').replace("steps = 30", "steps = 6")
     text = text.replace("E = 200e9", f"E = {E}")
-    text = text.replace('linear_solver = "direct"', f'linear_solver = "direct"\nmax_iterations = {max_iterations}')
+    text = text.replace('linear_solver = "direct"', f'linear_solver = "direct"\nmax_iterations = {max_iterations}\n{solver}')
     text = text.replace('dir = "../results/bar_j2"', f'dir = "{out}"\ncheckpoint_every = {every}\nstrain_paths = true')
     path.write_text(text)
     return path
@@ -83,6 +84,18 @@ def test_resume_after_kill_through_a_cut_back_gives_the_uninterrupted_results(tm
     proc = run_cli("solve", str(cfg), "--resume", check=True)
     assert "resuming after step 3 at t = 1.25 s" in proc.stdout
     assert "step    4  t = 1.5 s" in proc.stdout and "step    3 " not in proc.stdout
+    _assert_same_results(ref, res)
+
+
+def test_a_failed_run_resumes_with_other_solver_settings(tmp_path):
+    ref, res = tmp_path / "ref", tmp_path / "res"
+    run_cli("solve", str(_j2_bar(tmp_path / "ref.toml", ref)), "-q", check=True)
+    strict = _j2_bar(tmp_path / "strict.toml", res, solver="min_dt = 0.4")  # no cut-back to 0.25 s allowed
+    proc = run_cli("solve", str(strict), "-q")
+    line = proc.stderr.strip()
+    assert proc.returncode == 3 and "\n" not in line and "Traceback" not in line, proc.stderr
+    assert "min_dt = 0.4" in line and "the checkpoint of step 2 is in" in line and "--resume" in line
+    run_cli("solve", str(_j2_bar(tmp_path / "res.toml", res)), "--resume", "-q", check=True)
     _assert_same_results(ref, res)
 
 

@@ -82,6 +82,7 @@ class Checkpoint:
         self.every = int(every)
         self.fingerprint = fingerprint
         self.comm = comm
+        self.last_step = 0  # step of the last checkpoint written or resumed from (0: none)
 
     # -- writing ---------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -117,6 +118,7 @@ class Checkpoint:
             os.replace(tmp, self.dir)
             shutil.rmtree(old, ignore_errors=True)
         comm.barrier()
+        self.last_step = len(records)
 
     @staticmethod
     def _solver_arrays(solver) -> Dict[str, np.ndarray]:
@@ -201,6 +203,7 @@ class Checkpoint:
                                                                          sv["increment_factor"])
         solver.factor, solver._committed_factor = sv["factor"], sv["committed_factor"]
         solver.state = solver.trial_state = state
+        self.last_step = int(meta["step"])
         return [_record_from_json(r) for r in meta["records"]]
 
     def restore_parts(self, solver, meta: dict, parts: list) -> None:

@@ -567,6 +567,9 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
         if writer is not None:
             writer.close(records)
     if failure is not None:
+        if checkpoint is not None and checkpoint.last_step:
+            raise SolverError(f"{failure}; the checkpoint of step {checkpoint.last_step} is in {checkpoint.dir}: "
+                              f"change [solver] (e.g. min_dt, max_iterations) and continue with --resume") from None
         raise failure
     if checkpoint is not None:
         checkpoint.remove()
