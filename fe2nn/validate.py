@@ -13,6 +13,8 @@ Both solves run in the same process on the same mesh partition (so the quadratur
 points match one to one), under ``mpirun`` too.  Written to ``[output].dir``:
 ``surrogate/`` and ``reference/`` (each a full ``fe2nn solve`` output),
 ``force_displacement.png`` (overlay), ``report.json`` and ``report.md`` (atomic).
+With ``[output] checkpoint_every = N`` the reference solve writes checkpoints
+(``reference/checkpoint/``); ``--resume`` runs the surrogate again and continues the reference.
 
 Metrics (all defined over the converged steps at times present in both runs):
 
@@ -78,6 +80,9 @@ def load(path: str | Path):
 class _Recorder:
     """solve() callback: OOD counts and the quadrature-point stresses of the chosen steps."""
 
+    #: name of this part of a solve checkpoint (fe2nn.macro.checkpoint)
+    checkpoint_name = "validate"
+
     def __init__(self, steps: Optional[set]):
         from fe2nn.fe2 import OODMonitor
 
@@ -95,8 +100,21 @@ class _Recorder:
         if self.steps is None or rec.step in self.steps:
             self.stress[round(rec.time, 12)] = np.array(solver.qf.view(solver.qf.stress), dtype=float).reshape(-1, 6)
 
+    def checkpoint_arrays(self) -> Dict[str, np.ndarray]:
+        return {f"stress{i}": s for i, s in enumerate(self.stress.values())}
 
-def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm):
+    def checkpoint_meta(self) -> Dict[str, Any]:
+        return {"times": list(self.stress), "ood": self.ood.checkpoint_meta()}
+
+    def restore_checkpoint(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any], solver) -> None:
+        from fe2nn.fe2 import point_weights
+
+        self.stress = {t: arrays[f"stress{i}"] for i, t in enumerate(meta["times"])}
+        self.ood.restore_checkpoint({}, meta["ood"])
+        self.weights = point_weights(solver.qf)
+
+
+def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint=None, resume: bool = False):
     from fe2nn.macro.run import build_problem
     from fe2nn.macro.solver import solve
 
@@ -111,8 +129,11 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm):
     result = solve(build_problem(cfg, mesh, material), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
                    max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, output=out, **cfg.solver.solve_kwargs(),
                    vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=progress,
-                   callback=callbacks)
+                   callback=callbacks, checkpoint=checkpoint, resume=resume)
     wall = comm.allreduce(time.perf_counter() - t0, op=__import__("mpi4py").MPI.MAX)
+    resumed = checkpoint.resumed_step if resume else 0
+    # a resumed run: the steps of the checkpoint by their own wall times (output writing excluded)
+    wall += comm.allreduce(sum(r.wall_time for r in result.steps[:resumed]), op=__import__("mpi4py").MPI.MAX)
     if len(callbacks) > 1:  # after the timing
         from fe2nn.macro.history import FILE_NAME
 
@@ -123,7 +144,7 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm):
     n_evals = sum(r.iterations + 1 for r in result.steps)
     result.solver.destroy()
     return result, rec, {"wall_time_s": wall, "constitutive_time_s": constitutive, "n_points": n_points,
-                         "material_evaluations": n_evals}
+                         "material_evaluations": n_evals, "resumed_after_step": resumed or None}
 
 
 def compare(sur, ref, rec_s, rec_r, comm) -> Dict[str, Any]:
@@ -217,6 +238,10 @@ def markdown(report: Dict[str, Any]) -> str:
         "Stress differences per compared step:", "", "| step | time [s] | relative L2 |", "|---|---|---|",
     ]
     lines += [f"| {s['step']} | {s['time']:.6g} | {s['relative_l2']:.3%} |" for s in c["stress_relative_l2"]]
+    resumed = t["reference"].get("resumed_after_step")
+    if resumed:
+        lines += ["", f"The reference solve was resumed from its checkpoint after step {resumed}; its wall time "
+                      f"counts the steps before by their own step times (output writing excluded)."]
     lines += ["", "Definitions: see `report.json` → `definitions`.", ""]
     return "\n".join(lines)
 
@@ -238,6 +263,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("config", help="fe2nn solve config with a [validate] table")
     ap.add_argument("--output", "-o", help="output directory (overrides [output].dir)")
     ap.add_argument("--quiet", "-q", action="store_true", help="no per-step progress lines")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the reference (full RVE) solve from <output dir>/reference/checkpoint/ "
+                         "(written with [output] checkpoint_every = N); the surrogate solve runs again")
     return ap
 
 
@@ -267,6 +295,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     check_boundaries(cfg, file, info)
     sur_mat = build_material(cfg.material, file)
     ref_mat = build_material(vcfg.reference, file, key="validate.reference")
+    from fe2nn.macro.checkpoint import Checkpoint, fingerprint
+
+    checkpoint = None  # of the reference solve, the long one
+    if cfg.output.checkpoint_every or args.resume:
+        checkpoint = Checkpoint(out / "reference", cfg.output.checkpoint_every,
+                                fingerprint(load_toml(file), mesh_path, comm.size), comm)
+        if args.resume:
+            checkpoint.load()  # one clear line now, not after the surrogate solve
     mesh = read_mesh(mesh_path, comm)
     steps = set(vcfg.stress_steps) or None
 
@@ -275,7 +311,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     rank0_print(f"      {tim_s['wall_time_s']:.2f} s; {rec_s.ood.line()}", comm=comm)
     rank0_print(f"[2/2] reference ({vcfg.reference.get('model')}, {vcfg.reference.get('solver', '')}) solve",
                 comm=comm)
-    ref, rec_r, tim_r = _run(cfg, mesh, ref_mat, out / "reference", steps, not args.quiet, comm)
+    ref, rec_r, tim_r = _run(cfg, mesh, ref_mat, out / "reference", steps, not args.quiet, comm,
+                             checkpoint=checkpoint, resume=args.resume)
     rank0_print(f"      {tim_r['wall_time_s']:.2f} s", comm=comm)
 
     cmp_ = compare(sur, ref, rec_s, rec_r, comm)

@@ -42,17 +42,17 @@ def _j2_bar(path, out, every=1, max_iterations=2, E="200e9", solver=""):
     return path
 
 
-def _killed(tmp_path, cfg, after: int, n: int = 1):
+def _killed(tmp_path, cfg, after: int, n: int = 1, command: str = "solve"):
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     import os
     import subprocess
 
-    base = [sys.executable, str(script), str(after), "solve", str(cfg), "-q"]
+    base = [sys.executable, str(script), str(after), command, str(cfg), "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(mpirun_cmd(n, *base) if n > 1 else base, cwd=REPO, capture_output=True, text=True,
                           timeout=600, env=env)
-    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert proc.returncode == 9, proc.stdout + proc.stderr
 
 
 def _rows(out):
@@ -151,3 +151,27 @@ def test_a_finished_run_leaves_no_checkpoint(tmp_path, every):
     out = tmp_path / "out"
     run_cli("solve", str(_j2_bar(tmp_path / "c.toml", out, every=every)), "-q", check=True)
     assert not any(p.name.startswith((".checkpoint", "checkpoint", ".vtx")) for p in out.iterdir())
+
+
+@needs_surrogate
+def test_validate_resumes_its_reference_solve(tmp_path):
+    import json
+
+    kw = dict(strain=4e-3, times=(0.0, 2.0, 2.5), factors=(0.0, 1.0, 0.75), steps=6)
+    extra = "checkpoint_every = 2\n[validate]\nstress_steps = [2, 6]\n"  # reference: the Taylor RVE
+    run_cli("validate", str(bar_config(tmp_path / "a.toml", rno_table(), out=str(tmp_path / "a"), extra=extra,
+                                       **kw)), "-q", check=True)
+    cfg = bar_config(tmp_path / "b.toml", rno_table(), out=str(tmp_path / "b"), extra=extra, **kw)
+    _killed(tmp_path, cfg, after=4, command="validate")  # only the reference solve checkpoints
+    assert (tmp_path / "b" / "reference" / "checkpoint" / "meta.json").is_file()
+    assert not (tmp_path / "b" / "report.json").exists()
+    proc = run_cli("validate", str(cfg), "--resume", check=True)
+    assert "resuming after step 4" in proc.stdout
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("a", "b"))
+    assert b["comparison"] == a["comparison"] and b["iterations"] == a["iterations"] and b["ood"] == a["ood"]
+    assert b["timing"]["reference"]["resumed_after_step"] == 4 and a["timing"]["reference"]["resumed_after_step"] is None
+    assert "resumed from its checkpoint after step 4" in (tmp_path / "b" / "report.md").read_text()
+    assert _rows(tmp_path / "b" / "reference") == _rows(tmp_path / "a" / "reference")
+    assert not (tmp_path / "b" / "reference" / "checkpoint").exists()
+    proc = run_cli("validate", str(cfg), "--resume")
+    assert proc.returncode == 2 and "no checkpoint to resume from" in proc.stderr

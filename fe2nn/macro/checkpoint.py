@@ -83,6 +83,7 @@ class Checkpoint:
         self.fingerprint = fingerprint
         self.comm = comm
         self.last_step = 0  # step of the last checkpoint written or resumed from (0: none)
+        self.resumed_step = 0  # step this run resumed after (0: it started from the beginning)
 
     # -- writing ---------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -203,7 +204,7 @@ class Checkpoint:
                                                                          sv["increment_factor"])
         solver.factor, solver._committed_factor = sv["factor"], sv["committed_factor"]
         solver.state = solver.trial_state = state
-        self.last_step = int(meta["step"])
+        self.last_step = self.resumed_step = int(meta["step"])
         return [_record_from_json(r) for r in meta["records"]]
 
     def restore_parts(self, solver, meta: dict, parts: list) -> None:
