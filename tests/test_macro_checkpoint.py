@@ -175,3 +175,13 @@ def test_validate_resumes_its_reference_solve(tmp_path):
     assert not (tmp_path / "b" / "reference" / "checkpoint").exists()
     proc = run_cli("validate", str(cfg), "--resume")
     assert proc.returncode == 2 and "no checkpoint to resume from" in proc.stderr
+
+
+def test_a_checkpoint_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".checkpoint.tmp").write_text("in the way")  # the checkpoint's temporary directory cannot be made
+    proc = run_cli("solve", str(_j2_bar(tmp_path / "c.toml", out, every=3)), "-q", check=True)
+    assert "WARNING: checkpoint of step 3 not written (FileExistsError" in proc.stdout
+    assert "no checkpoint yet" in proc.stdout and "step 6 not written" in proc.stdout
+    assert len(_rows(out)) == 7 and not (out / "checkpoint").exists()

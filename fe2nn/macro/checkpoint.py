@@ -90,36 +90,58 @@ class Checkpoint:
         return self.every > 0 and step % self.every == 0
 
     def save(self, solver, records: list, loop: dict, parts: list) -> None:
-        """Write the checkpoint after a converged step (collective)."""
+        """Write the checkpoint after a converged step (collective).  A write that fails on any
+        rank (disk full, quota) keeps the previous checkpoint and prints one warning line; the
+        run goes on."""
         comm, rank = self.comm, self.comm.rank
         tmp = self.root / f".{DIR_NAME}.tmp"
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        comm.barrier()
-        arrays = self._solver_arrays(solver)
+        arrays = self._solver_arrays(solver)  # every rank gathers its part (collective-free)
         for part in parts:
             arrays.update({f"{part.checkpoint_name}/{k}": np.asarray(v)
                            for k, v in part.checkpoint_arrays().items()})
-        np.savez(tmp / f"rank{rank}.npz", **arrays)
         metas = {part.checkpoint_name: part.checkpoint_meta() for part in parts}
-        comm.barrier()
-        if rank == 0:
+
+        def attempt(action) -> Optional[str]:
+            try:
+                action()
+                return None
+            except OSError as err:
+                return f"{type(err).__name__}: {err}"
+
+        def prepare():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+
+        errors = comm.allgather(attempt(prepare) if rank == 0 else None)
+        if not any(errors):
+            errors = comm.allgather(attempt(lambda: np.savez(tmp / f"rank{rank}.npz", **arrays)))
+        if not any(errors):
             meta = {"format": FORMAT, "version": VERSION, "n_ranks": comm.size,
                     "fingerprint": self.fingerprint, "step": len(records),
                     "time": records[-1].time if records else None, "loop": loop,
                     "solver": {"factor": solver.factor, "committed_factor": solver._committed_factor,
                                "increment_factor": None if solver._increment is None else solver._increment[1]},
                     "records": [_record_to_json(r) for r in records], "parts": metas}
-            (tmp / "meta.json").write_text(json.dumps(meta))
-            old = self.root / f".{DIR_NAME}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if self.dir.exists():
-                os.replace(self.dir, old)
-            os.replace(tmp, self.dir)
-            shutil.rmtree(old, ignore_errors=True)
-        comm.barrier()
-        self.last_step = len(records)
+
+            def publish():
+                (tmp / "meta.json").write_text(json.dumps(meta))
+                old = self.root / f".{DIR_NAME}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                if self.dir.exists():
+                    os.replace(self.dir, old)
+                os.replace(tmp, self.dir)
+                shutil.rmtree(old, ignore_errors=True)
+
+            errors = comm.allgather(attempt(publish) if rank == 0 else None)
+        failed = next((e for e in errors if e), None)
+        if failed is None:
+            self.last_step = len(records)
+            return
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"WARNING: checkpoint of step {len(records)} not written ({failed}); "
+                  + (f"the checkpoint of step {self.last_step} stays" if self.last_step else "no checkpoint yet"),
+                  flush=True)
 
     @staticmethod
     def _solver_arrays(solver) -> Dict[str, np.ndarray]:
