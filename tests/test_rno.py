@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fe2nn.surrogate.material import RNOMaterial, compute_envelope
-from fe2nn.surrogate.rno import RNO, RNOArch, grow, refine_path, rollout_at_dt_factor
+from fe2nn.surrogate.rno import RNO, RNOArch, grow, refine_path, shrink, rollout_at_dt_factor
 
 
 def _model(k=3, activation="silu", seed=0, g_rate=False, xi_bound=0.0, elastic_split=False, g_increment=False):
@@ -444,6 +444,40 @@ def test_grow_keeps_the_function_and_lets_new_capacity_learn(flags):
         grow(big, m.arch)
     with pytest.raises(ValueError, match="activation"):
         grow(m, RNOArch(**{**m.arch.__dict__, "activation": "tanh"}))
+
+
+@pytest.mark.parametrize("flags", [dict(g_increment=True, xi_bound=2.0), dict(g_rate=True), dict()])
+def test_shrink_undoes_grow_and_keeps_a_model_at_its_own_widths(flags):
+    """rno.shrink (prune + least-squares refit): cutting a grown model back to the widths it was grown
+    from keeps exactly the original units (the new ones are silent), so the original function comes
+    back; cutting a model to its own widths keeps its function; widening or changing k is refused."""
+    m = _model(k=3, **flags)
+    g = torch.Generator().manual_seed(3)
+    strain = torch.cumsum(2e-3 * torch.randn(6, 12, 6, generator=g, dtype=torch.float64), dim=1)
+    strain[:, 0] = 0.0
+    time = torch.cumsum(0.5 + torch.rand(6, 12, generator=g, dtype=torch.float64), dim=1)
+    torch.manual_seed(5)
+    big = grow(m, RNOArch(**{**m.arch.__dict__, "f_hidden": [40, 36], "g_hidden": [30]}))
+    back = shrink(big, m.arch, strain, time)
+    same = shrink(m, m.arch, strain, time)
+    assert back.arch.to_dict() == m.arch.to_dict() and back.normalization() == m.normalization()
+    with torch.no_grad():
+        ref = m.rollout(strain, time)
+        for other in (back, same):
+            torch.testing.assert_close(other.rollout(strain, time), ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
+        eps, prev, dt, xi0 = _inputs(k=3)
+        tan_ref = m.step_with_tangent(eps, prev, dt, xi0)[1]
+        torch.testing.assert_close(back.step_with_tangent(eps, prev, dt, xi0)[1], tan_ref, rtol=1e-8,
+                                   atol=1e-8 * float(tan_ref.abs().max()))
+        # a real cut: fewer units than the function uses -- close along the fitting paths, not exact
+        cut = shrink(m, RNOArch(**{**m.arch.__dict__, "f_hidden": [12, 12], "g_hidden": [8]}), strain, time)
+        assert [l.out_features for l in cut.F if isinstance(l, torch.nn.Linear)] == [12, 12, 6]
+        err = float((cut.rollout(strain, time) - ref).norm() / ref.norm())
+        assert 0 < err < 1
+    with pytest.raises(ValueError, match="can only narrow"):
+        shrink(m, big.arch, strain, time)
+    with pytest.raises(ValueError, match="k differ"):
+        shrink(m, RNOArch(**{**m.arch.__dict__, "k": 2}), strain, time)
 
 
 _SHIPPED = sorted(p.parent.name for p in (Path(__file__).resolve().parents[1] / "surrogates").glob("*/card.json"))

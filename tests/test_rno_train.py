@@ -268,6 +268,25 @@ def test_init_from_warm_starts_and_checks_architecture(tmp_path, dataset):
         tr.main([str(other), "--no-progress"])
 
 
+def test_init_from_a_wider_surrogate_cuts_it(tmp_path, dataset, capsys):
+    """A narrower [model] with training.init_from starts from the exported model cut to its widths
+    (rno.shrink): at its first validation it is much closer to the data than a fresh model of the
+    same size, and trains on from there."""
+    assert tr.main([str(_config(tmp_path, dataset, "base", epochs=10)), "--no-progress"]) == 0
+    base = json.loads((tmp_path / "base" / "card.json").read_text())["training"]["best_val_rel_l2"]
+    val = {}
+    for name, extra in (("cut", f'init_from = "{tmp_path / "base"}"\n'), ("fresh", "")):
+        cfg = _config(tmp_path, dataset, name, epochs=1, extra=extra + "lr_min = 0\n")
+        cfg.write_text(cfg.read_text().replace("f_hidden = [16, 16]", "f_hidden = [10, 10]")
+                       .replace("g_hidden = [8]", "g_hidden = [5]").replace("lr = 1e-2", "lr = 1e-12"))
+        assert tr.main([str(cfg), "--no-progress"]) == 0
+        val[name] = json.loads((tmp_path / name / "history.json").read_text())[0]["val"]
+        arch = json.loads((tmp_path / name / "card.json").read_text())["architecture"]
+        assert arch["f_hidden"] == [10, 10] and arch["g_hidden"] == [5]
+    assert "cut by pruning, fitted along" in capsys.readouterr().out
+    assert val["cut"] < min(1.5 * base, 0.5 * val["fresh"]), (base, val)
+
+
 def test_export_sets_substep_limit_from_training_increments(tmp_path, dataset):
     """By default the card's integration.max_substep_strain is the largest strain increment of the
     training paths, and the loaded model uses it."""

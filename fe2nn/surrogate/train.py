@@ -49,7 +49,7 @@ import torch
 from fe2nn.config import in_range, load_toml, non_negative, one_of, parse, positive, resolve_path
 from fe2nn.errors import UserError
 from fe2nn.io_utils import atomic_path, write_text_atomic
-from fe2nn.surrogate.rno import RNO, ACTIVATIONS, RNOArch, grow, relative_l2, rollout_at_dt_factor
+from fe2nn.surrogate.rno import RNO, ACTIVATIONS, RNOArch, grow, relative_l2, rollout_at_dt_factor, shrink
 
 #: paths of each batch on which the rate-stability term (training.rate_stability_weight) is evaluated
 RATE_STABILITY_PATHS = 32
@@ -273,7 +273,8 @@ class TrainingConfig:
         "m of rate_stability_weight (normalized units: stress scale / rate scale)")))
     init_from: str = field(default="", metadata=dict(
         doc="surrogate directory to start from (fine-tuning; its normalization is kept); a [model] with larger k "
-            "or hidden widths grows it (rno.grow: the same function at the start)"))
+            "or hidden widths grows it (rno.grow: the same function at the start), one with narrower hidden layers "
+            "cuts it (rno.shrink: pruned and fitted along training paths, a cheaper model to train on)"))
 
 
 @dataclass
@@ -353,6 +354,11 @@ def rate_instability(model: RNO, strain: torch.Tensor, time: torch.Tensor, margi
     return torch.relu(margin - lam).mean()
 
 
+#: training paths (evenly spaced over the training split) along which a narrower model is fitted
+#: to ``training.init_from``'s (rno.shrink)
+SHRINK_PATHS = 512
+
+
 class Trainer:
     """Training state and loop for one model (one k)."""
 
@@ -401,14 +407,24 @@ class Trainer:
 
         model, _ = load_surrogate(path)
         if model.arch.to_dict() != arch.to_dict():
-            small = model.arch
-            try:  # a larger [model]: the same function, with room to learn more (see rno.grow)
-                model = grow(model, arch)
+            old = model.arch
+            try:
+                if any(a < b for a, b in zip(list(arch.f_hidden) + list(arch.g_hidden),
+                                             list(old.f_hidden) + list(old.g_hidden))):
+                    # a narrower [model]: cut to it, fitted on the model's own inputs along training paths
+                    tr = self.data["train"]
+                    pick = torch.as_tensor(np.unique(np.linspace(0, tr["strain"].shape[0] - 1, SHRINK_PATHS).round()
+                                                     .astype(np.int64)))
+                    model = shrink(model, arch, tr["strain"][pick].double(), tr["time"][pick].double())
+                    how = f"cut by pruning, fitted along {pick.numel()} training paths (rno.shrink)"
+                else:  # a larger [model]: the same function, with room to learn more (see rno.grow)
+                    model = grow(model, arch)
+                    how = "same function at the start (rno.grow)"
             except ValueError as err:
-                raise UserError(f"training.init_from = {path}: its architecture {small.to_dict()} cannot "
+                raise UserError(f"training.init_from = {path}: its architecture {old.to_dict()} cannot "
                                 f"become [model] {arch.to_dict()}: {err}") from None
-            print(f"training.init_from = {path}: grown from k = {small.k}, F {small.f_hidden}, G {small.g_hidden} "
-                  f"to k = {arch.k}, F {arch.f_hidden}, G {arch.g_hidden} (same function at the start)", flush=True)
+            print(f"training.init_from = {path}: k = {old.k}, F {old.f_hidden}, G {old.g_hidden} -> k = {arch.k}, "
+                  f"F {arch.f_hidden}, G {arch.g_hidden} ({how})", flush=True)
         return model.to(device=self.device, dtype=self.dtype).train()
 
     def _init_linear_skip(self, strain: np.ndarray, stress: np.ndarray) -> None:
