@@ -107,7 +107,7 @@ def main() -> int:
     ap.add_argument("--tangent-dtype", default=None, choices=["auto", "float32", "float64"],
                     help="precision of the surrogate's tangent in part A (default: the demo's, auto)")
     ap.add_argument("--surrogate", default=None,
-                    help="surrogate directory to time (default: the main demo's, surrogates/aluminium_taylor_fast)")
+                    help="surrogate directory to time (default: the main demo's, surrogates/aluminium_taylor_fast_w64)")
     ap.add_argument("--out", help="JSON file")
     args = ap.parse_args()
     args.grid = args.grid or (8 if args.quick else 16)
