@@ -164,9 +164,6 @@ class Checkpoint:
         self.comm.barrier()
 
     # -- reading ---------------------------------------------------------------------------
-    def exists(self) -> bool:
-        return (self.dir / "meta.json").is_file() or (self.root / f".{DIR_NAME}.old" / "meta.json").is_file()
-
     def load(self) -> dict:
         """Read and check the checkpoint; returns its meta with this rank's arrays under
         ``"arrays"``.  Raises UserError (one line) when there is none or it does not fit this run."""
