@@ -100,8 +100,9 @@ class OutputWriter:
 
     def __init__(self, directory, solver, vtx: bool = True, plot: bool = True, initial_frame: bool = True,
                  keep_frames: bool = False):
-        """``initial_frame``: write the undeformed state as the first VTX frame (a resumed run
-        replays its frames instead); ``keep_frames``: keep every frame's arrays for checkpoints."""
+        """``initial_frame``: write the undeformed state as the first VTX frame; False for a run
+        resumed from a checkpoint, which replays its frames instead and removes the unfinished VTX
+        files of the interrupted run.  ``keep_frames``: keep every frame's arrays for checkpoints."""
         self.dir = Path(directory)
         self.solver, self.comm = solver, solver.comm
         self.plot = plot
@@ -110,6 +111,9 @@ class OutputWriter:
         tmp = None
         if self.comm.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
+            if not initial_frame:  # resumed: the interrupted run's unfinished VTX files
+                for stale in self.dir.glob(".vtx.tmp*"):
+                    shutil.rmtree(stale, ignore_errors=True)
             tmp = str(self.dir / f".vtx.tmp{os.getpid()}")
             Path(tmp).mkdir()
         self.tmp = Path(self.comm.bcast(tmp, root=0))

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -495,9 +493,6 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
     if checkpoint is not None and resume:  # checked before anything is written
         saved = checkpoint.load()
         records = checkpoint.restore_solver(solver, saved)
-        if output is not None and solver.comm.rank == 0:  # the interrupted run's unfinished VTX files
-            for stale in Path(output).glob(".vtx.tmp*"):
-                shutil.rmtree(stale, ignore_errors=True)
         t, i, dt = saved["loop"]["t"], saved["loop"]["i"], saved["loop"]["dt"]
     writer = None
     if output is not None:
