@@ -32,6 +32,7 @@ import torch
 
 from fe2nn.io_utils import write_text_atomic
 from fe2nn.surrogate.card import load_surrogate
+from fe2nn.surrogate.rno import relative_l2
 from fe2nn.surrogate.train import read_dataset
 
 HERE = Path(__file__).resolve().parent
@@ -96,11 +97,6 @@ class Overlay(torch.nn.Module):
             for _ in range(iters):
                 y = newton(y)
         return newton(y.detach())
-
-
-def relative_l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-path relative L2 stress error over the whole trajectory (B,)."""
-    return torch.sqrt(((pred - target) ** 2).sum((-1, -2)) / (target ** 2).sum((-1, -2)))
 
 
 def main(argv=None) -> int:
