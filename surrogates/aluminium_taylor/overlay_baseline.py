@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from fe2nn.io_utils import write_text_atomic
+from fe2nn.mandel import deviatoric_projector, deviator, volumetric_projector
 from fe2nn.surrogate.card import load_surrogate
 from fe2nn.surrogate.rno import relative_l2
 from fe2nn.surrogate.train import read_dataset
 
 HERE = Path(__file__).resolve().parent
 DTYPE = torch.float64
-IDENT = torch.tensor([1.0, 1, 1, 0, 0, 0], dtype=DTYPE)   # Mandel identity
 SQ23 = math.sqrt(2.0 / 3.0)
 GDOT0 = 1e-3                                              # reference strain rate [1/s]
 
@@ -62,8 +62,8 @@ class Overlay(torch.nn.Module):
         """strain (B, T+1, 6), time t (B, T+1) [s] -> stress (B, T, 6) [MPa] at steps 1..T."""
         bsz, n1, _ = strain.shape
         k, mu = 1e3 * torch.exp(self.log_k), 1e3 * torch.exp(self.log_mu)
-        p_vol = torch.outer(IDENT, IDENT) / 3
-        c = 3 * k * p_vol + 2 * mu * (torch.eye(6, dtype=DTYPE) - p_vol) + 0.5e3 * (self.d_c + self.d_c.T)
+        c = (3 * k * volumetric_projector(DTYPE) + 2 * mu * deviatoric_projector(DTYPE)
+             + 0.5e3 * (self.d_c + self.d_c.T))
         w = torch.softmax(self.w_logit, 0)
         s0, q, b, n = (torch.exp(v) for v in (self.log_s0, self.log_q, self.log_b, self.log_n))
         eps_p = strain.new_zeros(bsz, self.m, 6)
@@ -72,8 +72,7 @@ class Overlay(torch.nn.Module):
         for i in range(1, n1):
             e = strain[:, i]
             dt = (t[:, i] - t[:, i - 1]).clamp_min(1e-12)
-            dev = e - (e[:, :3].sum(-1, keepdim=True) / 3) * IDENT
-            s_tr = 2 * mu * (dev[:, None, :] - eps_p)
+            s_tr = 2 * mu * (deviator(e)[:, None, :] - eps_p)
             norm = torch.sqrt((s_tr ** 2).sum(-1) + 1e-20)
             drag = SQ23 * (s0 + q * (1 - torch.exp(-b * p))) * (1.0 / (dt[:, None] * GDOT0)) ** (1 / n)
             y = self._root(norm, mu, drag, n)
