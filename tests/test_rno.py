@@ -526,3 +526,22 @@ def test_default_surrogate_tangent_stays_positive_definite_at_short_steps():
     if (root / "aluminium_taylor_stage7").exists():
         old, _ = load_surrogate(root / "aluminium_taylor_stage7")
         assert stability(old, strain, time)["0.015625"]["non_pd_share"] > 0.05
+
+
+def test_evaluate_model_tangents_match_the_material_driven_along_the_path():
+    """evaluate.model_tangents (the surrogate's tangents from its own rollout, compared with the
+    RVE's by ``fe2nn evaluate --rve-probe``) equals what RNOMaterial returns when driven increment by
+    increment along the same paths: the tangent the macro Newton solve gets."""
+    from fe2nn.surrogate import evaluate as ev
+
+    m = _model(k=3, g_increment=True, xi_bound=5.0)
+    g = torch.Generator().manual_seed(4)
+    strain = torch.cat([torch.zeros(3, 1, 6, dtype=torch.float64),
+                        torch.cumsum(2e-3 * torch.randn(3, 10, 6, generator=g, dtype=torch.float64), dim=1)], dim=1)
+    time = torch.cat([torch.zeros(3, 1, dtype=torch.float64),
+                      torch.cumsum(0.5 + torch.rand(3, 10, generator=g, dtype=torch.float64), dim=1)], dim=1)
+    C = ev.model_tangents(m, strain.numpy(), time.numpy())
+    C_mat = ev.probe_material(RNOMaterial(m), strain.numpy(), time.numpy(), fractions=())[1]
+    assert C.shape == (3, 10, 6, 6)
+    assert torch.allclose(C, C_mat, rtol=1e-10, atol=1e-10 * float(C_mat.abs().max()))
+    assert ev.tangent_errors(C, C_mat, strain.numpy())["frobenius"]["max"] < 1e-10

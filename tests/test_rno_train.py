@@ -451,6 +451,49 @@ def test_material_stability_probe_on_closed_form_laws(dataset):
     assert max(v["non_pd_share"] for v in soft.values()) > 0
 
 
+def test_tangent_errors_against_closed_form_laws(dataset):
+    """evaluate.tangent_errors (fe2nn evaluate --rve-probe) on elastic laws in closed form: 1.1 E
+    against E is 10 % off on every increment, whole tangent and along it; another Poisson ratio
+    gives sqrt(9 dK^2 + 20 dmu^2) / sqrt(9 K^2 + 20 mu^2) (Mandel: |P_vol|^2 = 1, |P_dev|^2 = 5) and,
+    along a uniaxial strain path, |dC e1| / |C e1| with C e1 = (lambda + 2 mu, lambda, lambda, 0, 0, 0).
+    Two J2 laws with different hardening agree until they yield, then differ."""
+    from fe2nn.materials.elastic import LinearElastic
+    from fe2nn.materials.j2 import J2Plasticity
+
+    d = tr.read_dataset(dataset)
+    strain, time = d["strain"], d["time"]
+    e = ev.tangent_errors(ev.probe_material(LinearElastic(77e9, 0.3), strain, time)[1],
+                          ev.probe_material(LinearElastic(70e9, 0.3), strain, time)[1], strain)
+    for key in ("frobenius", "along_increment"):
+        assert e[key]["mean"] == pytest.approx(0.1, rel=1e-12) and e[key]["max"] == pytest.approx(0.1, rel=1e-12)
+
+    T = 20
+    uni = torch.zeros(1, T + 1, 6, dtype=torch.float64)
+    uni[0, :, 0] = torch.linspace(0.0, 4e-3, T + 1, dtype=torch.float64)
+    t = torch.linspace(0.0, 2.0, T + 1, dtype=torch.float64)[None]
+
+    def lame(E, nu):
+        return E * nu / ((1 + nu) * (1 - 2 * nu)), E / (2 * (1 + nu))
+
+    (l1, m1), (l2, m2) = lame(70e9, 0.25), lame(70e9, 0.35)
+    K1, K2 = l1 + 2 * m1 / 3, l2 + 2 * m2 / 3
+    e = ev.tangent_errors(ev.probe_material(LinearElastic(70e9, 0.25), uni, t)[1],
+                          ev.probe_material(LinearElastic(70e9, 0.35), uni, t)[1], uni)
+    fro = ((9 * (K1 - K2) ** 2 + 20 * (m1 - m2) ** 2) / (9 * K2 ** 2 + 20 * m2 ** 2)) ** 0.5
+    along = (((l1 + 2 * m1 - l2 - 2 * m2) ** 2 + 2 * (l1 - l2) ** 2) / ((l2 + 2 * m2) ** 2 + 2 * l2 ** 2)) ** 0.5
+    assert e["frobenius"]["mean"] == pytest.approx(fro, rel=1e-10) and e["frobenius"]["max"] == pytest.approx(fro, rel=1e-10)
+    assert e["along_increment"]["mean"] == pytest.approx(along, rel=1e-10)
+
+    # uniaxial strain yields at eps11 = sigma_y / (2 mu) = 1.86e-3 (increment 10 of 20); the two
+    # hardening moduli differ only after that
+    hard, harder = J2Plasticity(70e9, 0.3, 100e6, H_iso=2e9), J2Plasticity(70e9, 0.3, 100e6, H_iso=6e9)
+    C_ref = ev.probe_material(hard, uni, t)[1]
+    C = ev.probe_material(harder, uni, t)[1]
+    rel = torch.linalg.matrix_norm(C - C_ref) / torch.linalg.matrix_norm(C_ref)
+    assert torch.all(rel[0, :8] == 0.0) and torch.all(rel[0, -5:] > 0.01)
+    assert ev.tangent_errors(C, C_ref, uni)["frobenius"]["max"] == pytest.approx(float(rel.max()), rel=1e-12)
+
+
 def test_rate_tangent_is_the_short_step_limit_of_the_tangent():
     """(r_s f dt / sigma_s) d sigma/d eps of a step over the fraction f of an increment (same strain
     rate) tends to RNO.rate_tangent as f -> 0, linearly in f; and it is differentiable in F's weights

@@ -74,6 +74,33 @@ def test_taylor_rve_tangent_stays_positive_definite_at_short_steps(tmp_path):
     assert 0 < lam[0] < lam[1] < lam[2] < lam[3], lam
 
 
+def test_rve_probe_reports_tangent_errors_against_the_rve(tmp_path):
+    """fe2nn evaluate --rve-probe N on a dataset whose config names a (small) Taylor RVE: per group,
+    the RVE's stability probe on N paths and the surrogate's consistent tangent against the RVE's
+    along them (relative Frobenius and along-the-increment errors), in report.json and the table."""
+    import h5py
+
+    from fe2nn.surrogate import evaluate as ev
+
+    data = make_dataset(tmp_path / "j2.h5", {"random_walk": 6, "monotonic": 2}, T=8, seed=2)
+    rve = {"solver": "taylor", "material": "aluminium", "microstructure": {"n_grains": 3, "grid": 8, "seed": 1}}
+    with h5py.File(data, "a") as f:
+        f.attrs["config"] = json.dumps({"rve": rve})
+    cfg = _config(tmp_path, data, "m", epochs=1)
+    assert run_cli("train", str(cfg), "--no-progress").returncode == 0
+    report = ev.evaluate(str(tmp_path / "m"), str(data), plots=False, rve_probe=2)
+    for name, g in report["groups"].items():
+        e = g["rve_tangent"]
+        n = min(2, g["n_paths"])  # the random walks' held-out test split has 1 path
+        assert e["paths"] == g["rve_stability"]["paths"] == n
+        assert e["frobenius"]["n"] == n * 8 and 0 < e["frobenius"]["mean"] <= e["frobenius"]["max"] < 10
+        assert 0 < e["along_increment"]["mean"] < 10
+    table = ev.format_table(report)
+    assert "monotonic: consistent tangent against the RVE's on 2 paths" in table
+    on_disk = json.loads((tmp_path / "m" / "evaluation" / "report.json").read_text())
+    assert on_disk["groups"]["monotonic"]["rve_tangent"] == report["groups"]["monotonic"]["rve_tangent"]
+
+
 def test_dataset_without_rve_config_is_one_line_error(tmp_path):
     with pytest.raises(UserError, match="no RVE configuration stored"):
         U.reference_material({"config": None, "path": "x.h5"})

@@ -29,7 +29,10 @@ from a wrong direction of the stress rather than a wrong magnitude (:func:`error
 error that grows along the path is drift of the internal variables.
 Every group also gets a stability probe (:func:`stability`): is the consistent tangent positive
 definite when the step to the next data point is shortened (as Newton cut-backs do)?  With
-``--rve-probe N`` the same probe runs through the dataset's RVE on N paths per group.
+``--rve-probe N`` the same probe runs through the dataset's RVE on N paths per group, and the
+surrogate's consistent tangent along those paths is compared with the RVE's (:func:`tangent_errors`):
+the stiffness the macro Newton solve and the structure's equilibrium see, which a stress error
+along the path alone does not measure.
 Writes ``report.json`` and PNG plots (predicted vs RVE stress-strain curves, step-size
 comparison, error along the path) into DIR (default: SURROGATE/evaluation), all atomically.
 """
@@ -111,8 +114,30 @@ def _probe_summary(lam: Dict[float, torch.Tensor]) -> Dict[str, Any]:
                        "min_eigenvalue": float(v.min())} for f, v in lam.items()}
 
 
-def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS,
-              batch: int = 16384) -> Dict[str, Any]:
+def _increments(model: RNO, strain: np.ndarray, time: np.ndarray):
+    """The increments of paths (B, T+1, 6) / (B, T+1) as (eps_{n-1}, eps_n, dt_n, xi_{n-1}), each
+    flattened to B*T rows, xi from the model's own rollout."""
+    s = torch.as_tensor(strain, dtype=torch.float64)
+    t = torch.as_tensor(time, dtype=torch.float64)
+    B = s.shape[0]
+    with torch.no_grad():
+        _, xi = model.rollout(s, t, return_xi=True)
+    xi_prev = torch.cat([xi.new_zeros(B, 1, model.k), xi[:, :-1]], dim=1).reshape(-1, model.k)
+    return s[:, :-1].reshape(-1, 6), s[:, 1:].reshape(-1, 6), (t[:, 1:] - t[:, :-1]).reshape(-1), xi_prev
+
+
+def _tangents_at(model: RNO, inc, f: float) -> torch.Tensor:
+    """Consistent tangents (B*T, 6, 6) [Pa] of the steps over the fraction f of each increment."""
+    e0, e1, dt, xi_prev = inc
+    with torch.no_grad():
+        return model.step_with_tangent(e0 + f * (e1 - e0), e0, f * dt, xi_prev)[1]
+
+
+def _smallest_eigenvalue(C: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.eigvalsh(0.5 * (C + C.transpose(-1, -2)))[..., 0]
+
+
+def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS) -> Dict[str, Any]:
     """Material stability of the surrogate along paths: is its tangent positive definite?
 
     From the model's own state after every increment n-1 of each path (strain (B, T+1, 6),
@@ -125,42 +150,68 @@ def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_
     Returns, per fraction: the share of (path, increment) pairs with a tangent that is not
     positive definite, the share of paths with at least one, and the smallest eigenvalue [Pa].
     """
-    s = torch.as_tensor(strain, dtype=torch.float64)
-    t = torch.as_tensor(time, dtype=torch.float64)
-    B, T1, _ = s.shape
-    out: Dict[float, torch.Tensor] = {}
-    with torch.no_grad():
-        _, xi = model.rollout(s, t, return_xi=True)
-        xi_prev = torch.cat([xi.new_zeros(B, 1, model.k), xi[:, :-1]], dim=1).reshape(-1, model.k)
-        e0, e1 = s[:, :-1].reshape(-1, 6), s[:, 1:].reshape(-1, 6)
-        dt = (t[:, 1:] - t[:, :-1]).reshape(-1)
-        for f in fractions:
-            lam = torch.empty(e0.shape[0], dtype=torch.float64)
-            for i in range(0, e0.shape[0], batch):
-                j = slice(i, i + batch)
-                _, C, _ = model.step_with_tangent(e0[j] + f * (e1[j] - e0[j]), e0[j], f * dt[j], xi_prev[j])
-                lam[j] = torch.linalg.eigvalsh(0.5 * (C + C.transpose(1, 2)))[:, 0]
-            out[f] = lam.reshape(B, T1 - 1)
-    return _probe_summary(out)
+    inc = _increments(model, strain, time)
+    B, T = strain.shape[0], strain.shape[1] - 1
+    return _probe_summary({f: _smallest_eigenvalue(_tangents_at(model, inc, f)).reshape(B, T) for f in fractions})
 
 
-def material_stability(material, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS) -> Dict[str, Any]:
-    """:func:`stability` for any :class:`~fe2nn.materials.base.Material` (e.g. the dataset's RVE):
-    the material is driven along the paths (B, T+1, 6), and before each increment the probe steps
-    are taken from its converged state.  Same report; B x T x (1 + fractions) batched updates of B
-    points, so give it a few paths for an RVE."""
+def model_tangents(model: RNO, strain: np.ndarray, time: np.ndarray) -> torch.Tensor:
+    """The surrogate's consistent tangents d sigma_n/d eps_n (B, T, 6, 6) [Pa] along paths (strain
+    (B, T+1, 6), time (B, T+1)), each from the model's own state: what the macro Newton solve gets."""
+    B, T = strain.shape[0], strain.shape[1] - 1
+    return _tangents_at(model, _increments(model, strain, time), 1.0).reshape(B, T, 6, 6)
+
+
+def probe_material(material, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS):
+    """Drive any :class:`~fe2nn.materials.base.Material` (e.g. the dataset's RVE) along paths
+    (strain (B, T+1, 6), time (B, T+1)).  Returns the smallest eigenvalues of the symmetric tangent
+    {fraction: (B, T)} of the probe steps of :func:`stability`, each taken from the material's
+    converged state before the increment, and the consistent tangents (B, T, 6, 6) [Pa] of the
+    increments themselves.  B x T x (1 + fractions) batched updates of B points, so give it a few
+    paths for an RVE."""
     s = torch.as_tensor(strain, dtype=torch.float64)
     t = torch.as_tensor(time, dtype=torch.float64)
     B, T1, _ = s.shape
     lam = {f: torch.empty(B, T1 - 1, dtype=torch.float64) for f in fractions}
+    tangents = torch.empty(B, T1 - 1, 6, 6, dtype=torch.float64)
     state = material.initial_state(B)
     for n in range(1, T1):
         dt = t[:, n] - t[:, n - 1]
         for f in fractions:
             _, C, _ = material.update(s[:, n - 1] + f * (s[:, n] - s[:, n - 1]), f * dt, state)
-            lam[f][:, n - 1] = torch.linalg.eigvalsh(0.5 * (C + C.transpose(1, 2)))[:, 0].cpu()
-        _, _, state = material.update(s[:, n], dt, state)
-    return _probe_summary(lam)
+            lam[f][:, n - 1] = _smallest_eigenvalue(C).cpu()
+        _, C, state = material.update(s[:, n], dt, state)
+        tangents[:, n - 1] = torch.as_tensor(C, dtype=torch.float64).cpu()
+    return lam, tangents
+
+
+def material_stability(material, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS) -> Dict[str, Any]:
+    """:func:`stability` for any :class:`~fe2nn.materials.base.Material`: the summary of
+    :func:`probe_material`."""
+    return _probe_summary(probe_material(material, strain, time, fractions)[0])
+
+
+def tangent_errors(C: torch.Tensor, C_ref: torch.Tensor, strain: np.ndarray) -> Dict[str, Any]:
+    """How far tangents C (B, T, 6, 6) are from reference tangents C_ref along the same paths
+    (strain (B, T+1, 6)), per increment:
+
+    * ``frobenius``: ||C - C_ref||_F / ||C_ref||_F, the whole tangent;
+    * ``along_increment``: ||(C - C_ref) u|| / ||C_ref u||, u = the unit strain increment: the
+      stress increment per unit strain along the path itself.
+
+    Each as mean / p95 / max over the increments (``along_increment`` over those of nonzero
+    length).  Mandel components throughout, so both norms are those of the tensors."""
+    C, C_ref = torch.as_tensor(C, dtype=torch.float64), torch.as_tensor(C_ref, dtype=torch.float64)
+    s = torch.as_tensor(strain, dtype=torch.float64)
+    d = s[:, 1:] - s[:, :-1]
+    length = torch.linalg.vector_norm(d, dim=-1)
+    moving = length > 0
+    u = d / torch.where(moving, length, 1.0)[..., None]
+    fro = torch.linalg.matrix_norm(C - C_ref) / torch.linalg.matrix_norm(C_ref)
+    ref_u = torch.einsum("btij,btj->bti", C_ref, u)
+    along = torch.linalg.vector_norm(torch.einsum("btij,btj->bti", C - C_ref, u), dim=-1) \
+        / torch.linalg.vector_norm(ref_u, dim=-1).clamp_min(1e-300)
+    return {"frobenius": stats(fro.numpy().ravel()), "along_increment": stats(along[moving].numpy())}
 
 
 def stats(e: np.ndarray) -> Dict[str, float]:
@@ -293,7 +344,8 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
     """Evaluate and write the report/plots; returns the report dict.  ``uniaxial``: also the
     uniaxial-stress cycles against the dataset's RVE (:mod:`fe2nn.surrogate.uniaxial`).
     ``rve_probe`` > 0: also the stability probe of the dataset's RVE on that many paths of each
-    group (the first ones; :func:`material_stability`)."""
+    group (the first ones; :func:`probe_material`), and the surrogate's tangent against the RVE's
+    there (:func:`tangent_errors`)."""
     from fe2nn.surrogate.card import card_paths, load_surrogate
     from fe2nn.surrogate.train import read_dataset
 
@@ -329,8 +381,10 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
             res["along_path"] = error_along_path(p, sig[:, 1:][:, ti])
         res["stability"] = stability(model, s, t)
         if rve is not None:
-            res["rve_stability"] = {"paths": min(rve_probe, idx.size),
-                                    **material_stability(rve, s[:rve_probe], t[:rve_probe])}
+            n = min(rve_probe, idx.size)
+            lam, C_rve = probe_material(rve, s[:n], t[:n])
+            res["rve_stability"] = {"paths": n, **_probe_summary(lam)}
+            res["rve_tangent"] = {"paths": n, **tangent_errors(model_tangents(model, s[:n], t[:n]), C_rve, s[:n])}
         report["groups"][name] = res
         if plots:
             safe = name.replace("/", "_").replace(" ", "_")
@@ -408,6 +462,12 @@ def format_table(report: Dict[str, Any]) -> str:
             lines.append(f"{name}: the RVE's tangent on {g['rve_stability']['paths']} paths: not positive definite at "
                          + " / ".join(f"{v['non_pd_share']:.2%}" for v in st.values()) + " (smallest eigenvalue "
                          + " / ".join(f"{v['min_eigenvalue'] / 1e9:.3g}" for v in st.values()) + " GPa)")
+        if "rve_tangent" in g:
+            e = g["rve_tangent"]
+            lines.append(f"{name}: consistent tangent against the RVE's on {e['paths']} paths: "
+                         f"{e['frobenius']['mean']:.1%} (p95 {e['frobenius']['p95']:.1%}; Frobenius), "
+                         f"{e['along_increment']['mean']:.1%} (p95 {e['along_increment']['p95']:.1%}) along the "
+                         "increment")
     for c in report.get("uniaxial", {}).get("cases", []):
         lines.append(f"uniaxial stress cycle a = {c['amplitude']:.2%} at {c['rate']:.2g} 1/s: largest deviation "
                      f"{c['max_deviation']:.2%} (tension branch {c['max_deviation_tension']:.2%})")
@@ -430,7 +490,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="also run uniaxial-stress tension-unloading-compression cycles through the surrogate and "
                          "through the dataset's RVE (the validation demo's load path at one point; ~1 min for Taylor)")
     ap.add_argument("--rve-probe", type=int, default=0, metavar="N",
-                    help="also run the stability probe through the dataset's RVE on the first N paths of each group")
+                    help="also run the stability probe through the dataset's RVE on the first N paths of each group, "
+                         "and compare the surrogate's consistent tangent with the RVE's along them")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = ap.parse_args(argv)
     if args.threads > 0:
