@@ -137,7 +137,8 @@ def _smallest_eigenvalue(C: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(0.5 * (C + C.transpose(-1, -2)))[..., 0]
 
 
-def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS) -> Dict[str, Any]:
+def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS,
+              batch: int = 16384) -> Dict[str, Any]:
     """Material stability of the surrogate along paths: is its tangent positive definite?
 
     From the model's own state after every increment n-1 of each path (strain (B, T+1, 6),
@@ -149,10 +150,12 @@ def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_
     structure can localize (the macro Newton stalls there; see ``NewtonSolver.diagnose``).
     Returns, per fraction: the share of (path, increment) pairs with a tangent that is not
     positive definite, the share of paths with at least one, and the smallest eigenvalue [Pa].
+    Tangents are formed ``batch`` increments at a time.
     """
     inc = _increments(model, strain, time)
     B, T = strain.shape[0], strain.shape[1] - 1
-    return _probe_summary({f: _smallest_eigenvalue(_tangents_at(model, inc, f)).reshape(B, T) for f in fractions})
+    return _probe_summary({f: torch.cat([_smallest_eigenvalue(_tangents_at(model, [x[i:i + batch] for x in inc], f))
+                                         for i in range(0, B * T, batch)]).reshape(B, T) for f in fractions})
 
 
 def model_tangents(model: RNO, strain: np.ndarray, time: np.ndarray) -> torch.Tensor:
