@@ -10,7 +10,8 @@ split, loss and rate-stability term (card ``training.config``), in batches of 25
 from its own internal variables) against the Taylor RVE's, at every increment of 32 paths per
 batch drawn from ``--paths`` training paths.  The RVE's tangents are computed once, before
 training (the dataset's RVE, rebuilt from its stored config; about 2 min for 1024 paths here).
-``--weight 0`` is the control.  The model is exported to ``--out`` like ``fe2nn train`` does;
+``--coarsen K`` takes those paths at every K-th point (K times longer steps, as FE² steps are;
+the RVE's and the model's states then follow the coarse path).  ``--weight 0`` is the control.  The model is exported to ``--out`` like ``fe2nn train`` does;
 score it with ``fe2nn evaluate OUT data/al_taylor_7320.h5 --uniaxial --rve-probe 64`` and with
 ``demos/validate_small.toml`` with the model swapped in ("Beyond step 13" in README.md).
 About 15 min (weight 1) and 9 min (control) with 2 threads here.
@@ -72,6 +73,7 @@ def main() -> int:
     ap.add_argument("--weight", type=float, default=1.0, help="weight of the tangent term (0: control)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--paths", type=int, default=1024, help="training paths with RVE tangents")
+    ap.add_argument("--coarsen", type=int, default=1, help="tangent paths at every K-th point (K x the step)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True, help="output surrogate directory")
     args = ap.parse_args()
@@ -89,15 +91,17 @@ def main() -> int:
     ds = tr.combine_datasets(parts, fams, "tangent_study")
     split = tr.split_parts(ds, fams, cfg.data.split, cfg.data.seed, cfg.data.max_samples, "tangent_study")
     idx = np.sort(np.random.default_rng(123).choice(np.array(split["train"]), args.paths, replace=False))
+    strain, t_path = ds["strain"][idx][:, ::args.coarsen], ds["time"][idx][:, ::args.coarsen]
     t0 = time.time()
     rve = U.reference_material(parts[0])
-    C_rve = torch.cat([ev.probe_material(rve, ds["strain"][idx[i:i + 128]], ds["time"][idx[i:i + 128]], fractions=())[1]
+    C_rve = torch.cat([ev.probe_material(rve, strain[i:i + 128], t_path[i:i + 128], fractions=())[1]
                        for i in range(0, idx.size, 128)]).float()
-    print(f"RVE tangents along {idx.size} training paths: {time.time() - t0:.0f} s", flush=True)
+    print(f"RVE tangents along {idx.size} training paths (every {args.coarsen}. point): {time.time() - t0:.0f} s",
+          flush=True)
     out = Path(args.out)
     trainer = TangentTrainer(cfg, ds, split, out, torch.device("cpu"), True, weight=args.weight,
-                             strain=torch.as_tensor(ds["strain"][idx], dtype=torch.float32),
-                             time=torch.as_tensor(ds["time"][idx], dtype=torch.float32), tangent=C_rve, seed=7)
+                             strain=torch.as_tensor(strain, dtype=torch.float32),
+                             time=torch.as_tensor(t_path, dtype=torch.float32), tangent=C_rve, seed=7)
     out.mkdir(parents=True, exist_ok=True)
     trainer.run(None)
     errors = tr.export(trainer, out)
