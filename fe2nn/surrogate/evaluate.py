@@ -114,11 +114,11 @@ def _probe_summary(lam: Dict[float, torch.Tensor]) -> Dict[str, Any]:
                        "min_eigenvalue": float(v.min())} for f, v in lam.items()}
 
 
-def _increments(model: RNO, strain: np.ndarray, time: np.ndarray):
+def path_increments(model: RNO, strain, time, dtype: torch.dtype = torch.float64):
     """The increments of paths (B, T+1, 6) / (B, T+1) as (eps_{n-1}, eps_n, dt_n, xi_{n-1}), each
-    flattened to B*T rows, xi from the model's own rollout."""
-    s = torch.as_tensor(strain, dtype=torch.float64)
-    t = torch.as_tensor(time, dtype=torch.float64)
+    flattened to B*T rows, xi from the model's own rollout (no gradient), in ``dtype``."""
+    s = torch.as_tensor(strain, dtype=dtype)
+    t = torch.as_tensor(time, dtype=dtype)
     B = s.shape[0]
     with torch.no_grad():
         _, xi = model.rollout(s, t, return_xi=True)
@@ -152,7 +152,7 @@ def stability(model: RNO, strain: np.ndarray, time: np.ndarray, fractions=PROBE_
     positive definite, the share of paths with at least one, and the smallest eigenvalue [Pa].
     Tangents are formed ``batch`` increments at a time.
     """
-    inc = _increments(model, strain, time)
+    inc = path_increments(model, strain, time)
     B, T = strain.shape[0], strain.shape[1] - 1
     return _probe_summary({f: torch.cat([_smallest_eigenvalue(_tangents_at(model, [x[i:i + batch] for x in inc], f))
                                          for i in range(0, B * T, batch)]).reshape(B, T) for f in fractions})
@@ -162,7 +162,7 @@ def model_tangents(model: RNO, strain: np.ndarray, time: np.ndarray) -> torch.Te
     """The surrogate's consistent tangents d sigma_n/d eps_n (B, T, 6, 6) [Pa] along paths (strain
     (B, T+1, 6), time (B, T+1)), each from the model's own state: what the macro Newton solve gets."""
     B, T = strain.shape[0], strain.shape[1] - 1
-    return _tangents_at(model, _increments(model, strain, time), 1.0).reshape(B, T, 6, 6)
+    return _tangents_at(model, path_increments(model, strain, time), 1.0).reshape(B, T, 6, 6)
 
 
 def probe_material(material, strain: np.ndarray, time: np.ndarray, fractions=PROBE_FRACTIONS):

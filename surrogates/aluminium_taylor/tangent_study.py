@@ -11,8 +11,9 @@ from its own internal variables) against the Taylor RVE's, at every increment of
 batch drawn from ``--paths`` training paths.  The RVE's tangents are computed once, before
 training (the dataset's RVE, rebuilt from its stored config; about 2 min for 1024 paths here).
 ``--coarsen K`` takes those paths at every K-th point (K times longer steps, as FE² steps are;
-the RVE's and the model's states then follow the coarse path).  ``--weight 0`` is the control.  The model is exported to ``--out`` like ``fe2nn train`` does;
-score it with ``fe2nn evaluate OUT data/al_taylor_7320.h5 --uniaxial --rve-probe 64`` and with
+the RVE's and the model's states then follow the coarse path).  ``--weight 0`` is the control.
+The model is exported to ``--out`` like ``fe2nn train`` does; score it with
+``fe2nn evaluate OUT data/al_taylor_7320.h5 --uniaxial --rve-probe 64`` and with
 ``demos/validate_small.toml`` with the model swapped in ("Beyond step 13" in README.md).
 About 15 min (weight 1) and 9 min (control) with 2 threads here.
 """
@@ -40,13 +41,11 @@ TANGENT_PATHS_PER_BATCH = 32
 def model_tangent(model, strain: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
     """Consistent tangents (B*T, 6, 6) along paths (B, T+1, 6), differentiable in the weights: the
     internal variables come from the model's own rollout (no gradient through them), the tangent of
-    each step by autograd (rows d sigma_i / d eps)."""
-    B = strain.shape[0]
-    with torch.no_grad():
-        _, xi = model.rollout(strain, time, return_xi=True)
-    xi_prev = torch.cat([xi.new_zeros(B, 1, model.k), xi[:, :-1]], 1).reshape(-1, model.k)
-    eps = strain[:, 1:].reshape(-1, 6).clone().requires_grad_(True)
-    sigma = model.step(eps, strain[:, :-1].reshape(-1, 6), (time[:, 1:] - time[:, :-1]).reshape(-1), xi_prev)[0]
+    each step by autograd (rows d sigma_i / d eps; ``RNO.step_with_tangent`` updates in place and
+    cannot be backpropagated)."""
+    e0, e1, dt, xi_prev = ev.path_increments(model, strain, time, strain.dtype)
+    eps = e1.clone().requires_grad_(True)
+    sigma = model.step(eps, e0, dt, xi_prev)[0]
     return torch.stack([torch.autograd.grad(sigma[:, i].sum(), eps, create_graph=True)[0] for i in range(6)], 1)
 
 
@@ -96,7 +95,7 @@ def main() -> int:
     rve = U.reference_material(parts[0])
     C_rve = torch.cat([ev.probe_material(rve, strain[i:i + 128], t_path[i:i + 128], fractions=())[1]
                        for i in range(0, idx.size, 128)]).float()
-    print(f"RVE tangents along {idx.size} training paths (every {args.coarsen}. point): {time.time() - t0:.0f} s",
+    print(f"RVE tangents along {idx.size} training paths (step x {args.coarsen}): {time.time() - t0:.0f} s",
           flush=True)
     out = Path(args.out)
     trainer = TangentTrainer(cfg, ds, split, out, torch.device("cpu"), True, weight=args.weight,
