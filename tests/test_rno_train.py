@@ -428,6 +428,62 @@ def test_rate_stability_term_makes_the_short_step_tangent_positive_definite(tmp_
     assert probe_stable["0.015625"]["non_pd_share"] < probe_plain["0.015625"]["non_pd_share"]
 
 
+def test_selection_margin_scores_epochs_by_tangents_that_are_not_positive_definite(tmp_path, dataset):
+    """training.selection_margin = 0: the run trains exactly as with the default (the margin only
+    enters the best-epoch score); the history records the term at both margins, the one at margin 0
+    never above the one at the training margin; the exported epoch minimizes the validation error +
+    w x the term at margin 0; a negative margin other than -1 is a one-line config error."""
+    stable = "rate_stability_weight = 100.0\nrate_stability_margin = 0.05"
+    a = _config(tmp_path, dataset, "m", epochs=4, extra=stable)
+    b = _config(tmp_path, dataset, "m0", epochs=4, extra=stable + "\nselection_margin = 0.0")
+    assert tr.main([str(a), "--no-progress"]) == 0 and tr.main([str(b), "--no-progress"]) == 0
+    ha = json.loads((tmp_path / "m" / "history.json").read_text())
+    hb = json.loads((tmp_path / "m0" / "history.json").read_text())
+    assert [h["loss"] for h in hb] == [h["loss"] for h in ha]
+    assert [h["val_rate_instability"] for h in hb] == [h["val_rate_instability"] for h in ha]
+    assert all("val_selection_instability" not in h for h in ha)
+    assert all(0.0 <= h["val_selection_instability"] <= h["val_rate_instability"] for h in hb)
+    assert any(h["val_rate_instability"] > 0 for h in hb)  # the training margin is not yet met
+    card = json.loads((tmp_path / "m0" / "card.json").read_text())
+    scores = [h["val"] + 100.0 * h["val_selection_instability"] for h in hb]
+    assert card["training"]["best_epoch"] == hb[min(range(len(scores)), key=scores.__getitem__)]["epoch"]
+    card_a = json.loads((tmp_path / "m" / "card.json").read_text())
+    scores_a = [h["val"] + 100.0 * h["val_rate_instability"] for h in ha]
+    assert card_a["training"]["best_epoch"] == ha[min(range(len(scores_a)), key=scores_a.__getitem__)]["epoch"]
+    bad = _config(tmp_path, dataset, "m1", extra="selection_margin = -0.5")
+    with pytest.raises(UserError, match="selection_margin"):
+        tr.main([str(bad)])
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
+@pytest.mark.parametrize("selection, best", [("", 1), ("selection_margin = 0.0", 2)])
+def test_best_epoch_score_at_the_selection_margin(tmp_path, dataset, monkeypatch, selection, best):
+    """Scripted epochs (w = 50, training margin 2e-3): epoch 1 at 3.0 % with every eigenvalue of
+    sym(A) above the margin; epoch 2 at 2.9 % with all of them at 1e-3 (inside the margin, positive
+    definite); epoch 3 at 2.8 % with a tenth of them at -0.01.  Scored at the training margin, epoch 1
+    wins (2.9 % + 50 x 1e-3 = 7.9 %); scored at margin 0, epoch 2 (3: 2.8 % + 50 x 1e-3 = 7.8 %)."""
+    val = {1: 0.030, 2: 0.029, 3: 0.028}
+    lam = {1: torch.full((100,), 3e-3), 2: torch.full((100,), 1e-3),
+           3: torch.cat([torch.full((10,), -0.01), torch.full((90,), 3e-3)])}
+    monkeypatch.setattr(tr.Trainer, "train_epoch", lambda self: 0.1)
+    monkeypatch.setattr(tr.Trainer, "validation_error", lambda self: val[self.epoch + 1])
+    calls = []
+    def eigenvalues(model, strain, time):  # noqa: E306 - one call per epoch (fewer than 256 validation paths)
+        calls.append(1)
+        return lam[len(calls)]
+    monkeypatch.setattr(tr, "rate_eigenvalues", eigenvalues)
+    cfg = _config(tmp_path, dataset, "scripted", epochs=3, extra="rate_stability_weight = 50.0\n"
+                  "rate_stability_margin = 2e-3\n" + selection)
+    assert tr.main([str(cfg), "--no-progress"]) == 0
+    card = json.loads((tmp_path / "scripted" / "card.json").read_text())
+    assert card["training"]["best_epoch"] == best
+    assert card["training"]["best_val_rel_l2"] == pytest.approx(val[best])
+    hist = json.loads((tmp_path / "scripted" / "history.json").read_text())
+    assert [h["val_rate_instability"] for h in hist] == pytest.approx([0.0, 1e-3, 1.2e-3])
+    if selection:
+        assert [h["val_selection_instability"] for h in hist] == pytest.approx([0.0, 0.0, 1e-3])
+
+
 def test_material_stability_probe_on_closed_form_laws(dataset):
     """evaluate.material_stability: a hardening J2 law keeps a positive definite tangent at every
     probe fraction; a law that softens past eps11 = 1.5e-3 (sigma11 = E eps11 - c <eps11 - 1e-3>^2)

@@ -271,6 +271,11 @@ class TrainingConfig:
         "term on the validation paths")))
     rate_stability_margin: float = field(default=0.0, metadata=dict(check=non_negative, doc=(
         "m of rate_stability_weight (normalized units: stress scale / rate scale)")))
+    selection_margin: float = field(default=-1.0, metadata=dict(
+        check=lambda v: None if v == -1 or v >= 0 else "must be -1 (the rate-stability margin) or >= 0",
+        doc="margin of the rate-stability term in the best-epoch score (validation error + w x the term on the "
+            "validation paths): -1 = rate_stability_margin; 0 counts only tangents that are not positive "
+            "definite, so that among the epochs without such points the lowest validation error wins"))
     init_from: str = field(default="", metadata=dict(
         doc="surrogate directory to start from (fine-tuning; its normalization is kept); a [model] with larger k "
             "or hidden widths grows it (rno.grow: the same function at the start), one with narrower hidden layers "
@@ -342,16 +347,20 @@ def evaluate_loss(model: RNO, strain: torch.Tensor, stress: torch.Tensor, time: 
     return torch.cat(errs) if errs else torch.zeros(0)
 
 
-def rate_instability(model: RNO, strain: torch.Tensor, time: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
-    """Mean over all increments of the paths strain (B, T+1, 6), time (B, T+1) of
-    max(0, margin - smallest eigenvalue of sym(A)), A = :meth:`RNO.rate_tangent` at the model's own
-    internal variables along the paths (taken without gradients); differentiable in F's weights."""
+def rate_eigenvalues(model: RNO, strain: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+    """Smallest eigenvalue (B*T,) of sym(A), A = :meth:`RNO.rate_tangent` (normalized units), at every
+    increment of the paths strain (B, T+1, 6), time (B, T+1), at the model's own internal variables
+    along the paths (taken without gradients); differentiable in F's weights."""
     with torch.no_grad():
         _, xi = model.rollout(strain, time, return_xi=True)
     A = model.rate_tangent(strain[:, 1:].reshape(-1, 6), strain[:, :-1].reshape(-1, 6),
                            (time[:, 1:] - time[:, :-1]).reshape(-1), xi.reshape(-1, model.k))
-    lam = torch.linalg.eigvalsh(0.5 * (A + A.transpose(1, 2)))[:, 0]
-    return torch.relu(margin - lam).mean()
+    return torch.linalg.eigvalsh(0.5 * (A + A.transpose(1, 2)))[:, 0]
+
+
+def rate_instability(model: RNO, strain: torch.Tensor, time: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Mean over all increments of the paths of max(0, margin - :func:`rate_eigenvalues`)."""
+    return torch.relu(margin - rate_eigenvalues(model, strain, time)).mean()
 
 
 #: training paths (evenly spaced over the training split) along which a narrower model is fitted
@@ -539,17 +548,24 @@ class Trainer:
         d = self.data["val"] if self.data["val"]["strain"].shape[0] else self.data["train"]
         return float(evaluate_loss(self.model, d["strain"], d["stress"], d["time"]).mean())
 
-    def validation_instability(self) -> float:
-        """:func:`rate_instability` on the validation paths (0 without the rate-stability term)."""
+    def selection_margin(self) -> float:
+        """Margin of the rate-stability term in the best-epoch score (``training.selection_margin``)."""
+        tc = self.cfg.training
+        return tc.rate_stability_margin if tc.selection_margin < 0 else tc.selection_margin
+
+    def validation_instability(self) -> Tuple[float, float]:
+        """:func:`rate_instability` on the validation paths at the training margin and at the selection
+        margin ((0, 0) without the rate-stability term)."""
         tc = self.cfg.training
         if tc.rate_stability_weight <= 0:
-            return 0.0
+            return 0.0, 0.0
         d = self.data["val"] if self.data["val"]["strain"].shape[0] else self.data["train"]
+        n = d["strain"].shape[0]
         with torch.no_grad():
-            parts = [float(rate_instability(self.model, d["strain"][i:i + 256], d["time"][i:i + 256],
-                                            tc.rate_stability_margin)) * min(256, d["strain"].shape[0] - i)
-                     for i in range(0, d["strain"].shape[0], 256)]
-        return sum(parts) / max(d["strain"].shape[0], 1)
+            lam = torch.cat([rate_eigenvalues(self.model, d["strain"][i:i + 256], d["time"][i:i + 256])
+                             for i in range(0, n, 256)])
+        return (float(torch.relu(tc.rate_stability_margin - lam).mean()),
+                float(torch.relu(self.selection_margin() - lam).mean()))
 
     def run(self, stop_after: Optional[int] = None) -> bool:
         """Train until done; returns True when training finished (epochs or early stop)."""
@@ -565,8 +581,8 @@ class Trainer:
             while not finished:
                 loss = self.train_epoch()
                 val = self.validation_error()
-                unstable = self.validation_instability()
-                score = val + tc.rate_stability_weight * unstable  # the selection score (= val without that term)
+                unstable, violation = self.validation_instability()
+                score = val + tc.rate_stability_weight * violation  # the selection score (= val without that term)
                 self.epoch += 1
                 lr = self.opt.param_groups[0]["lr"]
                 if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -579,12 +595,17 @@ class Trainer:
                 else:
                     self.bad_epochs += 1
                 self.history.append({"epoch": self.epoch, "loss": loss, "val": val, "lr": lr,
-                                     **({"val_rate_instability": unstable} if tc.rate_stability_weight > 0 else {})})
+                                     **({"val_rate_instability": unstable} if tc.rate_stability_weight > 0 else {}),
+                                     **({"val_selection_instability": violation}
+                                        if tc.rate_stability_weight > 0 and self.selection_margin()
+                                        != tc.rate_stability_margin else {})})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", val=f"{val:.4f}", best=f"{self.best_val:.4f}")
                 if not self.progress:  # logs of unattended runs: one line per epoch
                     print(f"epoch {self.epoch}/{tc.epochs}: loss {loss:.5f}, validation {val:.4%} "
-                          + (f"+ {tc.rate_stability_weight:g} x rate instability {unstable:.3e} "
+                          + (f"+ {tc.rate_stability_weight:g} x rate instability {violation:.3e} "
+                             + (f"at margin {self.selection_margin():g} (at the training margin {unstable:.3e}) "
+                                if self.selection_margin() != tc.rate_stability_margin else "")
                              if tc.rate_stability_weight > 0 else "") +
                           f"(best {self.best_val:.4%} at epoch {self.best_epoch}), lr {lr:.2e}, "
                           f"{_time.monotonic() - t0:.0f} s", flush=True)
