@@ -5,6 +5,7 @@ The config is a ``fe2nn solve`` config whose ``[material]`` is the surrogate
 
     [validate]
     stress_steps = [10, 20, 30]   # steps at which the stress fields are compared ([] = every step)
+    # refine = 4                  # optional: both solved again at 4 x the steps (step-size check)
     # [validate.reference]        # optional reference material table; default: the [material]
     # model = "rve"               # table with model = "rve" (the RVE keys given next to the
     # solver = "fft"              # surrogate), i.e. the RVE the surrogate was trained on
@@ -25,6 +26,13 @@ Metrics (all defined over the converged steps at times present in both runs):
   |.| the Mandel (= tensor Frobenius) norm -- the relative L2(Omega) error of the stress;
 * Newton iterations per step, wall times of each solve (max over ranks, set-up
   excluded) and the speedup ``wall_ref / wall_sur``; also the constitutive time alone.
+
+With ``refine = N`` both problems are solved again with every step split into N (``surrogate_refined/``,
+``reference_refined/``).  The reference integrates each step implicitly, so its answer carries a
+step-size error of its own; the report gives it (the reference against the refined reference), the
+surrogate's change, and the surrogate against the reference with both refined, by the metrics above
+at the times of the config's steps.  Where the reference's own error is half the deviation or
+more, the comparison at the config's steps does not resolve the surrogate's error.
 """
 from __future__ import annotations
 
@@ -51,6 +59,11 @@ class ValidateConfig:
         doc="steps (1-based) at which the stress fields are compared; [] = every step"))
     max_reaction_deviation: float = field(default=0.03, metadata=dict(
         doc="target for the reaction deviation (reported as pass/fail)"))
+    refine: int = field(default=1, metadata=dict(
+        check=lambda v: None if v >= 1 else "must be >= 1", doc=(
+            "N > 1: solve both again with every load step split into N equal steps and report "
+            "the reference's own step error (its answer against the refined one), the surrogate's change "
+            "and the surrogate against the reference with both refined")))
 
 
 def load(path: str | Path):
@@ -77,16 +90,28 @@ def load(path: str | Path):
     return scfg, vcfg
 
 
+def refined(cfg, factor: int):
+    """A copy of the solve config ``cfg`` for a run with every load step split into ``factor``
+    (:func:`_run`'s ``substeps``): fields written at the same times (``output.every`` x factor), no
+    checkpoints."""
+    import copy
+
+    fine = copy.deepcopy(cfg)
+    fine.output.every = cfg.output.every * factor
+    fine.output.checkpoint_every = 0
+    return fine
+
+
 class _Recorder:
     """solve() callback: OOD counts and the quadrature-point stresses of the chosen steps."""
 
     #: name of this part of a solve checkpoint (fe2nn.macro.checkpoint)
     checkpoint_name = "validate"
 
-    def __init__(self, steps: Optional[set]):
+    def __init__(self, steps: Optional[set], times: Optional[set] = None):
         from fe2nn.fe2 import OODMonitor
 
-        self.steps = steps
+        self.steps, self.times = steps, times
         self.ood = OODMonitor()
         self.stress: Dict[float, np.ndarray] = {}
         self.weights = None
@@ -97,8 +122,10 @@ class _Recorder:
             from fe2nn.fe2 import point_weights
 
             self.weights = point_weights(solver.qf)
-        if self.steps is None or rec.step in self.steps:
-            self.stress[round(rec.time, 12)] = np.array(solver.qf.view(solver.qf.stress), dtype=float).reshape(-1, 6)
+        t = round(rec.time, 12)
+        if self.times is not None and t in self.times or self.times is None and (
+                self.steps is None or rec.step in self.steps):
+            self.stress[t] = np.array(solver.qf.view(solver.qf.stress), dtype=float).reshape(-1, 6)
 
     def checkpoint_arrays(self) -> Dict[str, np.ndarray]:
         return {f"stress{i}": s for i, s in enumerate(self.stress.values())}
@@ -114,11 +141,14 @@ class _Recorder:
         self.weights = point_weights(solver.qf)
 
 
-def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint=None, resume: bool = False):
+def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint=None, resume: bool = False,
+         times: Optional[set] = None, substeps: int = 1):
+    """One solve, each load step split into ``substeps``; the stress fields are recorded at the step
+    numbers ``steps`` (None: all), or at the times ``times`` [s] (rounded to 1e-12) where given."""
     from fe2nn.macro.run import build_problem
     from fe2nn.macro.solver import solve
 
-    rec = _Recorder(steps)
+    rec = _Recorder(steps, times)
     callbacks = [rec]
     if cfg.output.strain_paths:  # each run writes its own strain_paths.h5
         from fe2nn.macro.history import StrainHistory
@@ -129,7 +159,7 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint
     result = solve(build_problem(cfg, mesh, material), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
                    max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, output=out, **cfg.solver.solve_kwargs(),
                    vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=progress,
-                   callback=callbacks, checkpoint=checkpoint, resume=resume)
+                   callback=callbacks, checkpoint=checkpoint, resume=resume, substeps=substeps)
     wall = comm.allreduce(time.perf_counter() - t0, op=__import__("mpi4py").MPI.MAX)
     resumed = checkpoint.resumed_step if resume else 0
     # a resumed run: the steps of the checkpoint by their own wall times (output writing excluded)
@@ -148,7 +178,8 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint
 
 
 def compare(sur, ref, rec_s, rec_r, comm) -> Dict[str, Any]:
-    """Reaction and stress-field metrics of two runs (see module docstring)."""
+    """Reaction and stress-field metrics of run ``sur`` against run ``ref`` (see module docstring),
+    normalised by ``ref``'s reaction; stress steps numbered as in ``sur``."""
     ts = {round(r.time, 12): r for r in sur.steps}
     common = [r for r in ref.steps if round(r.time, 12) in ts]
     R_ref = np.array([r.reaction for r in common])
@@ -161,7 +192,7 @@ def compare(sur, ref, rec_s, rec_r, comm) -> Dict[str, Any]:
         d = rec_s.stress[t] - rec_r.stress[t]
         num = comm.allreduce(float(np.sum(w * np.einsum("ni,ni->n", d, d))))
         den = comm.allreduce(float(np.sum(w * np.einsum("ni,ni->n", rec_r.stress[t], rec_r.stress[t]))))
-        step = next(r.step for r in ref.steps if round(r.time, 12) == t)
+        step = ts[t].step  # the first run's step number (the config's, where that run is not refined)
         stress.append({"step": step, "time": t, "relative_l2": math.sqrt(num / den) if den > 0 else float("nan")})
     i = int(np.argmax(dev)) if len(dev) else 0
     # the first loading branch: steps up to the first reversal of the load factor
@@ -238,6 +269,21 @@ def markdown(report: Dict[str, Any]) -> str:
         "Stress differences per compared step:", "", "| step | time [s] | relative L2 |", "|---|---|---|",
     ]
     lines += [f"| {s['step']} | {s['time']:.6g} | {s['relative_l2']:.3%} |" for s in c["stress_relative_l2"]]
+    rf = report.get("refinement")
+    if rf:
+        e, m, f = rf["reference_step_error"], rf["surrogate_step_change"], rf["comparison"]
+        lines += ["", f"Step-size check (`validate.refine = {rf['factor']}`: both solved again with "
+                      f"{rf['factor']} × the steps, {rf['steps']} steps):", "",
+                  "| | max reaction deviation | max relative L2 stress difference |", "|---|---|---|",
+                  f"| reference against the refined reference (its own step error) | "
+                  f"{e['max_reaction_deviation']:.3%} | {e['max_stress_relative_l2']:.3%} |",
+                  f"| surrogate against the refined surrogate | {m['max_reaction_deviation']:.3%} | "
+                  f"{m['max_stress_relative_l2']:.3%} |",
+                  f"| surrogate against reference, both refined | {f['max_reaction_deviation']:.3%} | "
+                  f"{f['max_stress_relative_l2']:.3%} |"]
+        if e["max_reaction_deviation"] >= 0.5 * c["max_reaction_deviation"]:
+            lines += ["", "The reference's own step error is at least half the deviation above: at these steps the "
+                          "comparison does not resolve the surrogate's error; read the refined row."]
     resumed = t["reference"].get("resumed_after_step")
     if resumed:
         lines += ["", f"The reference solve was resumed from its checkpoint after step {resumed}; its wall time "
@@ -254,6 +300,10 @@ DEFINITIONS = {
     "speedup_wall": "wall time of the reference solve / wall time of the surrogate solve (max over ranks, "
                     "mesh and material set-up excluded, output writing included)",
     "speedup_constitutive": "time in material.update (all Newton iterations), reference / surrogate",
+    "refinement": "validate.refine = N: both solved again with every step split into N; reference_step_error = the reference "
+                  "against the refined reference, surrogate_step_change = the surrogate against the refined "
+                  "surrogate, comparison = the refined surrogate against the refined reference (the same metrics, "
+                  "each normalised by its second run's reaction), at the times of the config's steps",
 }
 
 
@@ -306,16 +356,38 @@ def main(argv: Optional[List[str]] = None) -> int:
     mesh = read_mesh(mesh_path, comm)
     steps = set(vcfg.stress_steps) or None
 
-    rank0_print(f"[1/2] surrogate ({cfg.material.get('model')}) solve", comm=comm)
+    n_runs = 4 if vcfg.refine > 1 else 2
+    rank0_print(f"[1/{n_runs}] surrogate ({cfg.material.get('model')}) solve", comm=comm)
     sur, rec_s, tim_s = _run(cfg, mesh, sur_mat, out / "surrogate", steps, not args.quiet, comm)
     rank0_print(f"      {tim_s['wall_time_s']:.2f} s; {rec_s.ood.line()}", comm=comm)
-    rank0_print(f"[2/2] reference ({vcfg.reference.get('model')}, {vcfg.reference.get('solver', '')}) solve",
+    rank0_print(f"[2/{n_runs}] reference ({vcfg.reference.get('model')}, {vcfg.reference.get('solver', '')}) solve",
                 comm=comm)
     ref, rec_r, tim_r = _run(cfg, mesh, ref_mat, out / "reference", steps, not args.quiet, comm,
                              checkpoint=checkpoint, resume=args.resume)
     rank0_print(f"      {tim_r['wall_time_s']:.2f} s", comm=comm)
 
     cmp_ = compare(sur, ref, rec_s, rec_r, comm)
+    refinement = None
+    if vcfg.refine > 1:  # both again at N x the steps, stresses at the same times as above
+        fine, n = refined(cfg, vcfg.refine), vcfg.refine
+        times = set(rec_r.stress)
+        rank0_print(f"[3/4] surrogate solve at {n} x the steps", comm=comm)
+        sur_f, rec_sf, tim_sf = _run(fine, mesh, build_material(cfg.material, file), out / "surrogate_refined",
+                                     None, not args.quiet, comm, times=times, substeps=n)
+        rank0_print(f"      {tim_sf['wall_time_s']:.2f} s", comm=comm)
+        rank0_print(f"[4/4] reference solve at {n} x the steps", comm=comm)
+        ref_f, rec_rf, tim_rf = _run(fine, mesh, build_material(vcfg.reference, file, key="validate.reference"),
+                                     out / "reference_refined", None, not args.quiet, comm, times=times, substeps=n)
+        rank0_print(f"      {tim_rf['wall_time_s']:.2f} s", comm=comm)
+        refinement = {
+            "factor": n, "steps": len(ref_f.steps),
+            "reference_step_error": compare(ref, ref_f, rec_r, rec_rf, comm),
+            "surrogate_step_change": compare(sur, sur_f, rec_s, rec_sf, comm),
+            "comparison": compare(sur_f, ref_f, rec_sf, rec_rf, comm),
+            "timing": {"surrogate": tim_sf, "reference": tim_rf},
+            "iterations": {"surrogate": [r.iterations for r in sur_f.steps],
+                           "reference": [r.iterations for r in ref_f.steps]},
+        }
     timing = {"surrogate": tim_s, "reference": tim_r,
               "speedup_wall": tim_r["wall_time_s"] / max(tim_s["wall_time_s"], 1e-300),
               "speedup_constitutive": tim_r["constitutive_time_s"] / max(tim_s["constitutive_time_s"], 1e-300)}
@@ -332,6 +404,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "iterations": {"surrogate": [r.iterations for r in sur.steps], "reference": [r.iterations for r in ref.steps]},
         "cutbacks": {"surrogate": sum(r.cutbacks for r in sur.steps), "reference": sum(r.cutbacks for r in ref.steps)},
         "ood": rec_s.ood.summary(), "definitions": DEFINITIONS,
+        **({"refinement": refinement} if refinement else {}),
     }
     if comm.rank == 0:
         _plot(out / "force_displacement.png", sur, ref, cfg.output.reaction)
@@ -342,5 +415,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f"({'PASS' if report['pass'] else 'FAIL'}, target {vcfg.max_reaction_deviation:.0%}); "
                 f"max stress L2 difference {cmp_['max_stress_relative_l2']:.3%}; "
                 f"speedup {timing['speedup_wall']:.1f}x (constitutive {timing['speedup_constitutive']:.1f}x)", comm=comm)
+    if refinement:
+        rf = refinement
+        rank0_print(f"at {rf['factor']} x the steps: the reference moves by "
+                    f"{rf['reference_step_error']['max_reaction_deviation']:.3%} (its own step error), the surrogate "
+                    f"by {rf['surrogate_step_change']['max_reaction_deviation']:.3%}; surrogate against reference, "
+                    f"both refined: {rf['comparison']['max_reaction_deviation']:.3%}", comm=comm)
     rank0_print(f"report: {out / 'report.md'}, {out / 'report.json'}, {out / 'force_displacement.png'}", comm=comm)
     return 0

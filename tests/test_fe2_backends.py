@@ -245,7 +245,8 @@ def test_ood_monitor_flags_histories_longer_than_the_training_paths(tmp_path):
 @pytest.mark.parametrize("extra,needle", [("", "missing table '[validate]'"),
                                           ("\n[validate]\nstress_steps = [0]\n", "validate.stress_steps"),
                                           ("\n[validate]\nstres_steps = [1]\n", "validate.stres_steps"),
-                                          ("\n[validate]\n[validate.reference]\nmodel = \"rvee\"\n", "did you mean 'rve'")])
+                                          ("\n[validate]\n[validate.reference]\nmodel = \"rvee\"\n", "did you mean 'rve'"),
+                                          ("\n[validate]\nrefine = 0\n", "validate.refine")])
 def test_validate_config_errors_are_one_line(tmp_path, extra, needle):
     cfg = bar_config(tmp_path / "v.toml", rno_table(tmp_path / "nowhere"), out=str(tmp_path / "out"), extra=extra)
     from fe2nn.validate import main
@@ -254,6 +255,45 @@ def test_validate_config_errors_are_one_line(tmp_path, extra, needle):
         main([str(cfg)])
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+@needs_surrogate
+def test_validate_refine_reports_the_references_own_step_error(tmp_path):
+    """validate.refine = 2 with an elastic reference: an elastic answer does not depend on the step,
+    so the reference's own step error is zero (to the solver's tolerance) at every step and in the
+    stress fields; the rate-dependent surrogate does move.  The refined comparison is recomputed
+    from the refined runs' steps.csv; each refined run has twice the steps."""
+    import csv
+
+    elastic = {"model": "elastic", "E": 70e9, "nu": 0.33}
+    ref = "\n".join(f"{k} = {json.dumps(v)}" for k, v in elastic.items())
+    cfg = bar_config(tmp_path / "v.toml", rno_table(), strain=4e-3, times=(0.0, 2.0, 3.0), factors=(0.0, 1.0, 0.5),
+                     steps=4, out=str(tmp_path / "val"),
+                     extra=f"[validate]\nstress_steps = [2, 4]\nrefine = 2\n[validate.reference]\n{ref}\n")
+    proc = run_cli("validate", str(cfg), "-q", check=True)
+    assert "[4/4] reference solve at 2 x the steps" in proc.stdout and "its own step error" in proc.stdout
+    out = tmp_path / "val"
+    rep = json.loads((out / "report.json").read_text())
+    rf = rep["refinement"]
+
+    def reactions(run):
+        with open(out / run / "steps.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        return np.array([float(r["time"]) for r in rows]), np.array([[float(r[f"reaction_{c}"]) for c in "xyz"]
+                                                                    for r in rows])
+    t, R = reactions("reference")
+    tf, Rf = reactions("reference_refined")
+    _, Sf = reactions("surrogate_refined")
+    assert len(tf) == 2 * len(t) == rf["steps"] and rf["factor"] == 2  # 5 steps (3 + 2 by segment) -> 10
+    np.testing.assert_allclose(tf[1::2], t, rtol=0, atol=1e-12)
+    e = rf["reference_step_error"]
+    assert e["compared_steps"] == len(t) and e["max_reaction_deviation"] < 1e-8
+    assert [s["step"] for s in e["stress_relative_l2"]] == [2, 4] and e["max_stress_relative_l2"] < 1e-8
+    assert rf["surrogate_step_change"]["max_reaction_deviation"] > 1e-6  # rate-dependent: it moves
+    dev = np.linalg.norm(Sf - Rf, axis=1).max() / np.linalg.norm(Rf, axis=1).max()
+    assert rf["comparison"]["compared_steps"] == len(tf)
+    assert rf["comparison"]["max_reaction_deviation"] == pytest.approx(dev, rel=1e-9)
+    assert "Step-size check" in (out / "report.md").read_text()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

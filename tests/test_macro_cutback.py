@@ -3,6 +3,7 @@ ends where a run taking those same steps directly ends."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 
@@ -151,3 +152,18 @@ def _diagnosis_check():
     solver.u.x.array[:] = 0.0  # unstrained: nothing to report
     solver.evaluate_material(1.0)
     assert solver.diagnose() == ""
+
+
+@pytest.mark.parametrize("steps, max_dt", [(4, None), (None, 0.7), (None, None)])
+def test_substeps_split_every_nominal_step_into_equal_steps(steps, max_dt):
+    """LoadTable.step_times(..., substeps=3): the nominal times are kept exactly and each nominal step
+    is cut into three equal ones (segments of unequal length, so not the same as 3 x the steps)."""
+    from fe2nn.macro.loading import LoadTable
+
+    table = LoadTable([0.0, 2.0, 3.0], [0.0, 1.0, 0.5])
+    coarse = table.step_times(steps, max_dt)
+    fine = table.step_times(steps, max_dt, substeps=3)
+    assert len(fine) == 3 * len(coarse) and fine[2::3] == coarse
+    dt = np.diff([0.0] + fine).reshape(-1, 3)
+    np.testing.assert_allclose(dt, dt[:, :1].repeat(3, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(dt.sum(axis=1), np.diff([0.0] + coarse), rtol=1e-12)

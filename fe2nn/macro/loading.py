@@ -40,11 +40,13 @@ class LoadTable:
     def end(self) -> float:
         return float(self.times[-1])
 
-    def step_times(self, steps: int | None = None, max_dt: float | None = None) -> List[float]:
+    def step_times(self, steps: int | None = None, max_dt: float | None = None, substeps: int = 1) -> List[float]:
         """End times of the nominal steps; every table time is hit exactly.
 
         ``steps``: about that many uniform steps over the whole table;
         ``max_dt``: largest step [s].  Default: 10 steps per table segment.
+        ``substeps``: each of those steps split into that many equal steps (a refinement whose
+        times include the unrefined ones exactly).
         """
         span = self.end - self.start
         if max_dt is None and steps is not None:
@@ -53,4 +55,9 @@ class LoadTable:
         for t0, t1 in zip(self.times[:-1], self.times[1:]):
             n = 10 if max_dt is None else max(1, math.ceil((t1 - t0) / max_dt * (1 - 1e-12)))
             out += [float(t0 + (t1 - t0) * k / n) for k in range(1, n + 1)]
+        if substeps > 1:
+            ends = out
+            out = []
+            for a, b in zip([self.start] + ends[:-1], ends):
+                out += [float(a + (b - a) * j / substeps) for j in range(1, substeps)] + [b]
         return out

@@ -463,9 +463,10 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
           plot: bool = True, progress: bool = True, predictor: str = "extrapolate",
           callback: Union[None, Callable[[NewtonSolver, StepRecord], None],
                           Sequence[Callable[[NewtonSolver, StepRecord], None]]] = None,
-          checkpoint=None, resume: bool = False) -> Result:
+          checkpoint=None, resume: bool = False, substeps: int = 1) -> Result:
     """Run the load history ``(times, factors)`` with cut-backs; returns the converged steps.
 
+    ``steps``, ``max_dt``, ``substeps``: the nominal steps (:meth:`LoadTable.step_times`).
     ``output``: directory for VTX fields, steps.csv and the force-displacement
     plot (None: no files).  A step that fails is retried with half the step
     size down to ``min_dt`` (default: smallest nominal step / 1024), then
@@ -484,7 +485,7 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
     solver = NewtonSolver(problem, rtol=rtol, atol=atol, max_iterations=max_iterations,
                           linear_solver=linear_solver, petsc_options=petsc_options, reaction=reaction,
                           predictor=predictor)
-    targets = table.step_times(steps, max_dt)
+    targets = table.step_times(steps, max_dt, substeps)
     nominal = np.diff([table.start] + targets)
     min_dt = float(min_dt if min_dt is not None else nominal.min() / 1024)
     records: List[StepRecord] = []
