@@ -429,13 +429,14 @@ def test_rate_stability_term_makes_the_short_step_tangent_positive_definite(tmp_
 
 
 def test_selection_margin_scores_epochs_by_tangents_that_are_not_positive_definite(tmp_path, dataset):
-    """training.selection_margin = 0: the run trains exactly as with the default (the margin only
-    enters the best-epoch score); the history records the term at both margins, the one at margin 0
-    never above the one at the training margin; the exported epoch minimizes the validation error +
-    w x the term at margin 0; a negative margin other than -1 is a one-line config error."""
+    """training.selection_margin = 0 (the default): the run trains exactly as with -1 (the training
+    margin; the margin only enters the best-epoch score); the history records the term at both
+    margins, the one at margin 0 never above the one at the training margin; the exported epoch
+    minimizes the validation error + w x the term at margin 0; a negative margin other than -1 is a
+    one-line config error."""
     stable = "rate_stability_weight = 100.0\nrate_stability_margin = 0.05"
-    a = _config(tmp_path, dataset, "m", epochs=4, extra=stable)
-    b = _config(tmp_path, dataset, "m0", epochs=4, extra=stable + "\nselection_margin = 0.0")
+    a = _config(tmp_path, dataset, "m", epochs=4, extra=stable + "\nselection_margin = -1.0")
+    b = _config(tmp_path, dataset, "m0", epochs=4, extra=stable)
     assert tr.main([str(a), "--no-progress"]) == 0 and tr.main([str(b), "--no-progress"]) == 0
     ha = json.loads((tmp_path / "m" / "history.json").read_text())
     hb = json.loads((tmp_path / "m0" / "history.json").read_text())
@@ -456,7 +457,7 @@ def test_selection_margin_scores_epochs_by_tangents_that_are_not_positive_defini
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
-@pytest.mark.parametrize("selection, best", [("", 1), ("selection_margin = 0.0", 2)])
+@pytest.mark.parametrize("selection, best", [("selection_margin = -1.0", 1), ("", 2)])
 def test_best_epoch_score_at_the_selection_margin(tmp_path, dataset, monkeypatch, selection, best):
     """Scripted epochs (w = 50, training margin 2e-3): epoch 1 at 3.0 % with every eigenvalue of
     sym(A) above the margin; epoch 2 at 2.9 % with all of them at 1e-3 (inside the margin, positive
@@ -480,7 +481,7 @@ def test_best_epoch_score_at_the_selection_margin(tmp_path, dataset, monkeypatch
     assert card["training"]["best_val_rel_l2"] == pytest.approx(val[best])
     hist = json.loads((tmp_path / "scripted" / "history.json").read_text())
     assert [h["val_rate_instability"] for h in hist] == pytest.approx([0.0, 1e-3, 1.2e-3])
-    if selection:
+    if not selection:
         assert [h["val_selection_instability"] for h in hist] == pytest.approx([0.0, 0.0, 1e-3])
 
 

@@ -271,11 +271,12 @@ class TrainingConfig:
         "term on the validation paths")))
     rate_stability_margin: float = field(default=0.0, metadata=dict(check=non_negative, doc=(
         "m of rate_stability_weight (normalized units: stress scale / rate scale)")))
-    selection_margin: float = field(default=-1.0, metadata=dict(
+    selection_margin: float = field(default=0.0, metadata=dict(
         check=lambda v: None if v == -1 or v >= 0 else "must be -1 (the rate-stability margin) or >= 0",
         doc="margin of the rate-stability term in the best-epoch score (validation error + w x the term on the "
-            "validation paths): -1 = rate_stability_margin; 0 counts only tangents that are not positive "
-            "definite, so that among the epochs without such points the lowest validation error wins"))
+            "validation paths): 0 counts only tangents that are not positive definite, so that among the epochs "
+            "without such points the lowest validation error wins; -1 = rate_stability_margin (the default "
+            "before 2026-11-27: the term's noise between epochs then outweighs the validation error's)"))
     init_from: str = field(default="", metadata=dict(
         doc="surrogate directory to start from (fine-tuning; its normalization is kept); a [model] with larger k "
             "or hidden widths grows it (rno.grow: the same function at the start), one with narrower hidden layers "
