@@ -7,6 +7,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from conftest import run_cli
 from test_fe2_util import SURROGATE, bar_config, needs_surrogate, rno_table
 
@@ -40,7 +41,7 @@ def test_validate_under_mpirun_reports_consistent_metrics(tmp_path):
     card = json.loads((SURROGATE / "card.json").read_text())
     cfg = bar_config(tmp_path / "v.toml", rno_table(), strain=4e-3, times=(0.0, 2.0, 2.5), factors=(0.0, 1.0, 0.75),
                      steps=4, out=str(tmp_path / "val"),
-                     extra="strain_paths = true\n[validate]\nstress_steps = [2, 4]\n")  # reference: model = "rve"
+                     extra="strain_paths = true\n[validate]\nstress_steps = [2, 4]\nrefine = 2\n")  # reference: model = "rve"
     proc = run_cli("validate", str(cfg), "-q", n=2, check=True)
     out = tmp_path / "val"
     assert "report:" in proc.stdout and proc.stdout.count("max reaction deviation") == 1  # rank 0 only
@@ -58,6 +59,17 @@ def test_validate_under_mpirun_reports_consistent_metrics(tmp_path):
     assert 0 < c["max_stress_relative_l2"] < 0.2
     assert rep["ood"]["monitored"] and rep["ood"]["steps"] == len(Rs)
     assert rep["timing"]["speedup_constitutive"] > 1
+    # refine = 2: the refined runs' reactions give the reported step error and refined comparison
+    rf = rep["refinement"]
+    Rsf, _ = _reactions(out / "surrogate_refined" / "steps.csv")
+    Rrf, _ = _reactions(out / "reference_refined" / "steps.csv")
+    assert len(Rrf) == len(Rsf) == 2 * len(Rr) == rf["steps"]
+    err = np.linalg.norm(Rr - Rrf[1::2], axis=1).max() / np.linalg.norm(Rrf, axis=1).max()
+    assert rf["reference_step_error"]["max_reaction_deviation"] == pytest.approx(err, rel=1e-9)
+    assert 0 < err < 0.03  # the implicit viscoplastic RVE moves with the step, a little
+    fine = np.linalg.norm(Rsf - Rrf, axis=1).max() / np.linalg.norm(Rrf, axis=1).max()
+    assert rf["comparison"]["max_reaction_deviation"] == pytest.approx(fine, rel=1e-9)
+    assert [s["step"] for s in rf["comparison"]["stress_relative_l2"]] == [4, 8]
     # each run's strain paths: the same points and times; strains as close as the reactions
     import h5py
 
