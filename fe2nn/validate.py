@@ -213,16 +213,23 @@ def compare(sur, ref, rec_s, rec_r, comm) -> Dict[str, Any]:
     }
 
 
-def _plot(path: Path, sur, ref, boundary) -> None:
+def _plot(path: Path, sur, ref, boundary, refined: Optional[tuple] = None) -> None:
+    """Force-displacement overlay of the two runs; ``refined``: (factor, surrogate, reference) runs
+    at the refined steps, drawn as thin lines."""
     plt = pyplot()
 
     R = np.array([r.reaction for r in ref.steps])
     i = int(np.argmax(np.abs(R).max(axis=0)))
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for res, label, style in ((ref, "full RVE (FE²)", "o-"), (sur, "RNO surrogate", "x--")):
+    runs = [(ref, "full RVE (FE²)", "o-", {}), (sur, "RNO surrogate", "x--", {})]
+    if refined:
+        n, sur_f, ref_f = refined
+        runs += [(ref_f, f"full RVE, {n} × the steps", "-", dict(lw=0.8, color="k")),
+                 (sur_f, f"RNO surrogate, {n} × the steps", ":", dict(lw=0.8, color="tab:red"))]
+    for res, label, style, kw in runs:
         u = np.r_[0.0, [r.displacement[i] for r in res.steps]]
         f = np.r_[0.0, [r.reaction[i] for r in res.steps]]
-        ax.plot(u, f, style, ms=4, label=label)
+        ax.plot(u, f, style, ms=4, label=label, **kw)
     ax.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))
     ax.set_xlabel(f"mean displacement u_{'xyz'[i]} on '{boundary}' [m]")
     ax.set_ylabel(f"reaction force R_{'xyz'[i]} [N]")
@@ -367,7 +374,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rank0_print(f"      {tim_r['wall_time_s']:.2f} s", comm=comm)
 
     cmp_ = compare(sur, ref, rec_s, rec_r, comm)
-    refinement = None
+    refinement, sur_f, ref_f = None, None, None
     if vcfg.refine > 1:  # both again at N x the steps, stresses at the same times as above
         fine, n = refined(cfg, vcfg.refine), vcfg.refine
         times = set(rec_r.stress)
@@ -407,7 +414,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         **({"refinement": refinement} if refinement else {}),
     }
     if comm.rank == 0:
-        _plot(out / "force_displacement.png", sur, ref, cfg.output.reaction)
+        _plot(out / "force_displacement.png", sur, ref, cfg.output.reaction,
+              (vcfg.refine, sur_f, ref_f) if refinement else None)
         write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
         write_text_atomic(out / "report.md", markdown(report))
     comm.barrier()
