@@ -213,8 +213,8 @@ def compare(sur, ref, rec_s, rec_r, comm) -> Dict[str, Any]:
     }
 
 
-def _plot(path: Path, sur, ref, boundary, refined: Optional[tuple] = None) -> None:
-    """Force-displacement overlay of the two runs; ``refined``: (factor, surrogate, reference) runs
+def _plot(path: Path, sur, ref, boundary, refined_runs: Optional[tuple] = None) -> None:
+    """Force-displacement overlay of the two runs; ``refined_runs``: (factor, surrogate, reference)
     at the refined steps, drawn as thin lines."""
     plt = pyplot()
 
@@ -222,8 +222,8 @@ def _plot(path: Path, sur, ref, boundary, refined: Optional[tuple] = None) -> No
     i = int(np.argmax(np.abs(R).max(axis=0)))
     fig, ax = plt.subplots(figsize=(5.5, 4))
     runs = [(ref, "full RVE (FE²)", "o-", {}), (sur, "RNO surrogate", "x--", {})]
-    if refined:
-        n, sur_f, ref_f = refined
+    if refined_runs:
+        n, sur_f, ref_f = refined_runs
         runs += [(ref_f, f"full RVE, {n} × the steps", "-", dict(lw=0.8, color="k")),
                  (sur_f, f"RNO surrogate, {n} × the steps", ":", dict(lw=0.8, color="tab:red"))]
     for res, label, style, kw in runs:
