@@ -92,13 +92,11 @@ def load(path: str | Path):
 
 def refined(cfg, factor: int):
     """A copy of the solve config ``cfg`` for a run with every load step split into ``factor``
-    (:func:`_run`'s ``substeps``): fields written at the same times (``output.every`` x factor), no
-    checkpoints."""
+    (:func:`_run`'s ``substeps``), writing its fields at the same times (``output.every`` x factor)."""
     import copy
 
     fine = copy.deepcopy(cfg)
     fine.output.every = cfg.output.every * factor
-    fine.output.checkpoint_every = 0
     return fine
 
 

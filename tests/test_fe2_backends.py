@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import run_cli
-from test_fe2_util import SURROGATE, TAYLOR, bar_config, needs_surrogate, rno_table, solve_in_process
+from test_fe2_util import SURROGATE, TAYLOR, bar_config, needs_surrogate, reactions, rno_table, solve_in_process
 
 from fe2nn.errors import UserError
 from fe2nn.fe2 import OODMonitor
@@ -263,8 +263,6 @@ def test_validate_refine_reports_the_references_own_step_error(tmp_path):
     so the reference's own step error is zero (to the solver's tolerance) at every step and in the
     stress fields; the rate-dependent surrogate does move.  The refined comparison is recomputed
     from the refined runs' steps.csv; each refined run has twice the steps."""
-    import csv
-
     elastic = {"model": "elastic", "E": 70e9, "nu": 0.33}
     ref = "\n".join(f"{k} = {json.dumps(v)}" for k, v in elastic.items())
     cfg = bar_config(tmp_path / "v.toml", rno_table(), strain=4e-3, times=(0.0, 2.0, 3.0), factors=(0.0, 1.0, 0.5),
@@ -276,14 +274,10 @@ def test_validate_refine_reports_the_references_own_step_error(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     rf = rep["refinement"]
 
-    def reactions(run):
-        with open(out / run / "steps.csv") as fh:
-            rows = list(csv.DictReader(fh))
-        return np.array([float(r["time"]) for r in rows]), np.array([[float(r[f"reaction_{c}"]) for c in "xyz"]
-                                                                    for r in rows])
-    t, R = reactions("reference")
-    tf, Rf = reactions("reference_refined")
-    _, Sf = reactions("surrogate_refined")
+    R, rows = reactions(out / "reference" / "steps.csv")
+    Rf, rows_f = reactions(out / "reference_refined" / "steps.csv")
+    Sf, _ = reactions(out / "surrogate_refined" / "steps.csv")
+    t, tf = (np.array([float(r["time"]) for r in x]) for x in (rows, rows_f))
     assert len(tf) == 2 * len(t) == rf["steps"] and rf["factor"] == 2  # 5 steps (3 + 2 by segment) -> 10
     np.testing.assert_allclose(tf[1::2], t, rtol=0, atol=1e-12)
     e = rf["reference_step_error"]

@@ -9,13 +9,7 @@ import json
 import numpy as np
 import pytest
 from conftest import run_cli
-from test_fe2_util import SURROGATE, bar_config, needs_surrogate, rno_table
-
-
-def _reactions(path):
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    return np.array([[float(r[f"reaction_{c}"]) for c in "xyz"] for r in rows]), rows
+from test_fe2_util import SURROGATE, bar_config, needs_surrogate, reactions, rno_table
 
 
 @needs_surrogate
@@ -26,7 +20,7 @@ def test_surrogate_reaction_history_same_on_1_and_2_ranks(tmp_path):
         cfg = bar_config(tmp_path / f"c{n}.toml", rno_table(), out=str(tmp_path / f"out{n}"), **kw)
         proc = run_cli("solve", str(cfg), "-q", n=n, check=True)
         assert "results in" in proc.stdout
-        R[n], rows = _reactions(tmp_path / f"out{n}" / "steps.csv")
+        R[n], rows = reactions(tmp_path / f"out{n}" / "steps.csv")
         assert len(rows) >= 5 and (tmp_path / f"out{n}" / "fields.bp").is_dir()
         assert all(int(r["ood_points"]) == 0 for r in rows)  # 0.4 % at 2e-3 1/s: inside the envelope
         assert proc.stdout.count("stayed inside the surrogate's training envelope") == 1
@@ -48,8 +42,8 @@ def test_validate_under_mpirun_reports_consistent_metrics(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert (out / "report.md").read_text().startswith("# FE² validation")
     assert (out / "force_displacement.png").stat().st_size > 1000
-    Rs, _ = _reactions(out / "surrogate" / "steps.csv")
-    Rr, _ = _reactions(out / "reference" / "steps.csv")
+    Rs, _ = reactions(out / "surrogate" / "steps.csv")
+    Rr, _ = reactions(out / "reference" / "steps.csv")
     dev = np.linalg.norm(Rs - Rr, axis=1).max() / np.linalg.norm(Rr, axis=1).max()
     c = rep["comparison"]
     assert c["compared_steps"] == len(Rr) == len(Rs) >= 4 and rep["ranks"] == 2
@@ -61,8 +55,8 @@ def test_validate_under_mpirun_reports_consistent_metrics(tmp_path):
     assert rep["timing"]["speedup_constitutive"] > 1
     # refine = 2: the refined runs' reactions give the reported step error and refined comparison
     rf = rep["refinement"]
-    Rsf, _ = _reactions(out / "surrogate_refined" / "steps.csv")
-    Rrf, _ = _reactions(out / "reference_refined" / "steps.csv")
+    Rsf, _ = reactions(out / "surrogate_refined" / "steps.csv")
+    Rrf, _ = reactions(out / "reference_refined" / "steps.csv")
     assert len(Rrf) == len(Rsf) == 2 * len(Rr) == rf["steps"]
     err = np.linalg.norm(Rr - Rrf[1::2], axis=1).max() / np.linalg.norm(Rrf, axis=1).max()
     assert rf["reference_step_error"]["max_reaction_deviation"] == pytest.approx(err, rel=1e-9)

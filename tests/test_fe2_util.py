@@ -97,3 +97,14 @@ def solve_in_process(cfg_path: Path, material=None, callback=None, max_iteration
     return solve(build_problem(cfg, mesh, mat), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
                  max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, linear_solver="direct", progress=False,
                  max_iterations=max_iterations or cfg.solver.max_iterations, callback=callback)
+
+
+def reactions(path: Path):
+    """Reaction force vectors (n_steps, 3) [N] of a solve's steps.csv, and its rows (dicts)."""
+    import csv
+
+    import numpy as np
+
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    return np.array([[float(r[f"reaction_{c}"]) for c in "xyz"] for r in rows]), rows
