@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from contextlib import nullcontext
 from typing import List, Optional
 
 from fe2nn.errors import SolverError, UserError
+from fe2nn.interrupt import Interrupted, graceful_stop
 
 #: command -> (module, one-line description)
 COMMANDS = {
@@ -22,6 +24,11 @@ COMMANDS = {
     "evaluate": ("fe2nn.surrogate.evaluate", "evaluate a surrogate against a dataset"),
     "validate": ("fe2nn.validate", "run a problem with the surrogate and the full RVE and compare"),
 }
+
+#: commands whose long loops stop cleanly on SIGTERM after the load step or epoch in progress, with
+#: their checkpoint written (fe2nn.interrupt); the others end at once, as usual ("generate" is
+#: resumable from the chunks it has written)
+STOPPABLE = ("solve", "validate", "train")
 
 
 def _usage() -> str:
@@ -56,10 +63,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     module_name, _ = COMMANDS[name]
     try:
         module = importlib.import_module(module_name)
-        return int(module.main(rest) or 0)
+        with graceful_stop() if name in STOPPABLE else nullcontext():
+            return int(module.main(rest) or 0)
     except (UserError, SolverError) as err:
         if _rank() == 0:
             print(f"fe2nn: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Interrupted as err:
+        if _rank() == 0:
+            print(f"fe2nn: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("fe2nn: interrupted", file=sys.stderr)

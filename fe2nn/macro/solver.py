@@ -26,6 +26,7 @@ from dolfinx.fem import petsc as fpetsc
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from fe2nn import interrupt
 from fe2nn.errors import SolverError
 from fe2nn.io_utils import rank0_print
 from fe2nn.macro.loading import LoadTable
@@ -477,6 +478,9 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
     ``checkpoint.every``-th converged step and removed when the run finishes; ``resume``: start
     from it instead of the undeformed state (the callbacks and the output writer get their
     history back when they take part in checkpoints).
+    Inside :func:`fe2nn.interrupt.graceful_stop` (the command line), a SIGTERM stops the run after
+    the step in progress: the checkpoint is written (when ``checkpoint.every`` > 0), the output
+    closed, and :class:`fe2nn.interrupt.Interrupted` raised.
     """
     if resume and checkpoint is None:
         raise ValueError("resume needs a checkpoint")
@@ -557,6 +561,15 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
                 dt = 2 * dt_try
             if checkpoint is not None and checkpoint.due(rec.step):
                 checkpoint.save(solver, records, {"t": t, "i": i, "dt": dt}, parts)
+            stop = interrupt.requested(solver.comm)  # collective: every rank stops after this step
+            if stop:
+                if checkpoint is not None and checkpoint.every > 0 and checkpoint.last_step != rec.step:
+                    checkpoint.save(solver, records, {"t": t, "i": i, "dt": dt}, parts)
+                kept = checkpoint.last_step if checkpoint is not None else 0  # 0 also when writing failed
+                raise interrupt.Interrupted(
+                    f"stopped by {stop} after step {rec.step} (t = {t:.6g} s, load factor {lam:.6g}); "
+                    + (f"the checkpoint of step {kept} is in {checkpoint.dir}: continue with --resume" if kept
+                       else "no checkpoint was written ([output] checkpoint_every), so the run cannot be resumed"))
     except SolverError as err:
         failure = err
     finally:

@@ -46,6 +46,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from fe2nn import interrupt
 from fe2nn.config import in_range, load_toml, non_negative, one_of, parse, positive, resolve_path
 from fe2nn.errors import UserError
 from fe2nn.io_utils import atomic_path, write_text_atomic
@@ -618,6 +619,12 @@ class Trainer:
                 interrupted = stop_after is not None and self.epoch - start >= stop_after
                 if finished or interrupted or self.epoch % tc.checkpoint_every == 0:
                     self.save_checkpoint()
+                stop = None if finished else interrupt.requested()
+                if stop:  # SIGTERM (fe2nn.interrupt): this epoch is done; keep it and say how to go on
+                    self.save_checkpoint()
+                    raise interrupt.Interrupted(f"stopped by {stop} after epoch {self.epoch} of {tc.epochs} "
+                                                f"(k = {self.cfg.model.k}); the checkpoint is {self.ckpt}: "
+                                                "continue with --resume")
                 if interrupted and not finished:
                     return False
         finally:
