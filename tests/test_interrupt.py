@@ -88,6 +88,15 @@ def test_solve_without_checkpoints_says_it_cannot_be_resumed(tmp_path):
     assert len(_rows(res)) == 2 and not (res / "checkpoint").exists()
 
 
+def test_a_signal_in_the_last_step_lets_the_run_finish(tmp_path):
+    ref, res = tmp_path / "ref", tmp_path / "res"
+    run_cli("solve", str(_j2_bar(tmp_path / "ref.toml", ref, every=2)), "-q", check=True)
+    last = len(_rows(ref))
+    proc = _signalled(tmp_path, _j2_bar(tmp_path / "res.toml", res, every=2), step=last)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    _assert_same_results(ref, res)  # complete, and no checkpoint left
+
+
 def test_sigterm_to_mpirun_stops_both_ranks_and_the_run_resumes(tmp_path):
     """A real signal from outside, to mpirun (which forwards it to the ranks), at whatever step the
     run is in: the run stops with its checkpoint and resumes to the uninterrupted results."""

@@ -562,7 +562,7 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
             if checkpoint is not None and checkpoint.due(rec.step):
                 checkpoint.save(solver, records, {"t": t, "i": i, "dt": dt}, parts)
             stop = interrupt.requested(solver.comm)  # collective: every rank stops after this step
-            if stop:
+            if stop and i < len(targets):  # (after the last step the run just finishes)
                 if checkpoint is not None and checkpoint.every > 0 and checkpoint.last_step != rec.step:
                     checkpoint.save(solver, records, {"t": t, "i": i, "dt": dt}, parts)
                 kept = checkpoint.last_step if checkpoint is not None else 0  # 0 also when writing failed
