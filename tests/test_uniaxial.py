@@ -101,6 +101,46 @@ def test_rve_probe_reports_tangent_errors_against_the_rve(tmp_path):
     assert on_disk["groups"]["monotonic"]["rve_tangent"] == report["groups"]["monotonic"]["rve_tangent"]
 
 
+def test_rve_paths_compares_with_the_rve_along_the_path_the_surrogate_ran(tmp_path):
+    """fe2nn evaluate --rve-paths N with the dataset's own law (rate-independent J2, linear mixed
+    hardening) as the RVE: at dt x 1 it reproduces the data (the rows line up); on monotonic radial
+    paths backward-Euler radial return is exact at any step, so the RVE's answer does not change
+    with the step and the surrogate's errors against it are its errors against the data; on random
+    walks the coarsened (straighter) path of dt x 4 is answered differently."""
+    import h5py
+
+    from fe2nn.surrogate import evaluate as ev
+    from test_rno_synth import J2_PARAMS
+
+    data = make_dataset(tmp_path / "j2.h5", {"random_walk": 8, "monotonic": 2}, T=8, seed=2)
+    with h5py.File(data, "a") as f:
+        f.attrs["config"] = json.dumps({"rve": {"solver": "j2", "options": J2_PARAMS}})
+    cfg = _config(tmp_path, data, "m", epochs=1)
+    assert run_cli("train", str(cfg), "--no-progress").returncode == 0
+    report = ev.evaluate(str(tmp_path / "m"), str(data), plots=False, rve_paths=2)
+    for name, g in report["groups"].items():
+        sp = g["same_path"]
+        assert sp["paths"] == min(2, g["n_paths"]) and sp["rve_substeps"] == ev.RVE_SUBSTEPS
+        assert set(sp) - {"paths", "rve_substeps"} == {"dt x 1/4", "dt x 1", "dt x 4"}
+        assert sp["dt x 1"]["rve_step_vs_data"]["max"] < 1e-12, name
+        for lab, v in sp.items():
+            if not isinstance(v, dict):
+                continue
+            assert v["rve_failed_paths"] == 0
+            if name == "monotonic":  # the RVE's answer does not depend on the step here
+                assert v["rve_step_vs_data"]["max"] < 1e-10 and v["rve_fine_vs_data"]["max"] < 1e-10, lab
+                for ref in ("surrogate_vs_rve_step", "surrogate_vs_rve_fine"):
+                    assert v[ref]["mean"] == pytest.approx(v["surrogate_vs_data"]["mean"], rel=1e-8)
+    walks = report["groups"]["random_walk"]
+    assert walks["same_path"]["dt x 4"]["rve_step_vs_data"]["mean"] > 1e-3  # another path, another answer
+    # the same paths' errors against the data are the report's own (the first paths of the group)
+    assert walks["same_path"]["dt x 1"]["surrogate_vs_data"]["mean"] == pytest.approx(
+        walks["errors"]["dt x 1"]["mean"], rel=1e-12)  # the held-out split has 1 path: the same one
+    assert "monotonic: against the RVE along the path the surrogate ran, 4 sub-steps" in ev.format_table(report)
+    p = run_cli("evaluate", str(tmp_path / "m"), str(data), "--rve-paths", "-1")
+    assert p.returncode == 2 and "--rve-paths must be >= 0, got -1" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_dataset_without_rve_config_is_one_line_error(tmp_path):
     with pytest.raises(UserError, match="no RVE configuration stored"):
         U.reference_material({"config": None, "path": "x.h5"})

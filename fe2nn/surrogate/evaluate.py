@@ -14,7 +14,8 @@ Groups of paths (accepted samples only):
 Each group is evaluated at three step sizes:
 
 * ``dt x 1``: the data's own increments;
-* ``dt x 4``: the data coarsened to every 4th point (exact RVE targets there);
+* ``dt x 4``: the data coarsened to every 4th point (the data's RVE stresses there, which belong to
+  the original path: the RVE answers the straighter coarsened path differently, see ``--rve-paths``);
 * ``dt x 1/4``: the model runs on a 4x finer, linear-in-time interpolation of the
   strain path and is compared at the original points (no stress is interpolated).
 
@@ -33,6 +34,9 @@ definite when the step to the next data point is shortened (as Newton cut-backs 
 surrogate's consistent tangent along those paths is compared with the RVE's (:func:`tangent_errors`):
 the stiffness the macro Newton solve and the structure's equilibrium see, which a stress error
 along the path alone does not measure.
+With ``--rve-paths N`` the dataset's RVE also runs along the first N paths of each group on the path
+the surrogate ran at each step size, at that step and with sub-steps (:func:`same_path_errors`):
+the surrogate's own dependence on the step, apart from the RVE's.
 Writes ``report.json`` and PNG plots (predicted vs RVE stress-strain curves, step-size
 comparison, error along the path) into DIR (default: SURROGATE/evaluation), all atomically.
 """
@@ -99,6 +103,57 @@ def error_along_path(pred: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
     total = float((diff ** 2).sum())
     perp = total - float((along ** 2).sum())
     return {"mean_error": e.mean(axis=0).tolist(), "direction_share": perp / total if total > 0 else 0.0}
+
+
+#: sub-steps per increment of the RVE's finer reference in :func:`same_path_errors`
+RVE_SUBSTEPS = 4
+
+
+def _path_at(strain: np.ndarray, time: np.ndarray, factor: float):
+    """The strain path (B, T'+1, 6), times (B, T'+1) that the surrogate runs at step size dt*factor
+    (:func:`~fe2nn.surrogate.rno.rollout_at_dt_factor`) and the rows (T',) of it where it is scored."""
+    from fe2nn.surrogate.rno import refine_path
+
+    if factor >= 1:
+        m = int(round(factor))
+        full = np.arange(0, strain.shape[1], m)
+        return strain[:, full], time[:, full], np.arange(1, full.size)
+    m = int(round(1.0 / factor))
+    fs, ft = refine_path(torch.as_tensor(strain), torch.as_tensor(time), m)
+    return fs.numpy(), ft.numpy(), np.arange(m, fs.shape[1], m)
+
+
+def same_path_errors(rve, strain: np.ndarray, stress: np.ndarray, time: np.ndarray, preds: Dict[float, Any],
+                     substeps: int = RVE_SUBSTEPS) -> Dict[str, Any]:
+    """The surrogate at each step size against the RVE along the same strain path.
+
+    At dt x m (m > 1) the surrogate runs on the path coarsened to every m-th point: a straighter path,
+    which the RVE answers differently from the data; at dt x 1/m on a finer interpolation of the same
+    path, where the RVE's own time integration answers differently. So the data are not the RVE's
+    answer to what the surrogate was given. Here the RVE runs along that same path, at the same step
+    ("rve_step": what a full-RVE solve at that step would give) and with ``substeps`` sub-steps per
+    increment ("rve_fine": near the RVE's step-converged answer). ``preds``: {factor: (pred (B, T', 6),
+    target rows)} of :func:`predict` for these B paths (strain, stress (B, T+1, 6) [-, Pa], time (B, T+1)
+    [s]). Returns per step label: the relative L2 path errors (mean, p95, max) of the surrogate against
+    the data, rve_step and rve_fine, and of rve_step and rve_fine against the data (the RVE's own change).
+    Paths on which the RVE fails (NaN) are left out and counted.
+    """
+    from fe2nn.data.generate import simulate
+    from fe2nn.surrogate.rno import refine_path
+
+    out: Dict[str, Any] = {"paths": int(strain.shape[0]), "rve_substeps": substeps}
+    for f, (pred, ti) in preds.items():
+        ps, pt, rows = _path_at(strain, time, f)
+        step = simulate(rve, ps, pt)["stress"][:, rows]
+        fs, ft = refine_path(torch.as_tensor(ps), torch.as_tensor(pt), substeps)
+        fine = simulate(rve, fs.numpy(), ft.numpy())["stress"][:, rows * substeps]
+        data = stress[:, 1:][:, ti]
+        ok = np.isfinite(step).all(axis=(1, 2)) & np.isfinite(fine).all(axis=(1, 2))
+        e = lambda a, b: stats(path_errors(a[ok], b[ok]))  # noqa: E731
+        out[_label(f)] = {"surrogate_vs_data": e(pred, data), "surrogate_vs_rve_step": e(pred, step),
+                          "surrogate_vs_rve_fine": e(pred, fine), "rve_step_vs_data": e(step, data),
+                          "rve_fine_vs_data": e(fine, data), "rve_failed_paths": int((~ok).sum())}
+    return out
 
 
 #: fractions of an increment (same strain rate) at which :func:`stability` probes the tangent: the
@@ -343,12 +398,14 @@ def _plot_along_path(path: Path, groups: Dict[str, Any]) -> None:
 
 
 def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FACTORS,
-             plots: bool = True, uniaxial: bool = False, rve_probe: int = 0) -> Dict[str, Any]:
+             plots: bool = True, uniaxial: bool = False, rve_probe: int = 0, rve_paths: int = 0) -> Dict[str, Any]:
     """Evaluate and write the report/plots; returns the report dict.  ``uniaxial``: also the
     uniaxial-stress cycles against the dataset's RVE (:mod:`fe2nn.surrogate.uniaxial`).
     ``rve_probe`` > 0: also the stability probe of the dataset's RVE on that many paths of each
     group (the first ones; :func:`probe_material`), and the surrogate's tangent against the RVE's
-    there (:func:`tangent_errors`)."""
+    there (:func:`tangent_errors`).  ``rve_paths`` > 0: also, on that many paths of each group (the
+    first ones), the errors at every step size against the RVE run along the same path
+    (:func:`same_path_errors`)."""
     from fe2nn.surrogate.card import card_paths, load_surrogate
     from fe2nn.surrogate.train import read_dataset
 
@@ -363,7 +420,7 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
 
         uniaxial_setup = (build_material({"model": "rno", "surrogate": str(Path(surrogate).resolve())},
                                          file=str(surrogate)), U.reference_material(ds), U.envelope_rates(card))
-    rve = U.reference_material(ds) if rve_probe > 0 else None
+    rve = U.reference_material(ds) if rve_probe > 0 or rve_paths > 0 else None
     match = training_file(card, ds)[1]
     report: Dict[str, Any] = {"surrogate": str(surrogate), "dataset": str(dataset), "dataset_sha256": ds["sha256"],
                               "dataset_recipe_sha256": ds.get("recipe_sha256"),
@@ -383,7 +440,10 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
             p, ti = preds[1.0]
             res["along_path"] = error_along_path(p, sig[:, 1:][:, ti])
         res["stability"] = stability(model, s, t)
-        if rve is not None:
+        if rve_paths > 0:
+            n = min(rve_paths, idx.size)
+            res["same_path"] = same_path_errors(rve, s[:n], sig[:n], t[:n], {f: (p[:n], ti) for f, (p, ti) in preds.items()})
+        if rve_probe > 0:
             n = min(rve_probe, idx.size)
             lam, C_rve = probe_material(rve, s[:n], t[:n])
             res["rve_stability"] = {"paths": n, **_probe_summary(lam)}
@@ -454,6 +514,14 @@ def format_table(report: Dict[str, Any]) -> str:
                          f"{g['along_path']['direction_share']:.0%} of its square from a wrong stress direction, the rest "
                          "from a wrong magnitude")
     for name, g in report["groups"].items():
+        if "same_path" in g:
+            sp = g["same_path"]
+            cells = [f"{lab} {v['surrogate_vs_rve_fine']['mean']:.2%} (data {v['surrogate_vs_data']['mean']:.2%}; "
+                     f"the RVE's own change {v['rve_fine_vs_data']['mean']:.2%})"
+                     for lab, v in sp.items() if isinstance(v, dict)]
+            lines.append(f"{name}: against the RVE along the path the surrogate ran, {sp['rve_substeps']} sub-steps per "
+                         f"increment, on {sp['paths']} paths: " + ", ".join(cells))
+    for name, g in report["groups"].items():
         if "stability" in g:
             st = g["stability"]
             worst = min(v["min_eigenvalue"] for v in st.values())
@@ -495,14 +563,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--rve-probe", type=int, default=0, metavar="N",
                     help="also run the stability probe through the dataset's RVE on the first N paths of each group, "
                          "and compare the surrogate's consistent tangent with the RVE's along them")
+    ap.add_argument("--rve-paths", type=int, default=0, metavar="N",
+                    help="also run the dataset's RVE along the first N paths of each group at every step size, on "
+                         "the path the surrogate ran (coarsened or refined), and compare the surrogate with it")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if args.rve_probe < 0:
-        raise UserError(f"fe2nn evaluate: --rve-probe must be >= 0, got {args.rve_probe}")
+    for key, v in (("--rve-probe", args.rve_probe), ("--rve-paths", args.rve_paths)):
+        if v < 0:
+            raise UserError(f"fe2nn evaluate: {key} must be >= 0, got {v}")
     report = evaluate(args.surrogate, args.dataset, args.out, plots=not args.no_plots, uniaxial=args.uniaxial,
-                      rve_probe=args.rve_probe)
+                      rve_probe=args.rve_probe, rve_paths=args.rve_paths)
     print(format_table(report))
     from fe2nn.surrogate.card import card_paths
 
