@@ -47,6 +47,20 @@ def rank0_print(*args, comm=None, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
+def format_duration(seconds: float) -> str:
+    """A wall time for progress lines: '0.08 s', '18.3 s', '4 min 05 s', '2 h 07 min'."""
+    if not seconds == seconds or seconds < 0:  # NaN or negative: unknown
+        return "?"
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m = int(round(seconds)) // 60
+    if m < 60:
+        return f"{m} min {int(round(seconds)) % 60:02d} s"
+    return f"{m // 60} h {m % 60:02d} min"
+
+
 def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend (plots are only written to files)."""
     import matplotlib

@@ -7,6 +7,7 @@ response along the uniaxial-stress path (driven independently) times the area.
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +92,11 @@ def test_bar_reaction_equals_material_point_response(tmp_path, ranks):
     # lateral reactions vanish, mean displacement of the loaded face is the prescribed one
     assert np.abs(s["reaction_y"]).max() < 1e-8 * np.abs(ref).max()
     np.testing.assert_allclose(s["u_x"], s["load_factor"] * UMAX, rtol=0, atol=1e-12)
-    # one progress line per step on rank 0 only
-    assert proc.stdout.count("step ") == len(s["time"])
+    # one progress line per step on rank 0 only, with its wall time and the time left (but the last)
+    steps = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert len(steps) == len(s["time"])
+    assert all(re.search(r"N  \d+\.\d\d? s, (\d+\.\d\d? s|\d+ min \d\d s|\d+ h \d\d min) left$", line) for line in steps[:-1])
+    assert re.search(r"N  \d+\.\d\d? s$", steps[-1]), steps[-1]
     # strain paths at the quadrature points: homogeneous, axial strain = u / L, lateral strains
     # those of the uniaxial-stress material-point response
     import h5py
@@ -107,3 +111,11 @@ def test_bar_reaction_equals_material_point_response(tmp_path, ranks):
     np.testing.assert_allclose(strain, np.broadcast_to(strain[:1], strain.shape), rtol=0, atol=1e-12)
     assert (x.min(axis=0) > 0).all() and (x.max(axis=0) < [L, W, W]).all()
     assert (np.diff(cell) >= 0).all()
+
+
+def test_format_duration_of_progress_lines():
+    from fe2nn.io_utils import format_duration
+
+    assert [format_duration(x) for x in (0.043, 8.346, 18.34, 59.9, 60, 245, 3599, 3600, 7620)] == [
+        "0.04 s", "8.35 s", "18.3 s", "59.9 s", "1 min 00 s", "4 min 05 s", "59 min 59 s", "1 h 00 min", "2 h 07 min"]
+    assert format_duration(float("nan")) == format_duration(-1.0) == "?"
