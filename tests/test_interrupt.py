@@ -13,6 +13,7 @@ import time
 
 import pytest
 from conftest import REPO, mpirun_cmd, run_cli
+from test_fe2_util import bar_config, needs_surrogate, rno_table
 from test_macro_checkpoint import _assert_same_results, _j2_bar, _rows
 from test_rno_train import _config, dataset  # noqa: F401 - the dataset fixture
 
@@ -21,25 +22,29 @@ from fe2nn.cli import main as cli_main
 from fe2nn.surrogate import train as tr
 from fe2nn.surrogate.card import sha256_file
 
-#: runs fe2nn; rank R sends itself SIGTERM once step K has converged (after the output of that step)
+#: runs fe2nn; rank R sends itself SIGTERM once step K of the S-th solve has converged (after the
+#: output of that step; fe2nn validate runs the surrogate's solve, then the reference's)
 SIGNALLER = """
 import os, signal, sys
 import fe2nn.fe2 as f
-K, R, call = int(sys.argv[1]), int(sys.argv[2]), f.OODMonitor.__call__
+K, R, S, call = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), f.OODMonitor.__call__
+seen = [0]
 def signalling_call(self, solver, rec):
     call(self, solver, rec)
-    if rec.step == K and solver.comm.rank == R:
-        os.kill(os.getpid(), signal.SIGTERM)
+    if rec.step == K:
+        seen[0] += 1
+        if seen[0] == S and solver.comm.rank == R:
+            os.kill(os.getpid(), signal.SIGTERM)
 f.OODMonitor.__call__ = signalling_call
 from fe2nn.cli import main
-raise SystemExit(main(sys.argv[3:]))
+raise SystemExit(main(sys.argv[4:]))
 """
 
 
-def _signalled(tmp_path, cfg, step: int, n: int = 1, rank: int = 0):
+def _signalled(tmp_path, cfg, step: int, n: int = 1, rank: int = 0, command: str = "solve", solve: int = 1):
     script = tmp_path / "signaller.py"
     script.write_text(SIGNALLER)
-    base = [sys.executable, str(script), str(step), str(rank), "solve", str(cfg), "-q"]
+    base = [sys.executable, str(script), str(step), str(rank), str(solve), command, str(cfg), "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(mpirun_cmd(n, *base) if n > 1 else base, cwd=REPO, capture_output=True, text=True,
                           timeout=600, env=env)
@@ -95,6 +100,27 @@ def test_a_signal_in_the_last_step_lets_the_run_finish(tmp_path):
     proc = _signalled(tmp_path, _j2_bar(tmp_path / "res.toml", res, every=2), step=last)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     _assert_same_results(ref, res)  # complete, and no checkpoint left
+
+
+@needs_surrogate
+def test_validate_stops_in_its_reference_solve_and_resumes(tmp_path):
+    """SIGTERM in the reference (Taylor FE²) solve of fe2nn validate, between two checkpoints: no
+    report, the reference's checkpoint of that step; --resume gives the uninterrupted report."""
+    kw = dict(strain=4e-3, times=(0.0, 2.0, 2.5), factors=(0.0, 1.0, 0.75), steps=6)
+    extra = "checkpoint_every = 2\n[validate]\nstress_steps = [2, 6]\n"
+    run_cli("validate", str(bar_config(tmp_path / "a.toml", rno_table(), out=str(tmp_path / "a"), extra=extra,
+                                       **kw)), "-q", check=True)
+    cfg = bar_config(tmp_path / "b.toml", rno_table(), out=str(tmp_path / "b"), extra=extra, **kw)
+    line = _one_line(_signalled(tmp_path, cfg, step=3, command="validate", solve=2))
+    assert "after step 3" in line and f"the checkpoint of step 3 is in {tmp_path / 'b' / 'reference' / 'checkpoint'}" in line
+    assert not (tmp_path / "b" / "report.json").exists()
+    proc = run_cli("validate", str(cfg), "--resume", check=True)
+    assert "resuming after step 3" in proc.stdout
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("a", "b"))
+    assert b["comparison"] == a["comparison"] and b["iterations"] == a["iterations"]
+    # in the surrogate's solve (the first), which writes no checkpoint: nothing to resume from
+    line = _one_line(_signalled(tmp_path, cfg, step=2, command="validate", solve=1))
+    assert "after step 2" in line and "cannot be resumed" in line
 
 
 def test_sigterm_to_mpirun_stops_both_ranks_and_the_run_resumes(tmp_path):
