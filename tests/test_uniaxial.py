@@ -154,3 +154,36 @@ def test_dataset_without_rve_config_is_one_line_error(tmp_path):
     p = run_cli("evaluate", str(tmp_path / "m"), str(data), "--rve-probe", "2")
     assert p.returncode == 2 and "no RVE configuration stored" in p.stderr and str(data) in p.stderr
     assert not (tmp_path / "m" / "evaluation").exists()
+
+
+def test_same_path_errors_leave_out_and_count_the_paths_where_the_rve_fails(tmp_path):
+    """A path on which the RVE cannot finish an increment (even with sub-steps) is left out of the
+    same-path errors and counted; with every path failing only the counts remain."""
+    import numpy as np
+    import torch
+
+    from fe2nn.materials.base import MaterialConvergenceError
+    from fe2nn.surrogate import evaluate as ev
+    from fe2nn.surrogate.train import read_dataset
+    from test_rno_synth import J2_PARAMS
+
+    class Brittle(J2Plasticity):  # fails wherever |strain| exceeds a limit
+        limit = 0.0
+
+        def update(self, strain, dt, state):
+            bad = torch.linalg.vector_norm(strain, dim=-1) > self.limit
+            if bool(bad.any()):
+                raise MaterialConvergenceError("beyond the limit", failed=bad)
+            return super().update(strain, dt, state)
+
+    d = read_dataset(make_dataset(tmp_path / "j2.h5", {"random_walk": 3}, T=8, seed=4))
+    s, sig, t = d["strain"], d["stress"], d["time"]
+    peak = np.linalg.norm(s, axis=2).max(axis=1)
+    rve = Brittle(**J2_PARAMS)
+    rve.limit = float(np.sort(peak)[1]) * (1 + 1e-9)  # the path with the largest strain fails
+    preds = {1.0: (sig[:, 1:], np.arange(8))}  # a "surrogate" that returns the data
+    out = ev.same_path_errors(rve, s, sig, t, preds)["dt x 1"]
+    assert out["rve_failed_paths"] == 1 and out["surrogate_vs_data"]["n"] == 2
+    assert out["surrogate_vs_data"]["max"] == 0.0 and out["rve_step_vs_data"]["max"] < 1e-12
+    rve.limit = 0.0
+    assert ev.same_path_errors(rve, s, sig, t, preds)["dt x 1"] == {"rve_failed_paths": 3}

@@ -149,10 +149,13 @@ def same_path_errors(rve, strain: np.ndarray, stress: np.ndarray, time: np.ndarr
         fine = simulate(rve, fs.numpy(), ft.numpy())["stress"][:, rows * substeps]
         data = stress[:, 1:][:, ti]
         ok = np.isfinite(step).all(axis=(1, 2)) & np.isfinite(fine).all(axis=(1, 2))
-        e = lambda a, b: stats(path_errors(a[ok], b[ok]))  # noqa: E731
-        out[_label(f)] = {"surrogate_vs_data": e(pred, data), "surrogate_vs_rve_step": e(pred, step),
-                          "surrogate_vs_rve_fine": e(pred, fine), "rve_step_vs_data": e(step, data),
-                          "rve_fine_vs_data": e(fine, data), "rve_failed_paths": int((~ok).sum())}
+        res: Dict[str, Any] = {"rve_failed_paths": int((~ok).sum())}
+        if ok.any():
+            for key, (a, b) in {"surrogate_vs_data": (pred, data), "surrogate_vs_rve_step": (pred, step),
+                                "surrogate_vs_rve_fine": (pred, fine), "rve_step_vs_data": (step, data),
+                                "rve_fine_vs_data": (fine, data)}.items():
+                res[key] = stats(path_errors(a[ok], b[ok]))
+        out[_label(f)] = res
     return out
 
 
@@ -517,8 +520,8 @@ def format_table(report: Dict[str, Any]) -> str:
         if "same_path" in g:
             sp = g["same_path"]
             cells = [f"{lab} {v['surrogate_vs_rve_fine']['mean']:.2%} (data {v['surrogate_vs_data']['mean']:.2%}; "
-                     f"the RVE's own change {v['rve_fine_vs_data']['mean']:.2%})"
-                     for lab, v in sp.items() if isinstance(v, dict)]
+                     f"the RVE's own change {v['rve_fine_vs_data']['mean']:.2%})" if "surrogate_vs_data" in v
+                     else f"{lab}: the RVE failed on every path" for lab, v in sp.items() if isinstance(v, dict)]
             lines.append(f"{name}: against the RVE along the path the surrogate ran, {sp['rve_substeps']} sub-steps per "
                          f"increment, on {sp['paths']} paths: " + ", ".join(cells))
     for name, g in report["groups"].items():
