@@ -109,20 +109,6 @@ def error_along_path(pred: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
 RVE_SUBSTEPS = 4
 
 
-def _path_at(strain: np.ndarray, time: np.ndarray, factor: float):
-    """The strain path (B, T'+1, 6), times (B, T'+1) that the surrogate runs at step size dt*factor
-    (:func:`~fe2nn.surrogate.rno.rollout_at_dt_factor`) and the rows (T',) of it where it is scored."""
-    from fe2nn.surrogate.rno import refine_path
-
-    if factor >= 1:
-        m = int(round(factor))
-        full = np.arange(0, strain.shape[1], m)
-        return strain[:, full], time[:, full], np.arange(1, full.size)
-    m = int(round(1.0 / factor))
-    fs, ft = refine_path(torch.as_tensor(strain), torch.as_tensor(time), m)
-    return fs.numpy(), ft.numpy(), np.arange(m, fs.shape[1], m)
-
-
 def same_path_errors(rve, strain: np.ndarray, stress: np.ndarray, time: np.ndarray, preds: Dict[float, Any],
                      substeps: int = RVE_SUBSTEPS) -> Dict[str, Any]:
     """The surrogate at each step size against the RVE along the same strain path.
@@ -139,11 +125,11 @@ def same_path_errors(rve, strain: np.ndarray, stress: np.ndarray, time: np.ndarr
     Paths on which the RVE fails (NaN) are left out and counted.
     """
     from fe2nn.data.generate import simulate
-    from fe2nn.surrogate.rno import refine_path
+    from fe2nn.surrogate.rno import path_at_dt_factor, refine_path
 
     out: Dict[str, Any] = {"paths": int(strain.shape[0]), "rve_substeps": substeps}
     for f, (pred, ti) in preds.items():
-        ps, pt, rows = _path_at(strain, time, f)
+        ps, pt, rows, _ = (a.numpy() for a in path_at_dt_factor(torch.as_tensor(strain), torch.as_tensor(time), f))
         step = simulate(rve, ps, pt)["stress"][:, rows]
         fs, ft = refine_path(torch.as_tensor(ps), torch.as_tensor(pt), substeps)
         fine = simulate(rve, fs.numpy(), ft.numpy())["stress"][:, rows * substeps]

@@ -653,21 +653,32 @@ def refine_path(strain: torch.Tensor, time: torch.Tensor, factor: int):
     return fs, ft
 
 
-def rollout_at_dt_factor(model: RNO, strain: torch.Tensor, time: torch.Tensor, factor: float):
-    """Run the model at step size dt*factor and return (pred, target index).
+def path_at_dt_factor(strain: torch.Tensor, time: torch.Tensor, factor: float):
+    """The path that a model runs at step size dt*factor, and where it is scored.
 
-    factor = 1/m (m integer): the model runs on an m-times finer linear-in-time
-    interpolation of the path; predictions are compared at the original points.
-    factor = m: the path is coarsened to every m-th point (exact targets there).
-    Returns pred (B, T', 6) and the indices (T',) into the original 1..T rows.
+    factor = m (integer): the path coarsened to every m-th point; factor = 1/m: its m-times finer
+    linear-in-time interpolation (:func:`refine_path`). Returns the path's strain (B, T'+1, 6) and
+    time (B, T'+1), the rows (T',) of it that are scored (rows 1.. of a coarsened path, every m-th
+    of a refined one) and, for each, the index (T',) into the original rows 1..T (the data's
+    stresses there are the targets).
     """
     if factor >= 1:
         m = int(round(factor))
         idx = torch.arange(m, strain.shape[1], m, device=strain.device)
         full = torch.cat([idx.new_zeros(1), idx])
-        pred = model.rollout(strain[:, full], time[:, full])
-        return pred, idx - 1
+        return strain[:, full], time[:, full], torch.arange(1, full.numel(), device=strain.device), idx - 1
     m = int(round(1.0 / factor))
     fs, ft = refine_path(strain, time, m)
-    pred = model.rollout(fs, ft)[:, m - 1::m]
-    return pred, torch.arange(strain.shape[1] - 1, device=strain.device)
+    return fs, ft, torch.arange(m, fs.shape[1], m, device=strain.device), torch.arange(strain.shape[1] - 1,
+                                                                                       device=strain.device)
+
+
+def rollout_at_dt_factor(model: RNO, strain: torch.Tensor, time: torch.Tensor, factor: float):
+    """Run the model at step size dt*factor (:func:`path_at_dt_factor`) and return (pred, target index):
+    pred (B, T', 6) at the scored rows and the indices (T',) into the original 1..T rows."""
+    s, t, rows, idx = path_at_dt_factor(strain, time, factor)
+    pred = model.rollout(s, t)  # rows 1.. of the path
+    if factor < 1:
+        m = int(round(1.0 / factor))
+        pred = pred[:, m - 1::m]  # = rows - 1, as a view (the order of operations training was run with)
+    return pred, idx
