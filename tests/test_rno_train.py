@@ -3,6 +3,7 @@ checkpoint + resume, k sweep, evaluation report and plots, one-line user errors.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -204,6 +205,15 @@ def test_path_errors_metric_is_relative_l2():
     t = np.ones((1, 4, 6))
     assert ev.path_errors(1.02 * t, t)[0] == pytest.approx(0.02)
     assert float(torch.tensor(ev.stats(np.array([0.0, 1.0]))["mean"])) == pytest.approx(0.5)
+
+
+def test_epoch_log_lines_say_the_time_left(tmp_path, dataset, capsys):
+    cfg = _config(tmp_path, dataset, "log", epochs=3)
+    assert tr.main([str(cfg), "--no-progress"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ")]
+    assert len(lines) == 3
+    assert all(re.search(r", \d+ s, (\d+\.\d\d? s|\d+ min \d\d s) left$", x) for x in lines[:2]), lines
+    assert re.search(r", \d+ s$", lines[2]), lines[2]  # the last epoch: nothing left
 
 
 def test_time_limit_exports_best_model(tmp_path, dataset, capsys):

@@ -49,7 +49,7 @@ import torch
 from fe2nn import interrupt
 from fe2nn.config import in_range, load_toml, non_negative, one_of, parse, positive, resolve_path
 from fe2nn.errors import UserError
-from fe2nn.io_utils import atomic_path, write_text_atomic
+from fe2nn.io_utils import atomic_path, format_duration, write_text_atomic
 from fe2nn.surrogate.rno import RNO, ACTIVATIONS, RNOArch, grow, relative_l2, rollout_at_dt_factor, shrink
 
 #: paths of each batch on which the rate-stability term (training.rate_stability_weight) is evaluated
@@ -610,7 +610,7 @@ class Trainer:
                                 if self.selection_margin() != tc.rate_stability_margin else "")
                              if tc.rate_stability_weight > 0 else "") +
                           f"(best {self.best_val:.4%} at epoch {self.best_epoch}), lr {lr:.2e}, "
-                          f"{_time.monotonic() - t0:.0f} s", flush=True)
+                          f"{_time.monotonic() - t0:.0f} s" + self._time_left(_time.monotonic() - t0, start), flush=True)
                 out_of_time = tc.time_limit > 0 and _time.monotonic() - t0 >= tc.time_limit
                 if out_of_time:
                     print(f"time limit {tc.time_limit:g} s reached at epoch {self.epoch}: exporting the best model",
@@ -630,6 +630,16 @@ class Trainer:
         finally:
             bar.close()
         return True
+
+    def _time_left(self, elapsed: float, start: int) -> str:
+        """', 12 min 05 s left' at the pace of this run's epochs so far (within time_limit); '' at the end."""
+        tc = self.cfg.training
+        if self.epoch >= tc.epochs or self.epoch <= start:
+            return ""
+        left = elapsed / (self.epoch - start) * (tc.epochs - self.epoch)
+        if tc.time_limit > 0:
+            left = min(left, max(tc.time_limit - elapsed, 0.0))
+        return f", {format_duration(left)} left"
 
     def best_val_rel_l2(self) -> float:
         """Validation error of the best epoch (the selection score without the rate-stability term)."""
