@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,15 @@ def reference(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr
     assert "11 samples: 11 accepted" in proc.stdout
     return d / "data.h5"
+
+
+def test_unattended_run_logs_one_line_per_chunk_with_the_time_left(tmp_path):
+    proc = run_generate(write_config(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = [x for x in proc.stdout.splitlines() if "/11 samples" in x]
+    assert [x.split("/")[0] for x in lines] == ["3", "6", "9", "11"], proc.stdout
+    assert all(re.fullmatch(r"\d+/11 samples, \d+\.\d\d? s, \d+\.\d\d? s left", x) for x in lines[:-1]), lines
+    assert re.fullmatch(r"11/11 samples, \d+\.\d\d? s", lines[-1]), lines[-1]
 
 
 def test_dataset_matches_independent_material_calls(reference):

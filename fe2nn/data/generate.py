@@ -46,6 +46,7 @@ from fe2nn.config import load_toml, non_negative, parse, positive, resolve_path
 from fe2nn.data import paths as P
 from fe2nn.data.dataset import FORMAT, FORMAT_VERSION, array_checksum, read_arrays
 from fe2nn.errors import UserError
+from fe2nn.io_utils import format_duration
 from fe2nn.materials.base import Material, MaterialConvergenceError, put_state, take_state
 from fe2nn.micro.rve import RVEConfig, build_rve, describe
 
@@ -519,6 +520,8 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
         abort_after = int(os.environ.get("FE2NN_GENERATE_ABORT_AFTER", "0") or 0)
         written = 0
         last = [0.0]
+        log = not progress and comm.rank == 0  # unattended: one line per chunk of rank 0 instead of the bar
+        start, before = _time.monotonic(), parts.samples_done()
         for k in mine:
             a, b = parts.chunk_range(k)
             idx = np.arange(a, b)
@@ -533,6 +536,11 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
             res = simulate(mat, strain, time, cfg.max_substeps, progress=tick)
             parts.write(k, dict(res, sample_index=idx, strain=strain, time=time, family=codes[idx]))
             written += 1
+            if log:  # all ranks' chunks on disk, at the pace of this run so far
+                got, spent = parts.samples_done(), _time.monotonic() - start
+                print(f"{got}/{N} samples, {format_duration(spent)}" + (
+                      f", {format_duration(spent / (got - before) * (N - got))} left" if before < got < N else ""),
+                      flush=True)
             if abort_after and written >= abort_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             if stop_after_chunks is not None and written >= stop_after_chunks:
@@ -582,7 +590,8 @@ def main(argv=None) -> int:
     ap.add_argument("config", help="TOML config (see README, 'Training data')")
     ap.add_argument("--output", help="override the config's output file")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output and its parts")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress bar: one line per chunk (of rank 0) with the time left instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or torch.get_num_threads())
     cfg = load_config(args.config)
