@@ -61,6 +61,14 @@ def format_duration(seconds: float) -> str:
     return f"{m // 60} h {m % 60:02d} min"
 
 
+def time_left(elapsed: float, done: float, todo: float, cap: float = float("inf")) -> str:
+    """', 4 min 05 s left' for ``todo`` more of work of which ``done`` took ``elapsed`` seconds (at
+    that pace, at most ``cap`` seconds); '' when nothing is left or nothing is done yet."""
+    if todo <= 0 or done <= 0:
+        return ""
+    return f", {format_duration(min(elapsed / done * todo, cap))} left"
+
+
 def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend (plots are only written to files)."""
     import matplotlib

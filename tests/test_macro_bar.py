@@ -119,3 +119,11 @@ def test_format_duration_of_progress_lines():
     assert [format_duration(x) for x in (0.043, 8.346, 18.34, 59.9, 60, 245, 3599, 3600, 7620)] == [
         "0.04 s", "8.35 s", "18.3 s", "59.9 s", "1 min 00 s", "4 min 05 s", "59 min 59 s", "1 h 00 min", "2 h 07 min"]
     assert format_duration(float("nan")) == format_duration(-1.0) == "?"
+
+
+def test_time_left_at_the_pace_so_far():
+    from fe2nn.io_utils import time_left
+
+    assert time_left(10.0, 2.0, 3.0) == ", 15.0 s left"  # 5 s per unit done, 3 units to go
+    assert time_left(10.0, 2.0, 3.0, cap=4.0) == ", 4.00 s left"
+    assert time_left(10.0, 2.0, 0.0) == time_left(10.0, 0.0, 3.0) == ""

@@ -46,7 +46,7 @@ from fe2nn.config import load_toml, non_negative, parse, positive, resolve_path
 from fe2nn.data import paths as P
 from fe2nn.data.dataset import FORMAT, FORMAT_VERSION, array_checksum, read_arrays
 from fe2nn.errors import UserError
-from fe2nn.io_utils import format_duration
+from fe2nn.io_utils import format_duration, time_left
 from fe2nn.materials.base import Material, MaterialConvergenceError, put_state, take_state
 from fe2nn.micro.rve import RVEConfig, build_rve, describe
 
@@ -538,9 +538,7 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
             written += 1
             if log:  # all ranks' chunks on disk, at the pace of this run so far
                 got, spent = parts.samples_done(), _time.monotonic() - start
-                print(f"{got}/{N} samples, {format_duration(spent)}" + (
-                      f", {format_duration(spent / (got - before) * (N - got))} left" if before < got < N else ""),
-                      flush=True)
+                print(f"{got}/{N} samples, {format_duration(spent)}" + time_left(spent, got - before, N - got), flush=True)
             if abort_after and written >= abort_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             if stop_after_chunks is not None and written >= stop_after_chunks:

@@ -28,7 +28,7 @@ from petsc4py import PETSc
 
 from fe2nn import interrupt
 from fe2nn.errors import SolverError
-from fe2nn.io_utils import format_duration, rank0_print
+from fe2nn.io_utils import format_duration, rank0_print, time_left
 from fe2nn.macro.loading import LoadTable
 from fe2nn.macro.problem import Problem
 from fe2nn.macro.quadrature import QuadratureFields, mandel_strain
@@ -548,10 +548,10 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
             records.append(rec)
             if progress:
                 R = rec.reaction
-                left = (time.perf_counter() - wall_start) * (table.end - t) / (t - t_start)  # at the pace so far
                 rank0_print(f"step {rec.step:4d}  t = {t:.5g} s  load = {lam:+.5f}  it = {rec.iterations:2d}  "
                             f"|R| = {residuals[-1]:.2e} N  reaction = ({R[0]:+.5e}, {R[1]:+.5e}, {R[2]:+.5e}) N  "
-                            f"{format_duration(rec.wall_time)}" + (f", {format_duration(left)} left" if t < table.end else ""),
+                            f"{format_duration(rec.wall_time)}"
+                            + time_left(time.perf_counter() - wall_start, t - t_start, table.end - t),
                             comm=solver.comm)
             if writer is not None:
                 writer.write_step(rec, fields=(rec.step % every == 0 or t == targets[-1]))

@@ -49,7 +49,7 @@ import torch
 from fe2nn import interrupt
 from fe2nn.config import in_range, load_toml, non_negative, one_of, parse, positive, resolve_path
 from fe2nn.errors import UserError
-from fe2nn.io_utils import atomic_path, format_duration, write_text_atomic
+from fe2nn.io_utils import atomic_path, time_left, write_text_atomic
 from fe2nn.surrogate.rno import RNO, ACTIVATIONS, RNOArch, grow, relative_l2, rollout_at_dt_factor, shrink
 
 #: paths of each batch on which the rate-stability term (training.rate_stability_weight) is evaluated
@@ -610,18 +610,23 @@ class Trainer:
                                 if self.selection_margin() != tc.rate_stability_margin else "")
                              if tc.rate_stability_weight > 0 else "") +
                           f"(best {self.best_val:.4%} at epoch {self.best_epoch}), lr {lr:.2e}, "
-                          f"{_time.monotonic() - t0:.0f} s" + self._time_left(_time.monotonic() - t0, start), flush=True)
+                          f"{_time.monotonic() - t0:.0f} s" + time_left(
+                              _time.monotonic() - t0, self.epoch - start, tc.epochs - self.epoch,
+                              max(tc.time_limit - (_time.monotonic() - t0), 0.0) if tc.time_limit > 0 else math.inf),
+                          flush=True)
                 out_of_time = tc.time_limit > 0 and _time.monotonic() - t0 >= tc.time_limit
                 if out_of_time:
                     print(f"time limit {tc.time_limit:g} s reached at epoch {self.epoch}: exporting the best model",
                           flush=True)
                 finished = self.bad_epochs >= tc.patience or self.epoch >= tc.epochs or out_of_time
                 interrupted = stop_after is not None and self.epoch - start >= stop_after
-                if finished or interrupted or self.epoch % tc.checkpoint_every == 0:
+                saved = finished or interrupted or self.epoch % tc.checkpoint_every == 0
+                if saved:
                     self.save_checkpoint()
                 stop = None if finished else interrupt.requested()
                 if stop:  # SIGTERM (fe2nn.interrupt): this epoch is done; keep it and say how to go on
-                    self.save_checkpoint()
+                    if not saved:
+                        self.save_checkpoint()
                     raise interrupt.Interrupted(f"stopped by {stop} after epoch {self.epoch} of {tc.epochs} "
                                                 f"(k = {self.cfg.model.k}); the checkpoint is {self.ckpt}: "
                                                 "continue with --resume")
@@ -630,16 +635,6 @@ class Trainer:
         finally:
             bar.close()
         return True
-
-    def _time_left(self, elapsed: float, start: int) -> str:
-        """', 12 min 05 s left' at the pace of this run's epochs so far (within time_limit); '' at the end."""
-        tc = self.cfg.training
-        if self.epoch >= tc.epochs or self.epoch <= start:
-            return ""
-        left = elapsed / (self.epoch - start) * (tc.epochs - self.epoch)
-        if tc.time_limit > 0:
-            left = min(left, max(tc.time_limit - elapsed, 0.0))
-        return f", {format_duration(left)} left"
 
     def best_val_rel_l2(self) -> float:
         """Validation error of the best epoch (the selection score without the rate-stability term)."""
