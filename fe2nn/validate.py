@@ -113,6 +113,7 @@ class _Recorder:
         self.ood = OODMonitor()
         self.stress: Dict[float, np.ndarray] = {}
         self.weights = None
+        self._saved = self._pending = 0  # stress fields in checkpoint segments / in the one being written
 
     def __call__(self, solver, rec) -> None:
         self.ood(solver, rec)
@@ -126,17 +127,34 @@ class _Recorder:
             self.stress[t] = np.array(solver.qf.view(solver.qf.stress), dtype=float).reshape(-1, 6)
 
     def checkpoint_arrays(self) -> Dict[str, np.ndarray]:
-        return {f"stress{i}": s for i, s in enumerate(self.stress.values())}
+        return {}
 
     def checkpoint_meta(self) -> Dict[str, Any]:
-        return {"times": list(self.stress), "ood": self.ood.checkpoint_meta()}
+        return {"ood": self.ood.checkpoint_meta()}
+
+    def checkpoint_segment(self) -> Dict[str, np.ndarray]:
+        """The stress fields recorded since the last checkpoint, with their times."""
+        times = list(self.stress)
+        self._pending = len(times)
+        if self._pending == self._saved:
+            return {}
+        new = times[self._saved:]
+        return {"times": np.array(new), "stress": np.stack([self.stress[t] for t in new])}
+
+    def segment_written(self) -> None:
+        self._saved = self._pending
 
     def restore_checkpoint(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any], solver) -> None:
         from fe2nn.fe2 import point_weights
 
-        self.stress = {t: arrays[f"stress{i}"] for i, t in enumerate(meta["times"])}
+        self.stress = {}
         self.ood.restore_checkpoint({}, meta["ood"])
         self.weights = point_weights(solver.qf)
+
+    def restore_segment(self, arrays: Dict[str, np.ndarray]) -> None:
+        for t, s in zip(arrays["times"], arrays["stress"]):
+            self.stress[float(t)] = s.copy()
+        self._saved = len(self.stress)
 
 
 def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint=None, resume: bool = False,

@@ -5,13 +5,23 @@ step; ``fe2nn solve CONFIG --resume`` continues from it and ends with the same r
 VTX frames, strain paths, out-of-distribution counts) as a run that was never interrupted.
 A run that finishes removes its checkpoint, so a checkpoint on disk always means an unfinished run.
 
-Layout (one directory, replaced as a whole: written as ``.checkpoint.tmp``, then renamed)::
+Layout::
 
     checkpoint/meta.json        step, time, the solve loop's position, the step records, the
-                                config and mesh it belongs to (fingerprint), the number of ranks
+                                config and mesh it belongs to (fingerprint), the number of ranks,
+                                how many bytes of each rank's history file it covers
     checkpoint/rank<r>.npz      rank r's arrays: committed displacement and last increment,
                                 material state at its quadrature points (e.g. the surrogate's
-                                internal variables, an RVE's per-voxel state), output frames so far
+                                internal variables, an RVE's per-voxel state)
+    checkpoint.history/rank<r>.npys
+                                rank r's history, appended at each checkpoint: what the run added
+                                since the previous one (the output frames, the recorded strains)
+
+``checkpoint/`` is replaced as a whole (written as ``.checkpoint.tmp``, then renamed); the history
+files only grow, and bytes beyond what the published ``meta.json`` covers (a checkpoint that
+failed half-way) are cut off before the next append and ignored on resume.  So each checkpoint
+writes the state plus the last ``checkpoint_every`` steps' frames, not every frame of the run
+again, and the run keeps only those frames in memory.
 
 Arrays are stored per rank, so a run resumes on the same number of ranks (mpirun -n N) with
 the same mesh partition; both are checked.  The fingerprint covers the whole config except
@@ -35,8 +45,9 @@ import torch
 from fe2nn.errors import UserError
 
 FORMAT = "fe2nn-solve-checkpoint"
-VERSION = 1
+VERSION = 2
 DIR_NAME = "checkpoint"
+HISTORY_NAME = "checkpoint.history"
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> List[str]:
@@ -72,6 +83,10 @@ class Checkpoint:
     Parts of the run that keep history of their own (the output writer, solve callbacks) take
     part when they have ``checkpoint_name``, ``checkpoint_arrays()`` (this rank's arrays),
     ``checkpoint_meta()`` (JSON, rank 0's is kept) and ``restore_checkpoint(arrays, meta, solver)``.
+    A part whose history grows step by step also has ``checkpoint_segment()`` (this rank's arrays
+    of what it added since the last segment written; an empty dict: nothing), ``segment_written()``
+    (that segment is in a published checkpoint) and ``restore_segment(arrays)`` (called once per
+    segment, in order, after ``restore_checkpoint``).
     """
 
     def __init__(self, directory: str | os.PathLike, every: int, fingerprint: dict, comm):
@@ -82,8 +97,10 @@ class Checkpoint:
         self.every = int(every)
         self.fingerprint = fingerprint
         self.comm = comm
+        self.history = self.root / HISTORY_NAME
         self.last_step = 0  # step of the last checkpoint written or resumed from (0: none)
         self.resumed_step = 0  # step this run resumed after (0: it started from the beginning)
+        self._history_bytes = 0  # length of this rank's history file that the last checkpoint covers
 
     # -- writing ---------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -100,6 +117,9 @@ class Checkpoint:
             arrays.update({f"{part.checkpoint_name}/{k}": np.asarray(v)
                            for k, v in part.checkpoint_arrays().items()})
         metas = {part.checkpoint_name: part.checkpoint_meta() for part in parts}
+        growing = [part for part in parts if hasattr(part, "checkpoint_segment")]
+        segments = [(part.checkpoint_name, part.checkpoint_segment()) for part in growing]
+        length: List[int] = []
 
         def attempt(action) -> Optional[str]:
             try:
@@ -111,17 +131,24 @@ class Checkpoint:
         def prepare():
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+            self.history.mkdir(exist_ok=True)
+
+        def write():
+            np.savez(tmp / f"rank{rank}.npz", **arrays)
+            length.append(self._append_history(segments))
 
         errors = comm.allgather(attempt(prepare) if rank == 0 else None)
         if not any(errors):
-            errors = comm.allgather(attempt(lambda: np.savez(tmp / f"rank{rank}.npz", **arrays)))
+            errors = comm.allgather(attempt(write))
         if not any(errors):
+            history_bytes = comm.allgather(length[0])
             meta = {"format": FORMAT, "version": VERSION, "n_ranks": comm.size,
                     "fingerprint": self.fingerprint, "step": len(records),
                     "time": records[-1].time if records else None, "loop": loop,
                     "solver": {"factor": solver.factor, "committed_factor": solver._committed_factor,
                                "increment_factor": None if solver._increment is None else solver._increment[1]},
-                    "records": [_record_to_json(r) for r in records], "parts": metas}
+                    "records": [_record_to_json(r) for r in records], "parts": metas,
+                    "history_bytes": history_bytes}
 
             def publish():
                 (tmp / "meta.json").write_text(json.dumps(meta))
@@ -136,12 +163,52 @@ class Checkpoint:
         failed = next((e for e in errors if e), None)
         if failed is None:
             self.last_step = len(records)
+            self._history_bytes = length[0]
+            for part in growing:
+                part.segment_written()
             return
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             print(f"WARNING: checkpoint of step {len(records)} not written ({failed}); "
                   + (f"the checkpoint of step {self.last_step} stays" if self.last_step else "no checkpoint yet"),
                   flush=True)
+
+    def _append_history(self, segments: list) -> int:
+        """Append the parts' new segments to this rank's history file, after cutting it back to
+        what the last published checkpoint covers; returns the file's new length [bytes].
+        Each segment is a header (JSON as uint8: part name, array names) and then its arrays,
+        all in .npy format."""
+        path = self.history / f"rank{self.comm.rank}.npys"
+        with open(path, "r+b" if self._history_bytes else "wb") as fh:
+            fh.truncate(self._history_bytes)
+            fh.seek(self._history_bytes)
+            for name, arrays in segments:
+                if not arrays:
+                    continue
+                header = json.dumps({"part": name, "arrays": list(arrays)}).encode()
+                np.lib.format.write_array(fh, np.frombuffer(header, dtype=np.uint8), allow_pickle=False)
+                for value in arrays.values():
+                    np.lib.format.write_array(fh, np.ascontiguousarray(value), allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+            return fh.tell()
+
+    def _read_history(self, n_bytes: int):
+        """Yield (part name, arrays) for each segment in the first ``n_bytes`` of this rank's
+        history file (one segment in memory at a time)."""
+        path = self.history / f"rank{self.comm.rank}.npys"
+        if n_bytes == 0:
+            return
+        try:
+            with open(path, "rb") as fh:
+                while fh.tell() < n_bytes:
+                    header = json.loads(np.lib.format.read_array(fh, allow_pickle=False).tobytes())
+                    arrays = {k: np.lib.format.read_array(fh, allow_pickle=False) for k in header["arrays"]}
+                    if fh.tell() > n_bytes:
+                        raise ValueError(f"a segment runs past the {n_bytes} bytes the checkpoint covers")
+                    yield header["part"], arrays
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{path}: unreadable checkpoint history ({err})") from None
 
     @staticmethod
     def _solver_arrays(solver) -> Dict[str, np.ndarray]:
@@ -159,7 +226,7 @@ class Checkpoint:
         """Delete the checkpoint (the run finished); collective."""
         self.comm.barrier()
         if self.comm.rank == 0:
-            for d in (self.dir, self.root / f".{DIR_NAME}.tmp", self.root / f".{DIR_NAME}.old"):
+            for d in (self.dir, self.root / f".{DIR_NAME}.tmp", self.root / f".{DIR_NAME}.old", self.history):
                 shutil.rmtree(d, ignore_errors=True)
         self.comm.barrier()
 
@@ -191,6 +258,13 @@ class Checkpoint:
                 meta["arrays"] = {k: z[k] for k in z.files}
         except (OSError, ValueError) as err:
             raise UserError(f"{where}: unreadable rank file ({err})") from None
+        history = self.history / f"rank{self.comm.rank}.npys"
+        need = int(meta["history_bytes"][self.comm.rank])
+        have = history.stat().st_size if history.is_file() else -1
+        if not self.comm.allreduce(have >= need, op=_land()):
+            raise UserError(f"{self.history}: the checkpoint history is missing or shorter than the checkpoint "
+                            f"in {where.name}/ needs ({need} bytes on rank {self.comm.rank}, found "
+                            f"{max(have, 0)}); it cannot be resumed")
         return meta
 
     def restore_solver(self, solver, meta: dict) -> list:
@@ -224,11 +298,14 @@ class Checkpoint:
         solver.factor, solver._committed_factor = sv["factor"], sv["committed_factor"]
         solver.state = solver.trial_state = state
         self.last_step = self.resumed_step = int(meta["step"])
+        self._history_bytes = int(meta["history_bytes"][self.comm.rank])
         return [_record_from_json(r) for r in meta["records"]]
 
     def restore_parts(self, solver, meta: dict, parts: list) -> None:
-        """Give the output writer and the callbacks their history back."""
+        """Give the output writer and the callbacks their history back: their arrays and meta,
+        then their segments of the history file, in the order written."""
         arrays = meta["arrays"]
+        by_name = {}
         for part in parts:
             name = part.checkpoint_name
             if name not in meta["parts"]:
@@ -236,6 +313,11 @@ class Checkpoint:
             prefix = f"{name}/"
             part.restore_checkpoint({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
                                     meta["parts"][name], solver)
+            by_name[name] = part
+        for name, segment in self._read_history(int(meta["history_bytes"][self.comm.rank])):
+            if not hasattr(by_name.get(name), "restore_segment"):
+                raise UserError(f"{self.history}: holds history of '{name}', which this run does not record")
+            by_name[name].restore_segment(segment)
 
 
 def _land():

@@ -37,6 +37,7 @@ class StrainHistory:
         self.comm = None
         self.times: List[float] = []
         self.strains: List[np.ndarray] = []
+        self._saved = self._pending = 0  # rows in checkpoint segments / in the one being written
 
     def _setup(self, solver) -> None:
         import ufl
@@ -61,17 +62,31 @@ class StrainHistory:
         self.strains.append(solver.qf.strain().copy())
 
     def checkpoint_arrays(self) -> dict:
-        return {"strain": np.stack(self.strains, axis=1)} if self.comm is not None else {}
+        return {}
 
     def checkpoint_meta(self) -> dict:
         return {"times": self.times}
 
+    def checkpoint_segment(self) -> dict:
+        """The strains recorded since the last checkpoint, (new rows, n_local, 6)."""
+        self._pending = len(self.strains)
+        if self._pending == self._saved:
+            return {}
+        return {"strain": np.stack(self.strains[self._saved:])}
+
+    def segment_written(self) -> None:
+        self._saved = self._pending
+
     def restore_checkpoint(self, arrays: dict, meta: dict, solver) -> None:
-        """The steps recorded up to a checkpoint."""
-        if "strain" in arrays:
+        """The times recorded up to a checkpoint (the strains follow, segment by segment)."""
+        if meta["times"]:
             self._setup(solver)
             self.times = [float(t) for t in meta["times"]]
-            self.strains = [a.copy() for a in np.moveaxis(arrays["strain"], 1, 0)]
+            self.strains = []
+
+    def restore_segment(self, arrays: dict) -> None:
+        self.strains.extend(a.copy() for a in arrays["strain"])
+        self._saved = len(self.strains)
 
     def write(self, path: str | Path, attrs: dict | None = None) -> None:
         """Gather to rank 0 and write ``path`` (HDF5, atomically); collective.  Nothing is

@@ -102,7 +102,8 @@ class OutputWriter:
                  keep_frames: bool = False):
         """``initial_frame``: write the undeformed state as the first VTX frame; False for a run
         resumed from a checkpoint, which replays its frames instead and removes the unfinished VTX
-        files of the interrupted run.  ``keep_frames``: keep every frame's arrays for checkpoints."""
+        files of the interrupted run.  ``keep_frames``: keep the arrays of the frames written since
+        the last checkpoint, for the next one (which appends them to its history)."""
         self.dir = Path(directory)
         self.solver, self.comm = solver, solver.comm
         self.plot = plot
@@ -120,7 +121,7 @@ class OutputWriter:
         self.writers = []
         self.cells = None
         self.keep_frames = keep_frames
-        self.frames: List[tuple] = []  # (t, u, [cell function arrays]) per frame, with keep_frames
+        self.frames: List[tuple] = []  # (t, u, [cell function arrays]) per frame since the last checkpoint
         if vtx:
             from dolfinx.io import VTXWriter
 
@@ -141,6 +142,14 @@ class OutputWriter:
 
     # -- checkpoints (fe2nn.macro.checkpoint) ---------------------------------------------------
     def checkpoint_arrays(self) -> dict:
+        return {}
+
+    def checkpoint_meta(self) -> dict:
+        rows = [[x.item() if hasattr(x, "item") else x for x in r] for r in self.rows]
+        return {"rows": rows, "extra_columns": self.extra_columns}
+
+    def checkpoint_segment(self) -> dict:
+        """The frames written since the last checkpoint (this rank's dofs and cells)."""
         if not self.frames:
             return {}
         out = {"times": np.array([f[0] for f in self.frames]), "u": np.stack([f[1] for f in self.frames])}
@@ -148,15 +157,17 @@ class OutputWriter:
             out[f"field{j}"] = np.stack([f[2][j] for f in self.frames])
         return out
 
-    def checkpoint_meta(self) -> dict:
-        rows = [[x.item() if hasattr(x, "item") else x for x in r] for r in self.rows]
-        return {"rows": rows, "extra_columns": self.extra_columns}
+    def segment_written(self) -> None:
+        self.frames.clear()
 
     def restore_checkpoint(self, arrays: dict, meta: dict, solver=None) -> None:
-        """Take the rows of the checkpoint's steps and write its frames again (into this run's
-        VTX files, which then hold every frame of the whole run)."""
+        """Take the rows of the checkpoint's steps (its frames follow, segment by segment)."""
         self.rows = [list(r) for r in meta["rows"]]
         self.extra_columns = list(meta["extra_columns"])
+
+    def restore_segment(self, arrays: dict) -> None:
+        """Write a segment's frames again (into this run's VTX files, which then hold every frame
+        of the whole run)."""
         if not self.writers or "times" not in arrays:
             return
         u = self.solver.u.x.array
@@ -168,8 +179,6 @@ class OutputWriter:
                 fn.x.array[:] = arrays[f"field{j}"][f]
             for _, w in self.writers:
                 w.write(float(t))
-            if self.keep_frames:
-                self.frames.append((float(t), u.copy(), [fn.x.array.copy() for fn in funcs]))
         u[:] = current
 
     def write_step(self, rec, fields: bool = True) -> None:
