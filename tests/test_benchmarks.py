@@ -19,6 +19,7 @@ CASES = {
     "fe2_speedup": ["--quick", "--grid", "4", "--grains", "2"],
     "generate": ["--quick", "--ranks", "1"],
     "training": ["--quick"],
+    "checkpoint": ["--quick", "--ranks", "1"],
 }
 
 

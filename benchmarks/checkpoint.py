@@ -1,0 +1,137 @@
+"""Benchmark of solve checkpoints: what a checkpoint after every step costs as the run grows.
+
+The 3D plate with a hole in J2 plasticity (as ``macro_j2.py``), loaded in N steps with VTX output
+and strain paths after every step, once without checkpoints and once with ``checkpoint_every = 1``.
+For each checkpoint it records the wall time of writing it and the bytes it wrote: the rank files
+of ``checkpoint/`` (the state) plus what it appended to ``checkpoint.history/`` (the new frames and
+strains).  Were every frame rewritten at each checkpoint, both would grow linearly with the step
+(quadratically over the run); here they stay flat.
+
+    python benchmarks/checkpoint.py --out results/checkpoint.json       # 40 steps, 1 and 2 ranks
+    python benchmarks/checkpoint.py --quick                             # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) if directory.exists() else 0
+
+
+def worker(args) -> None:
+    from mpi4py import MPI
+
+    from fe2nn.macro import Problem, read_mesh, solve
+    from fe2nn.macro.checkpoint import Checkpoint
+    from fe2nn.macro.history import StrainHistory
+    from fe2nn.materials.j2 import J2Plasticity
+
+    comm = MPI.COMM_WORLD
+    out = Path(args.output)
+    mesh = read_mesh(args.mesh, comm)
+    prob = Problem(mesh, J2Plasticity(70e9, 0.33, 250e6, H_iso=1e9), degree=2, quadrature_degree=2)
+    prob.fix("xsym", x=0.0).fix("ysym", y=0.0).fix("zsym", z=0.0).fix("top", y=args.displacement)
+    checkpoint = Checkpoint(out, args.every, {"benchmark": "checkpoint"}, comm)
+    saves = []
+    save = Checkpoint.save
+
+    def timed_save(self, solver, records, loop, parts):
+        comm.barrier()
+        history_dir = getattr(self, "history", self.root / "checkpoint.history")  # (none before 2026-11-27)
+        history = _bytes(history_dir) if comm.rank == 0 else 0
+        t0 = time.perf_counter()
+        save(self, solver, records, loop, parts)
+        comm.barrier()
+        wall = time.perf_counter() - t0
+        if comm.rank == 0:
+            saves.append(dict(step=len(records), wall_time=wall, state_bytes=_bytes(self.dir),
+                              appended_bytes=_bytes(history_dir) - history))
+
+    Checkpoint.save = timed_save
+    t0 = time.perf_counter()
+    solve(prob, times=[0.0, 1.0], factors=[0.0, 1.0], steps=args.steps, reaction="top", output=out,
+          linear_solver="iterative", progress=False, callback=[StrainHistory()], checkpoint=checkpoint)
+    wall = time.perf_counter() - t0
+    if comm.rank == 0:
+        Path(args.result).write_text(json.dumps(dict(ranks=comm.size, every=args.every, solve_time=wall,
+                                                     saves=saves)))
+
+
+def run(ranks: int, every: int, mesh: Path, steps: int, displacement: float, tmp: Path) -> dict:
+    result = tmp / f"r{ranks}_e{every}.json"
+    exe = [sys.executable, __file__, "--worker", "--mesh", str(mesh), "--steps", str(steps), "--every", str(every),
+           "--displacement", str(displacement), "--output", str(tmp / f"out{ranks}_{every}"),
+           "--result", str(result)]
+    mpirun = Path(sys.executable).parent / "mpirun"
+    cmd = [str(mpirun), "-n", str(ranks), *exe] if ranks > 1 else exe
+    subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=sys.stderr)
+    return json.loads(result.read_text())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="coarse mesh, 4 steps (smoke run)")
+    ap.add_argument("--h", type=float, default=None, help="far-field element size [m] (default 0.006; quick 0.01)")
+    ap.add_argument("--steps", type=int, default=None, help="load steps (default 40; quick 4)")
+    ap.add_argument("--displacement", type=float, default=0.4e-3, help="final y-displacement of the top face [m]")
+    ap.add_argument("--ranks", default="1,2", help="comma-separated MPI rank counts")
+    ap.add_argument("--out", help="write the results as JSON to this file")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--every", type=int, default=1, help=argparse.SUPPRESS)
+    for hidden in ("--mesh", "--output", "--result"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return 0
+    h = args.h or (0.01 if args.quick else 0.006)
+    steps = args.steps or (4 if args.quick else 40)
+    sys.path.insert(0, str(REPO / "meshes"))
+    from plate_hole import build
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        mesh = tmp / "plate_hole.msh"
+        build(str(mesh), h=h)
+        for n in [int(r) for r in args.ranks.split(",")]:
+            plain, checked = run(n, 0, mesh, steps, args.displacement, tmp), run(n, 1, mesh, steps,
+                                                                                 args.displacement, tmp)
+            rows.append(dict(ranks=n, solve_time=plain["solve_time"], solve_time_checkpointed=checked["solve_time"],
+                             saves=checked["saves"]))
+    print(f"\nplate with a hole, J2, h = {h} m, {steps} load steps, VTX frames and strain paths after every step, "
+          f"a checkpoint after every step")
+    print(f"{'ranks':>5} {'solve [s]':>10} {'with ckpt [s]':>13} {'ckpt at step':>12} {'write [s]':>10} "
+          f"{'state [kB]':>11} {'appended [kB]':>14}")
+    for r in rows:
+        s = r["saves"]
+        for i, save in enumerate(s):
+            if i in (0, 1, len(s) // 2, len(s) - 1):
+                head = (f"{r['ranks']:>5} {r['solve_time']:>10.2f} {r['solve_time_checkpointed']:>13.2f}" if i == 0
+                        else " " * 30)
+                print(f"{head} {save['step']:>12} {save['wall_time']:>10.4f} {save['state_bytes'] / 1e3:>11.1f} "
+                      f"{save['appended_bytes'] / 1e3:>14.1f}")
+        if len(s) > 3:
+            k = len(s) // 4  # mean write time over the first and the last quarter of the run
+            first = sum(x["wall_time"] for x in s[1:1 + k]) / k
+            last = sum(x["wall_time"] for x in s[-k:]) / k
+            print(f"{'':>30} mean write time, steps 2-{k + 1}: {first:.4f} s, last {k} steps: {last:.4f} s")
+    if args.out:
+        from fe2nn.io_utils import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(dict(h=h, steps=steps, runs=rows), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
