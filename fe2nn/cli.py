@@ -19,7 +19,7 @@ from fe2nn.interrupt import Interrupted, graceful_stop
 COMMANDS = {
     "solve": ("fe2nn.macro.run", "run a macroscale structural simulation from a TOML config"),
     "generate": ("fe2nn.data.generate", "generate an RVE training dataset (MPI-parallel, resumable)"),
-    "inspect": ("fe2nn.data.inspect", "summarize and plot a dataset"),
+    "inspect": ("fe2nn.data.inspect", "summarize a dataset (and plot it) or a trained surrogate"),
     "train": ("fe2nn.surrogate.train", "train a recurrent neural operator surrogate"),
     "evaluate": ("fe2nn.surrogate.evaluate", "evaluate a surrogate against a dataset"),
     "validate": ("fe2nn.validate", "run a problem with the surrogate and the full RVE and compare"),
@@ -76,6 +76,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("fe2nn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output went into a pipe that closed early (fe2nn inspect ... | head)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

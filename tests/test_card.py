@@ -186,3 +186,36 @@ def test_substep_setting_round_trip_and_bad_value(tmp_path):
     (d / "card.json").write_text(json.dumps(c))
     with pytest.raises(UserError, match="max_substep_strain"):
         load_surrogate(d)
+
+
+def test_inspect_summarizes_a_surrogate_and_checks_its_weights(tmp_path):
+    from conftest import run_cli
+
+    m, d = _export(tmp_path)
+    p = run_cli("inspect", str(d), check=True)
+    n_params = sum(t.numel() for t in m.parameters())
+    assert f"k = 2 internal variables" in p.stdout and f"{n_params:,} parameters" in p.stdout
+    assert "weights match the card" in p.stdout and "evaluation: none" in p.stdout
+    s = json.loads(run_cli("inspect", str(d / "card.json"), "--json", check=True).stdout)
+    assert s["k"] == 2 and s["parameters"] == n_params and s["f_layers"] == [14, 12, 12, 6]
+    assert s["envelope"]["equivalent_strain_max"] == ENV["equivalent_strain_max"]
+    weights = d / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    p = run_cli("inspect", str(d))
+    assert p.returncode == 2 and "sha256 does not match" in p.stderr and p.stderr.strip().count("\n") == 0
+    p = run_cli("inspect", "--table", str(d), str(tmp_path / "data.h5"))
+    assert p.returncode == 2 and "data.h5: --table lists surrogates" in p.stderr
+
+
+def test_the_surrogates_index_lists_every_shipped_surrogate_as_inspect_prints_it():
+    """surrogates/README.md carries `fe2nn inspect --table surrogates/*/` verbatim: every
+    directory, with the numbers of its card and evaluation report as they are now."""
+    from conftest import REPO, run_cli
+
+    dirs = sorted(str(p) + "/" for p in (REPO / "surrogates").iterdir() if (p / "card.json").is_file())
+    table = run_cli("inspect", "--table", *dirs, check=True).stdout.strip()
+    text = (REPO / "surrogates" / "README.md").read_text()
+    start = text.index("<!-- table: fe2nn inspect --table surrogates/*/ -->\n") + len(
+        "<!-- table: fe2nn inspect --table surrogates/*/ -->\n")
+    assert text[start:text.index("\n<!-- end of table -->")] == table
+    assert len(table.splitlines()) == len(dirs) + 2

@@ -1,4 +1,5 @@
-"""``fe2nn inspect DATASET [--plots DIR]``: counts, ranges, rejections and plots of a dataset."""
+"""``fe2nn inspect PATH [...]``: counts, ranges, rejections and plots of a dataset; for a
+surrogate directory, what the surrogate is (:mod:`fe2nn.surrogate.summary`)."""
 from __future__ import annotations
 
 import argparse
@@ -103,14 +104,42 @@ def plot(arrays: Dict[str, np.ndarray], attrs: dict, out_dir: Path, per_family: 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="fe2nn inspect", description=__doc__)
-    ap.add_argument("dataset", help="HDF5 dataset written by fe2nn generate")
-    ap.add_argument("--plots", metavar="DIR", help="write strain.png and stress.png into DIR")
+    ap.add_argument("paths", nargs="+", metavar="PATH",
+                    help="HDF5 dataset written by fe2nn generate, or a surrogate directory (with card.json)")
+    ap.add_argument("--plots", metavar="DIR", help="datasets: write strain.png and stress.png into DIR")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--table", action="store_true",
+                    help="surrogates: one Markdown table row each (architecture, training, errors)")
     args = ap.parse_args(argv)
-    path = Path(args.dataset)
-    arrays, attrs = read_arrays(path)
-    s = summarize(arrays, attrs)
-    print(json.dumps(s, indent=1) if args.json else report(path, s, attrs))
+    from fe2nn.errors import UserError
+    from fe2nn.surrogate import summary
+
+    surrogates = [summary.is_surrogate(p) for p in args.paths]
+    if args.table and not all(surrogates):
+        raise UserError(f"{args.paths[surrogates.index(False)]}: --table lists surrogates (directories with "
+                        f"card.json), not datasets")
+    if args.plots and (any(surrogates) or len(args.paths) > 1):
+        raise UserError("--plots: give one dataset (HDF5 written by fe2nn generate)")
+    results, texts = [], []
+    for path, is_surrogate in zip(args.paths, surrogates):
+        if is_surrogate:
+            s = summary.summarize(path)
+            text = summary.report(s)
+        else:
+            if Path(path).is_dir():
+                raise UserError(f"{path}: a directory without card.json; expected an HDF5 dataset written by "
+                                f"fe2nn generate or a surrogate directory")
+            arrays, attrs = read_arrays(Path(path))
+            s = summarize(arrays, attrs)
+            text = report(Path(path), s, attrs)
+        results.append(s)
+        texts.append(text)
+    if args.table:
+        print(summary.table(results))
+    elif args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=1))
+    else:
+        print("\n\n".join(texts))
     if args.plots:
         for p in plot(arrays, attrs, Path(args.plots)):
             print(f"wrote {p}")
