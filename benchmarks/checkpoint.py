@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from macro_j2 import plate_problem, relaunch  # noqa: E402  (the same plate and the same relaunch)
 
 
 def _bytes(directory: Path) -> int:
@@ -31,16 +31,13 @@ def _bytes(directory: Path) -> int:
 def worker(args) -> None:
     from mpi4py import MPI
 
-    from fe2nn.macro import Problem, read_mesh, solve
+    from fe2nn.macro import read_mesh, solve
     from fe2nn.macro.checkpoint import Checkpoint
     from fe2nn.macro.history import StrainHistory
-    from fe2nn.materials.j2 import J2Plasticity
 
     comm = MPI.COMM_WORLD
     out = Path(args.output)
-    mesh = read_mesh(args.mesh, comm)
-    prob = Problem(mesh, J2Plasticity(70e9, 0.33, 250e6, H_iso=1e9), degree=2, quadrature_degree=2)
-    prob.fix("xsym", x=0.0).fix("ysym", y=0.0).fix("zsym", z=0.0).fix("top", y=args.displacement)
+    prob = plate_problem(read_mesh(args.mesh, comm), args.displacement)
     checkpoint = Checkpoint(out, args.every, {"benchmark": "checkpoint"}, comm)
     saves = []
     save = Checkpoint.save
@@ -68,14 +65,9 @@ def worker(args) -> None:
 
 
 def run(ranks: int, every: int, mesh: Path, steps: int, displacement: float, tmp: Path) -> dict:
-    result = tmp / f"r{ranks}_e{every}.json"
-    exe = [sys.executable, __file__, "--worker", "--mesh", str(mesh), "--steps", str(steps), "--every", str(every),
-           "--displacement", str(displacement), "--output", str(tmp / f"out{ranks}_{every}"),
-           "--result", str(result)]
-    mpirun = Path(sys.executable).parent / "mpirun"
-    cmd = [str(mpirun), "-n", str(ranks), *exe] if ranks > 1 else exe
-    subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=sys.stderr)
-    return json.loads(result.read_text())
+    return relaunch(__file__, ranks, ["--mesh", str(mesh), "--steps", str(steps), "--every", str(every),
+                                      "--displacement", str(displacement), "--output", str(tmp / f"out{ranks}_{every}")],
+                    tmp / f"r{ranks}_e{every}.json")
 
 
 def main() -> int:

@@ -23,19 +23,36 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def plate_problem(mesh, displacement: float):
+    """The benchmark's problem on a read mesh: J2 aluminium-like plate, P2, 4-point rule, symmetry
+    planes fixed and the top face pulled to ``displacement`` [m] in y (also benchmarks/checkpoint.py)."""
+    from fe2nn.macro import Problem
+    from fe2nn.materials.j2 import J2Plasticity
+
+    prob = Problem(mesh, J2Plasticity(70e9, 0.33, 250e6, H_iso=1e9), degree=2, quadrature_degree=2)
+    return prob.fix("xsym", x=0.0).fix("ysym", y=0.0).fix("zsym", z=0.0).fix("top", y=displacement)
+
+
+def relaunch(script: str, ranks: int, args: list, result: Path) -> dict:
+    """Run ``script --worker ARGS --result RESULT`` on ``ranks`` MPI ranks (one thread each) and
+    return the JSON it wrote to RESULT; its progress goes to stderr."""
+    exe = [sys.executable, script, "--worker", *args, "--result", str(result)]
+    mpirun = Path(sys.executable).parent / "mpirun"
+    cmd = [str(mpirun), "-n", str(ranks), *exe] if ranks > 1 else exe
+    subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=sys.stderr)
+    return json.loads(result.read_text())
+
+
 def worker(args) -> None:
     from mpi4py import MPI
 
-    sys.path.insert(0, str(REPO / "meshes"))
-    from fe2nn.macro import Problem, read_mesh, solve
-    from fe2nn.materials.j2 import J2Plasticity
+    from fe2nn.macro import read_mesh, solve
 
     comm = MPI.COMM_WORLD
     t0 = time.perf_counter()
     mesh = read_mesh(args.mesh, comm)
     t_mesh = time.perf_counter() - t0
-    prob = Problem(mesh, J2Plasticity(70e9, 0.33, 250e6, H_iso=1e9), degree=2, quadrature_degree=2)
-    prob.fix("xsym", x=0.0).fix("ysym", y=0.0).fix("zsym", z=0.0).fix("top", y=args.displacement)
+    prob = plate_problem(mesh, args.displacement)
     t0 = time.perf_counter()
     res = solve(prob, times=[0.0, 1.0], factors=[0.0, 1.0], steps=args.steps, reaction="top",
                 linear_solver=args.linear_solver, progress=True)
@@ -55,15 +72,8 @@ def worker(args) -> None:
 
 
 def run(ranks: int, mesh: Path, steps: int, displacement: float, linear_solver: str, tmp: Path) -> dict:
-    result = tmp / f"r{ranks}.json"
-    exe = [sys.executable, __file__, "--worker", "--mesh", str(mesh), "--steps", str(steps),
-           "--displacement", str(displacement),
-           "--linear-solver", linear_solver, "--result", str(result)]
-    mpirun = Path(sys.executable).parent / "mpirun"
-    cmd = [str(mpirun), "-n", str(ranks), *exe] if ranks > 1 else exe
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(cmd, check=True, env=env, stdout=sys.stderr)
-    return json.loads(result.read_text())
+    return relaunch(__file__, ranks, ["--mesh", str(mesh), "--steps", str(steps), "--displacement", str(displacement),
+                                      "--linear-solver", linear_solver], tmp / f"r{ranks}.json")
 
 
 def main() -> int:

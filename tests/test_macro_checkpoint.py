@@ -187,45 +187,51 @@ def test_a_checkpoint_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path)
     assert len(_rows(out)) == 7 and not (out / "checkpoint").exists()
 
 
-#: like KILLER, but the checkpoint of step 2 fails half-way (after its history was appended, when
+#: like KILLER, but the checkpoint of step F fails half-way (after its history was appended, when
 #: publishing), and the sizes of the rank file and the history file are logged after each checkpoint
 FLAKY = """
 import os, sys
 import fe2nn.macro.checkpoint as c
-K, log, save, replace = int(sys.argv[1]), sys.argv[2], c.Checkpoint.save, os.replace
+K, F, log, save, replace = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], c.Checkpoint.save, os.replace
 def failing(*args):
     raise OSError(28, "No space left on device (simulated)")
 def flaky_save(self, solver, records, loop, parts):
-    os.replace = failing if len(records) == 2 else replace
+    os.replace = failing if len(records) == F else replace
     save(self, solver, records, loop, parts)
     os.replace = replace
     with open(log, "a") as fh:
-        npz, hist = self.dir / "rank0.npz", self.history / "rank0.npys"
-        fh.write(f"{len(records)} {self.last_step} {npz.stat().st_size} {hist.stat().st_size}\\n")
+        npz, hist = self.dir / "rank0.npz", self._history_file()
+        sizes = [p.stat().st_size if p.exists() else -1 for p in (npz, hist)]
+        fh.write(f"{len(records)} {self.last_step} {sizes[0]} {sizes[1]}\\n")
     if len(records) >= K:
         os._exit(9)
 c.Checkpoint.save = flaky_save
 from fe2nn.cli import main
-raise SystemExit(main(sys.argv[3:]))
+raise SystemExit(main(sys.argv[4:]))
 """
+
+
+def _flaky(tmp_path, cfg, after: int, fail: int):
+    import subprocess
+
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    log = tmp_path / "sizes.log"
+    log.unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, str(tmp_path / "flaky.py"), str(after), str(fail), str(log), "solve",
+                           str(cfg), "-q"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 9, proc.stdout + proc.stderr
+    return proc, [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
 
 
 def test_checkpoints_append_the_new_frames_only_and_a_failed_one_is_cut_off(tmp_path):
     """Each checkpoint writes the state (the same size at every step) and appends the steps since the
     previous one to the history file; a checkpoint that failed after appending (here: publishing
     failed) leaves bytes that the next one cuts off, and the resumed run is still exact."""
-    import subprocess
-
     ref, res = tmp_path / "ref", tmp_path / "res"
     run_cli("solve", str(_j2_bar(tmp_path / "ref.toml", ref)), "-q", check=True)
     cfg = _j2_bar(tmp_path / "res.toml", res)
-    (tmp_path / "flaky.py").write_text(FLAKY)
-    log = tmp_path / "sizes.log"
-    proc = subprocess.run([sys.executable, str(tmp_path / "flaky.py"), "4", str(log), "solve", str(cfg), "-q"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 9, proc.stdout + proc.stderr
+    proc, rows = _flaky(tmp_path, cfg, after=4, fail=2)
     assert "WARNING: checkpoint of step 2 not written (OSError" in proc.stdout
-    rows = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
     assert [r[:2] for r in rows] == [(1, 1), (2, 1), (3, 3), (4, 4)]  # step 2's checkpoint failed
     npz = {step: size for step, _, size, _ in rows if step != 2}
     assert len(set(npz.values())) == 1, npz  # the state only: no frames in the rank file
@@ -242,7 +248,7 @@ def test_a_truncated_history_is_refused_before_anything_is_written(tmp_path):
     res = tmp_path / "res"
     cfg = _j2_bar(tmp_path / "res.toml", res)
     _killed(tmp_path, cfg, after=3)
-    hist = res / "checkpoint.history" / "rank0.npys"
+    hist, = (res / "checkpoint.history").glob("*.rank0.npys")
     hist.write_bytes(hist.read_bytes()[:-100])
     before = sorted((p.name, p.stat().st_mtime_ns) for p in res.rglob("*"))
     proc = run_cli("solve", str(cfg), "--resume")
@@ -250,3 +256,25 @@ def test_a_truncated_history_is_refused_before_anything_is_written(tmp_path):
     assert proc.returncode == 2 and "\n" not in line and "Traceback" not in line, proc.stderr
     assert "checkpoint.history" in line and "shorter than the checkpoint" in line, line
     assert sorted((p.name, p.stat().st_mtime_ns) for p in res.rglob("*")) == before
+
+
+def test_a_new_run_over_a_checkpoint_keeps_it_until_its_own_is_written(tmp_path):
+    """A run started afresh (no --resume) in the directory of a killed one writes history files of
+    its own: when its first checkpoint fails half-way, the old checkpoint still resumes exactly; once
+    its own is written, the old run's history files are gone."""
+    ref, res = tmp_path / "ref", tmp_path / "res"
+    run_cli("solve", str(_j2_bar(tmp_path / "ref.toml", ref)), "-q", check=True)
+    cfg = _j2_bar(tmp_path / "res.toml", res)
+    _killed(tmp_path, cfg, after=3)
+    old = sorted(p.name for p in (res / "checkpoint.history").iterdir())
+    proc, rows = _flaky(tmp_path, cfg, after=1, fail=1)  # afresh: its first checkpoint fails, then it dies
+    assert "WARNING: checkpoint of step 1 not written" in proc.stdout and rows[0][1] == 0
+    proc = run_cli("solve", str(cfg), "--resume", check=True)
+    assert "resuming after step 3" in proc.stdout
+    _assert_same_results(ref, res)
+    _killed(tmp_path, cfg, after=3)
+    _killed(tmp_path, cfg, after=2)  # afresh again, and its checkpoint of step 2 replaces that of step 3
+    new = sorted(p.name for p in (res / "checkpoint.history").iterdir())
+    assert len(new) == 1 and new != old
+    assert "resuming after step 2" in run_cli("solve", str(cfg), "--resume", check=True).stdout
+    _assert_same_results(ref, res)

@@ -13,13 +13,15 @@ Layout::
     checkpoint/rank<r>.npz      rank r's arrays: committed displacement and last increment,
                                 material state at its quadrature points (e.g. the surrogate's
                                 internal variables, an RVE's per-voxel state)
-    checkpoint.history/rank<r>.npys
+    checkpoint.history/<run>.rank<r>.npys
                                 rank r's history, appended at each checkpoint: what the run added
-                                since the previous one (the output frames, the recorded strains)
+                                since the previous one (the output frames, the recorded strains);
+                                <run> is drawn at the run's first checkpoint and kept on resume
 
 ``checkpoint/`` is replaced as a whole (written as ``.checkpoint.tmp``, then renamed); the history
 files only grow, and bytes beyond what the published ``meta.json`` covers (a checkpoint that
-failed half-way) are cut off before the next append and ignored on resume.  So each checkpoint
+failed half-way) are cut off before the next append and ignored on resume.  A new run in the same
+directory writes files of its own <run>, so the checkpoint it replaces stays valid until then.  So each checkpoint
 writes the state plus the last ``checkpoint_every`` steps' frames, not every frame of the run
 again, and the run keeps only those frames in memory.
 
@@ -101,6 +103,7 @@ class Checkpoint:
         self.last_step = 0  # step of the last checkpoint written or resumed from (0: none)
         self.resumed_step = 0  # step this run resumed after (0: it started from the beginning)
         self._history_bytes = 0  # length of this rank's history file that the last checkpoint covers
+        self._history_run = ""  # <run> of the history file names ("": none drawn yet)
 
     # -- writing ---------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -128,6 +131,11 @@ class Checkpoint:
             except OSError as err:
                 return f"{type(err).__name__}: {err}"
 
+        if not self._history_run:  # this run's first checkpoint: its own history files
+            import uuid
+
+            self._history_run = comm.bcast(uuid.uuid4().hex[:12] if rank == 0 else None, root=0)
+
         def prepare():
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -148,7 +156,7 @@ class Checkpoint:
                     "solver": {"factor": solver.factor, "committed_factor": solver._committed_factor,
                                "increment_factor": None if solver._increment is None else solver._increment[1]},
                     "records": [_record_to_json(r) for r in records], "parts": metas,
-                    "history_bytes": history_bytes}
+                    "history": {"run": self._history_run, "bytes": history_bytes}}
 
             def publish():
                 (tmp / "meta.json").write_text(json.dumps(meta))
@@ -158,6 +166,9 @@ class Checkpoint:
                     os.replace(self.dir, old)
                 os.replace(tmp, self.dir)
                 shutil.rmtree(old, ignore_errors=True)
+                for stale in self.history.glob("*.npys"):  # an earlier run's, whose checkpoint this replaced
+                    if not stale.name.startswith(f"{self._history_run}."):
+                        stale.unlink()
 
             errors = comm.allgather(attempt(publish) if rank == 0 else None)
         failed = next((e for e in errors if e), None)
@@ -173,13 +184,15 @@ class Checkpoint:
                   + (f"the checkpoint of step {self.last_step} stays" if self.last_step else "no checkpoint yet"),
                   flush=True)
 
+    def _history_file(self) -> Path:
+        return self.history / f"{self._history_run}.rank{self.comm.rank}.npys"
+
     def _append_history(self, segments: list) -> int:
         """Append the parts' new segments to this rank's history file, after cutting it back to
         what the last published checkpoint covers; returns the file's new length [bytes].
         Each segment is a header (JSON as uint8: part name, array names) and then its arrays,
         all in .npy format."""
-        path = self.history / f"rank{self.comm.rank}.npys"
-        with open(path, "r+b" if self._history_bytes else "wb") as fh:
+        with open(self._history_file(), "r+b" if self._history_bytes else "wb") as fh:
             fh.truncate(self._history_bytes)
             fh.seek(self._history_bytes)
             for name, arrays in segments:
@@ -196,7 +209,7 @@ class Checkpoint:
     def _read_history(self, n_bytes: int):
         """Yield (part name, arrays) for each segment in the first ``n_bytes`` of this rank's
         history file (one segment in memory at a time)."""
-        path = self.history / f"rank{self.comm.rank}.npys"
+        path = self._history_file()
         if n_bytes == 0:
             return
         try:
@@ -258,8 +271,12 @@ class Checkpoint:
                 meta["arrays"] = {k: z[k] for k in z.files}
         except (OSError, ValueError) as err:
             raise UserError(f"{where}: unreadable rank file ({err})") from None
-        history = self.history / f"rank{self.comm.rank}.npys"
-        need = int(meta["history_bytes"][self.comm.rank])
+        try:
+            self._history_run = str(meta["history"]["run"])
+            need = int(meta["history"]["bytes"][self.comm.rank])
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise UserError(f"{where / 'meta.json'}: unreadable checkpoint ({type(err).__name__}: {err})") from None
+        history = self._history_file()
         have = history.stat().st_size if history.is_file() else -1
         if not self.comm.allreduce(have >= need, op=_land()):
             raise UserError(f"{self.history}: the checkpoint history is missing or shorter than the checkpoint "
@@ -298,7 +315,7 @@ class Checkpoint:
         solver.factor, solver._committed_factor = sv["factor"], sv["committed_factor"]
         solver.state = solver.trial_state = state
         self.last_step = self.resumed_step = int(meta["step"])
-        self._history_bytes = int(meta["history_bytes"][self.comm.rank])
+        self._history_bytes = int(meta["history"]["bytes"][self.comm.rank])
         return [_record_from_json(r) for r in meta["records"]]
 
     def restore_parts(self, solver, meta: dict, parts: list) -> None:
@@ -314,7 +331,7 @@ class Checkpoint:
             part.restore_checkpoint({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
                                     meta["parts"][name], solver)
             by_name[name] = part
-        for name, segment in self._read_history(int(meta["history_bytes"][self.comm.rank])):
+        for name, segment in self._read_history(int(meta["history"]["bytes"][self.comm.rank])):
             if not hasattr(by_name.get(name), "restore_segment"):
                 raise UserError(f"{self.history}: holds history of '{name}', which this run does not record")
             by_name[name].restore_segment(segment)
