@@ -7,7 +7,8 @@ Layout of the output directory::
                        equivalent plastic strain p [-] (when the material has it)
     steps.csv          one row per converged step
     force_displacement.png
-    checkpoint/        with [output] checkpoint_every (fe2nn.macro.checkpoint); removed at the end
+    checkpoint/        with [output] checkpoint_every (fe2nn.macro.checkpoint), and the frames and
+    checkpoint.history/  strains it appended there; both removed at the end
 
 The .bp directories are written into a hidden temporary directory and moved into
 place when the run ends; the CSV and PNG are replaced atomically.
