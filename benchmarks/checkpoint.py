@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from macro_j2 import plate_problem, relaunch  # noqa: E402  (the same plate and the same relaunch)
+from macro_j2 import plate_mesh, plate_problem, relaunch  # noqa: E402  (the same plate and relaunch)
+
+from fe2nn.io_utils import write_text_atomic  # noqa: E402
 
 
 def _bytes(directory: Path) -> int:
@@ -88,14 +89,8 @@ def main() -> int:
         return 0
     h = args.h or (0.01 if args.quick else 0.006)
     steps = args.steps or (4 if args.quick else 40)
-    sys.path.insert(0, str(REPO / "meshes"))
-    from plate_hole import build
-
     rows = []
-    with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        mesh = tmp / "plate_hole.msh"
-        build(str(mesh), h=h)
+    with plate_mesh(h) as (tmp, mesh):
         for n in [int(r) for r in args.ranks.split(",")]:
             plain, checked = run(n, 0, mesh, steps, args.displacement, tmp), run(n, 1, mesh, steps,
                                                                                  args.displacement, tmp)
@@ -118,9 +113,7 @@ def main() -> int:
             first = sum(x["wall_time"] for x in s[1:1 + k]) / k
             last = sum(x["wall_time"] for x in s[-k:]) / k
             print(f"{'':>30} mean write time, steps 2-{k + 1}: {first:.4f} s, last {k} steps: {last:.4f} s")
-    if args.out:
-        from fe2nn.io_utils import write_text_atomic
-
+    if args.out:  # atomically, as every benchmark's JSON
         write_text_atomic(args.out, json.dumps(dict(h=h, steps=steps, runs=rows), indent=1))
     return 0
 

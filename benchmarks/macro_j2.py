@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,19 @@ def plate_problem(mesh, displacement: float):
 
     prob = Problem(mesh, J2Plasticity(70e9, 0.33, 250e6, H_iso=1e9), degree=2, quadrature_degree=2)
     return prob.fix("xsym", x=0.0).fix("ysym", y=0.0).fix("zsym", z=0.0).fix("top", y=displacement)
+
+
+@contextmanager
+def plate_mesh(h: float):
+    """A temporary directory with the plate mesh of far-field element size ``h`` [m] in it: yields
+    (directory, mesh file)."""
+    sys.path.insert(0, str(REPO / "meshes"))
+    from plate_hole import build
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        mesh = Path(tmpdir) / "plate_hole.msh"
+        build(str(mesh), h=h)
+        yield Path(tmpdir), mesh
 
 
 def relaunch(script: str, ranks: int, args: list, result: Path) -> dict:
@@ -96,14 +110,8 @@ def main() -> int:
         return 0
     h = args.h or (0.008 if args.quick else 0.0023)
     steps = args.steps or 2
-    sys.path.insert(0, str(REPO / "meshes"))
-    from plate_hole import build
-
     rows = []
-    with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        mesh = tmp / "plate_hole.msh"
-        build(str(mesh), h=h)
+    with plate_mesh(h) as (tmp, mesh):
         for n in [int(r) for r in args.ranks.split(",")]:
             rows.append(run(n, mesh, steps, args.displacement, args.linear_solver, tmp))
     print(f"\nplate with a hole, J2, P2 tetrahedra, 4-point rule, h = {h} m, {steps} load steps "
