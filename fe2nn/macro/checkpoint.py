@@ -18,12 +18,13 @@ Layout::
                                 since the previous one (the output frames, the recorded strains);
                                 <run> is drawn at the run's first checkpoint and kept on resume
 
-``checkpoint/`` is replaced as a whole (written as ``.checkpoint.tmp``, then renamed); the history
-files only grow, and bytes beyond what the published ``meta.json`` covers (a checkpoint that
-failed half-way) are cut off before the next append and ignored on resume.  A new run in the same
-directory writes files of its own <run>, so the checkpoint it replaces stays valid until then.  So each checkpoint
-writes the state plus the last ``checkpoint_every`` steps' frames, not every frame of the run
-again, and the run keeps only those frames in memory.
+``checkpoint/`` is replaced as a whole (written as ``.checkpoint.tmp``, then renamed).  The history
+files only grow: bytes beyond what the published ``meta.json`` covers (a checkpoint that failed
+half-way) are cut off before the next append and ignored on resume.  A new run in the same
+directory writes history files of its own <run>, so the checkpoint that it will replace stays
+valid until it is replaced.  Each checkpoint thus writes the state plus the frames of the last
+``checkpoint_every`` steps, not every frame of the run again, and the run keeps only those frames
+in memory.
 
 Arrays are stored per rank, so a run resumes on the same number of ranks (mpirun -n N) with
 the same mesh partition; both are checked.  The fingerprint covers the whole config except
