@@ -38,7 +38,7 @@ def summarize(path: str | Path) -> Dict[str, Any]:
     out: Dict[str, Any] = {
         "surrogate": str(directory),
         "k": int(arch["k"]),
-        "f_layers": arch.get("f_layers"), "g_layers": arch.get("g_layers"),
+        "f_layers": model.arch.f_sizes(), "g_layers": model.arch.g_sizes(),
         "activation": arch.get("activation"), "g_increment": bool(arch.get("g_increment", False)),
         "xi_bound": float(arch.get("xi_bound", 0.0)),
         "parameters": int(sum(p.numel() for p in model.parameters())),
