@@ -64,14 +64,11 @@ class OODMonitor:
             self.by_cause[cause].append(counts.get(key, 0))
         self.times.append(float(rec.time))
 
-    def checkpoint_arrays(self) -> Dict[str, np.ndarray]:
-        return {}
-
     def checkpoint_meta(self) -> Dict[str, object]:
         return {"counts": self.counts, "by_cause": self.by_cause, "times": self.times, "active": self.active,
                 "n_points": self.n_points}
 
-    def restore_checkpoint(self, arrays: Dict[str, np.ndarray], meta: Dict[str, object], solver=None) -> None:
+    def restore_checkpoint(self, meta: Dict[str, object], solver=None) -> None:
         self.counts, self.by_cause, self.times = list(meta["counts"]), dict(meta["by_cause"]), list(meta["times"])
         self.active, self.n_points = bool(meta["active"]), int(meta["n_points"])
 

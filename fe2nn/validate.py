@@ -126,9 +126,6 @@ class _Recorder:
                 self.steps is None or rec.step in self.steps):
             self.stress[t] = np.array(solver.qf.view(solver.qf.stress), dtype=float).reshape(-1, 6)
 
-    def checkpoint_arrays(self) -> Dict[str, np.ndarray]:
-        return {}
-
     def checkpoint_meta(self) -> Dict[str, Any]:
         return {"ood": self.ood.checkpoint_meta()}
 
@@ -144,11 +141,11 @@ class _Recorder:
     def segment_written(self) -> None:
         self._saved = self._pending
 
-    def restore_checkpoint(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any], solver) -> None:
+    def restore_checkpoint(self, meta: Dict[str, Any], solver) -> None:
         from fe2nn.fe2 import point_weights
 
         self.stress = {}
-        self.ood.restore_checkpoint({}, meta["ood"])
+        self.ood.restore_checkpoint(meta["ood"])
         self.weights = point_weights(solver.qf)
 
     def restore_segment(self, arrays: Dict[str, np.ndarray]) -> None:

@@ -84,8 +84,8 @@ class Checkpoint:
     ``directory``: the run's output directory; ``every``: steps between checkpoints (0: never
     write); ``fingerprint``: JSON-able description of what the run computes (see module doc).
     Parts of the run that keep history of their own (the output writer, solve callbacks) take
-    part when they have ``checkpoint_name``, ``checkpoint_arrays()`` (this rank's arrays),
-    ``checkpoint_meta()`` (JSON, rank 0's is kept) and ``restore_checkpoint(arrays, meta, solver)``.
+    part when they have ``checkpoint_name``, ``checkpoint_meta()`` (JSON, rank 0's is kept) and
+    ``restore_checkpoint(meta, solver)``.
     A part whose history grows step by step also has ``checkpoint_segment()`` (this rank's arrays
     of what it added since the last segment written; an empty dict: nothing), ``segment_written()``
     (that segment is in a published checkpoint) and ``restore_segment(arrays)`` (called once per
@@ -117,9 +117,6 @@ class Checkpoint:
         comm, rank = self.comm, self.comm.rank
         tmp = self.root / f".{DIR_NAME}.tmp"
         arrays = self._solver_arrays(solver)  # every rank gathers its part (collective-free)
-        for part in parts:
-            arrays.update({f"{part.checkpoint_name}/{k}": np.asarray(v)
-                           for k, v in part.checkpoint_arrays().items()})
         metas = {part.checkpoint_name: part.checkpoint_meta() for part in parts}
         growing = [part for part in parts if hasattr(part, "checkpoint_segment")]
         segments = [(part.checkpoint_name, part.checkpoint_segment()) for part in growing]
@@ -320,17 +317,14 @@ class Checkpoint:
         return [_record_from_json(r) for r in meta["records"]]
 
     def restore_parts(self, solver, meta: dict, parts: list) -> None:
-        """Give the output writer and the callbacks their history back: their arrays and meta,
-        then their segments of the history file, in the order written."""
-        arrays = meta["arrays"]
+        """Give the output writer and the callbacks their history back: their meta, then their
+        segments of the history file, in the order written."""
         by_name = {}
         for part in parts:
             name = part.checkpoint_name
             if name not in meta["parts"]:
                 raise UserError(f"{self.dir}: has no '{name}' (written without it)")
-            prefix = f"{name}/"
-            part.restore_checkpoint({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
-                                    meta["parts"][name], solver)
+            part.restore_checkpoint(meta["parts"][name], solver)
             by_name[name] = part
         for name, segment in self._read_history(int(meta["history"]["bytes"][self.comm.rank])):
             if not hasattr(by_name.get(name), "restore_segment"):

@@ -61,9 +61,6 @@ class StrainHistory:
         self.times.append(float(rec.time))
         self.strains.append(solver.qf.strain().copy())
 
-    def checkpoint_arrays(self) -> dict:
-        return {}
-
     def checkpoint_meta(self) -> dict:
         return {"times": self.times}
 
@@ -77,7 +74,7 @@ class StrainHistory:
     def segment_written(self) -> None:
         self._saved = self._pending
 
-    def restore_checkpoint(self, arrays: dict, meta: dict, solver) -> None:
+    def restore_checkpoint(self, meta: dict, solver) -> None:
         """The times recorded up to a checkpoint (the strains follow, segment by segment)."""
         if meta["times"]:
             self._setup(solver)

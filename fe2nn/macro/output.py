@@ -142,9 +142,6 @@ class OutputWriter:
             self.frames.append((t, self.solver.u.x.array.copy(), [f.x.array.copy() for f in self.cells.functions]))
 
     # -- checkpoints (fe2nn.macro.checkpoint) ---------------------------------------------------
-    def checkpoint_arrays(self) -> dict:
-        return {}
-
     def checkpoint_meta(self) -> dict:
         rows = [[x.item() if hasattr(x, "item") else x for x in r] for r in self.rows]
         return {"rows": rows, "extra_columns": self.extra_columns}
@@ -161,7 +158,7 @@ class OutputWriter:
     def segment_written(self) -> None:
         self.frames.clear()
 
-    def restore_checkpoint(self, arrays: dict, meta: dict, solver=None) -> None:
+    def restore_checkpoint(self, meta: dict, solver=None) -> None:
         """Take the rows of the checkpoint's steps (its frames follow, segment by segment)."""
         self.rows = [list(r) for r in meta["rows"]]
         self.extra_columns = list(meta["extra_columns"])
