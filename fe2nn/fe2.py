@@ -18,6 +18,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from fe2nn.macro.checkpoint import Growing
+
 #: name of the out-of-distribution mask in ``material.info`` (see RNOMaterial)
 OOD_KEY = "ood"
 #: its causes, when the material publishes them: strain or strain rate outside the envelope, or
@@ -54,6 +56,7 @@ class OODMonitor:
         self.times: List[float] = []
         self.active = False
         self.n_points = 0
+        self._saved = Growing()  # steps in checkpoint segments
 
     def __call__(self, solver, rec) -> None:
         counts = point_info_counts(solver.material, solver.qf.n_points, solver.comm)  # collective
@@ -65,12 +68,30 @@ class OODMonitor:
         self.times.append(float(rec.time))
 
     def checkpoint_meta(self) -> Dict[str, object]:
-        return {"counts": self.counts, "by_cause": self.by_cause, "times": self.times, "active": self.active,
-                "n_points": self.n_points}
+        return {"active": self.active, "n_points": self.n_points}
+
+    def checkpoint_segment(self) -> Dict[str, object]:
+        """The counts of the steps since the last checkpoint (JSON lists)."""
+        new = self._saved.new(len(self.counts))
+        if new is None:
+            return {}
+        return {"counts": self.counts[new], "times": self.times[new],
+                "by_cause": {c: v[new] for c, v in self.by_cause.items()}}
+
+    def segment_written(self) -> None:
+        self._saved.written()
 
     def restore_checkpoint(self, meta: Dict[str, object], solver=None) -> None:
-        self.counts, self.by_cause, self.times = list(meta["counts"]), dict(meta["by_cause"]), list(meta["times"])
+        self.counts, self.times = [], []
+        self.by_cause = {c: [] for c in OOD_CAUSES}
         self.active, self.n_points = bool(meta["active"]), int(meta["n_points"])
+
+    def restore_segment(self, segment: Dict[str, object]) -> None:
+        self.counts += [int(c) for c in segment["counts"]]
+        self.times += [float(t) for t in segment["times"]]
+        for cause in OOD_CAUSES:
+            self.by_cause[cause] += [int(c) for c in segment["by_cause"][cause]]
+        self._saved.restored(len(self.counts))
 
     def summary(self) -> Dict[str, object]:
         """JSON-able summary: monitored, steps with OOD points, maximum and total count."""

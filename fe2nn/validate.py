@@ -49,6 +49,7 @@ import numpy as np
 from fe2nn.config import load_toml, parse, resolve_path
 from fe2nn.errors import UserError
 from fe2nn.io_utils import pyplot, rank0_print, save_figure, write_text_atomic
+from fe2nn.macro.checkpoint import Growing
 
 
 @dataclass
@@ -113,7 +114,7 @@ class _Recorder:
         self.ood = OODMonitor()
         self.stress: Dict[float, np.ndarray] = {}
         self.weights = None
-        self._saved = self._pending = 0  # stress fields in checkpoint segments / in the one being written
+        self._saved = Growing()  # stress fields in checkpoint segments
 
     def __call__(self, solver, rec) -> None:
         self.ood(solver, rec)
@@ -129,17 +130,22 @@ class _Recorder:
     def checkpoint_meta(self) -> Dict[str, Any]:
         return {"ood": self.ood.checkpoint_meta()}
 
-    def checkpoint_segment(self) -> Dict[str, np.ndarray]:
-        """The stress fields recorded since the last checkpoint, with their times."""
+    def checkpoint_segment(self) -> Dict[str, Any]:
+        """The stress fields recorded since the last checkpoint, with their times, and the OOD
+        counts of the steps since then."""
+        out: Dict[str, Any] = {}
+        ood = self.ood.checkpoint_segment()
+        if ood:
+            out["ood"] = ood
         times = list(self.stress)
-        self._pending = len(times)
-        if self._pending == self._saved:
-            return {}
-        new = times[self._saved:]
-        return {"times": np.array(new), "stress": np.stack([self.stress[t] for t in new])}
+        new = self._saved.new(len(times))
+        if new is not None:
+            out.update(times=np.array(times[new]), stress=np.stack([self.stress[t] for t in times[new]]))
+        return out
 
     def segment_written(self) -> None:
-        self._saved = self._pending
+        self.ood.segment_written()
+        self._saved.written()
 
     def restore_checkpoint(self, meta: Dict[str, Any], solver) -> None:
         from fe2nn.fe2 import point_weights
@@ -148,10 +154,12 @@ class _Recorder:
         self.ood.restore_checkpoint(meta["ood"])
         self.weights = point_weights(solver.qf)
 
-    def restore_segment(self, arrays: Dict[str, np.ndarray]) -> None:
-        for t, s in zip(arrays["times"], arrays["stress"]):
+    def restore_segment(self, segment: Dict[str, Any]) -> None:
+        if "ood" in segment:
+            self.ood.restore_segment(segment["ood"])
+        for t, s in zip(segment.get("times", ()), segment.get("stress", ())):
             self.stress[float(t)] = s.copy()
-        self._saved = len(self.stress)
+        self._saved.restored(len(self.stress))
 
 
 def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint=None, resume: bool = False,

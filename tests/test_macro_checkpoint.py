@@ -6,6 +6,7 @@ one line before anything is written."""
 from __future__ import annotations
 
 import csv
+import json
 import sys
 
 import h5py
@@ -188,7 +189,8 @@ def test_a_checkpoint_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path)
 
 
 #: like KILLER, but the checkpoint of step F fails half-way (after its history was appended, when
-#: publishing), and the sizes of the rank file and the history file are logged after each checkpoint
+#: publishing), and the sizes of the rank file, the history file and meta.json are logged after each
+#: checkpoint
 FLAKY = """
 import os, sys
 import fe2nn.macro.checkpoint as c
@@ -200,9 +202,9 @@ def flaky_save(self, solver, records, loop, parts):
     save(self, solver, records, loop, parts)
     os.replace = replace
     with open(log, "a") as fh:
-        npz, hist = self.dir / "rank0.npz", self._history_file()
-        sizes = [p.stat().st_size if p.exists() else -1 for p in (npz, hist)]
-        fh.write(f"{len(records)} {self.last_step} {sizes[0]} {sizes[1]}\\n")
+        npz, hist, meta = self.dir / "rank0.npz", self._history_file(), self.dir / "meta.json"
+        sizes = [p.stat().st_size if p.exists() else -1 for p in (npz, hist, meta)]
+        fh.write(f"{len(records)} {self.last_step} {sizes[0]} {sizes[1]} {sizes[2]}\\n")
     if len(records) >= K:
         os._exit(9)
 c.Checkpoint.save = flaky_save
@@ -224,18 +226,26 @@ def _flaky(tmp_path, cfg, after: int, fail: int):
 
 
 def test_checkpoints_append_the_new_frames_only_and_a_failed_one_is_cut_off(tmp_path):
-    """Each checkpoint writes the state (the same size at every step) and appends the steps since the
-    previous one to the history file; a checkpoint that failed after appending (here: publishing
-    failed) leaves bytes that the next one cuts off, and the resumed run is still exact."""
+    """Each checkpoint writes the state and meta.json (the same size at every step: the step records
+    go to the history) and appends the steps since the previous one to the history file; a
+    checkpoint that failed after appending (here: publishing failed) leaves bytes that the next one
+    cuts off, and the resumed run is still exact."""
     ref, res = tmp_path / "ref", tmp_path / "res"
     run_cli("solve", str(_j2_bar(tmp_path / "ref.toml", ref)), "-q", check=True)
     cfg = _j2_bar(tmp_path / "res.toml", res)
     proc, rows = _flaky(tmp_path, cfg, after=4, fail=2)
     assert "WARNING: checkpoint of step 2 not written (OSError" in proc.stdout
     assert [r[:2] for r in rows] == [(1, 1), (2, 1), (3, 3), (4, 4)]  # step 2's checkpoint failed
-    npz = {step: size for step, _, size, _ in rows if step != 2}
+    npz = {step: size for step, _, size, _, _ in rows if step != 2}
     assert len(set(npz.values())) == 1, npz  # the state only: no frames in the rank file
-    hist = {step: size for step, _, _, size in rows}
+    meta = {step: size for step, _, _, _, size in rows if step != 2}
+    hist_file, = (res / "checkpoint.history").glob("*.rank0.npys")
+    with open(hist_file, "rb") as fh:  # the first segment: the records of step 1
+        first = json.loads(np.lib.format.read_array(fh, allow_pickle=False).tobytes())
+    assert first["part"] == "solver/records" and len(first["data"]["records"]) == 1
+    record = len(json.dumps(first["data"]["records"][0]))  # one step record in JSON [bytes]
+    assert max(meta.values()) - min(meta.values()) < record / 4, (meta, record)  # only digits differ
+    hist = {step: size for step, _, _, size, _ in rows}
     one_step = hist[4] - hist[3]
     assert one_step > 0 and hist[2] > hist[1]  # step 2 appended its frame, then failed to publish
     assert abs((hist[3] - hist[1]) - 2 * one_step) < 0.05 * one_step  # steps 2 and 3 appended once each

@@ -7,24 +7,26 @@ A run that finishes removes its checkpoint, so a checkpoint on disk always means
 
 Layout::
 
-    checkpoint/meta.json        step, time, the solve loop's position, the step records, the
-                                config and mesh it belongs to (fingerprint), the number of ranks,
-                                how many bytes of each rank's history file it covers
+    checkpoint/meta.json        step, time, the solve loop's position and step size, the config
+                                and mesh it belongs to (fingerprint), the number of ranks, how many
+                                bytes of each rank's history file it covers
     checkpoint/rank<r>.npz      rank r's arrays: committed displacement and last increment,
                                 material state at its quadrature points (e.g. the surrogate's
                                 internal variables, an RVE's per-voxel state)
     checkpoint.history/<run>.rank<r>.npys
                                 rank r's history, appended at each checkpoint: what the run added
-                                since the previous one (the output frames, the recorded strains);
-                                <run> is drawn at the run's first checkpoint and kept on resume
+                                since the previous one (the step records and steps.csv rows, the
+                                output frames, the recorded strains, the out-of-distribution
+                                counts); <run> is drawn at the run's first checkpoint and kept on
+                                resume
 
 ``checkpoint/`` is replaced as a whole (written as ``.checkpoint.tmp``, then renamed).  The history
 files only grow: bytes beyond what the published ``meta.json`` covers (a checkpoint that failed
 half-way) are cut off before the next append and ignored on resume.  A new run in the same
 directory writes history files of its own <run>, so the checkpoint that it will replace stays
-valid until it is replaced.  Each checkpoint thus writes the state plus the frames of the last
-``checkpoint_every`` steps, not every frame of the run again, and the run keeps only those frames
-in memory.
+valid until it is replaced.  Each checkpoint thus writes the state plus what the last
+``checkpoint_every`` steps added, and neither ``checkpoint/`` nor what is appended grows with the
+number of steps; the run keeps only the frames since the last checkpoint in memory.
 
 Arrays are stored per rank, so a run resumes on the same number of ranks (mpirun -n N) with
 the same mesh partition; both are checked.  The fingerprint covers the whole config except
@@ -43,14 +45,14 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-import torch
 
 from fe2nn.errors import UserError
 
 FORMAT = "fe2nn-solve-checkpoint"
-VERSION = 2
+VERSION = 3
 DIR_NAME = "checkpoint"
 HISTORY_NAME = "checkpoint.history"
+RECORDS = "solver/records"  # the history segments of the step records
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> List[str]:
@@ -78,6 +80,27 @@ def _record_from_json(d: dict):
     return StepRecord(**d)
 
 
+class Growing:
+    """Which entries of a part's growing list (step records, frames, strains) are in published
+    checkpoint segments: :meth:`new` gives the entries for the segment being written,
+    :meth:`written` marks them saved once it is published, :meth:`restored` after a resume."""
+
+    def __init__(self) -> None:
+        self.saved = 0  # entries in published segments
+        self._pending = 0  # entries once the segment being written is published
+
+    def new(self, n: int) -> Optional[slice]:
+        """The entries [saved, n) of a list now ``n`` long; None when there are none."""
+        self._pending = n
+        return slice(self.saved, n) if n > self.saved else None
+
+    def written(self) -> None:
+        self.saved = self._pending
+
+    def restored(self, n: int) -> None:
+        self.saved = self._pending = n
+
+
 class Checkpoint:
     """Writes and reads the checkpoint of one solve (collective over ``comm``).
 
@@ -86,10 +109,12 @@ class Checkpoint:
     Parts of the run that keep history of their own (the output writer, solve callbacks) take
     part when they have ``checkpoint_name``, ``checkpoint_meta()`` (JSON, rank 0's is kept) and
     ``restore_checkpoint(meta, solver)``.
-    A part whose history grows step by step also has ``checkpoint_segment()`` (this rank's arrays
-    of what it added since the last segment written; an empty dict: nothing), ``segment_written()``
-    (that segment is in a published checkpoint) and ``restore_segment(arrays)`` (called once per
-    segment, in order, after ``restore_checkpoint``).
+    A part whose history grows step by step also has ``checkpoint_segment()`` (what it added on
+    this rank since the last segment written: numpy arrays and JSON values by name; an empty dict:
+    nothing), ``segment_written()`` (that segment is in a published checkpoint) and
+    ``restore_segment(segment)`` (called once per segment, in order, after ``restore_checkpoint``;
+    the same names and values).  The step records are a segment of the checkpoint's own, so
+    ``meta.json`` keeps the same size however long the run.
     """
 
     def __init__(self, directory: str | os.PathLike, every: int, fingerprint: dict, comm):
@@ -105,6 +130,7 @@ class Checkpoint:
         self.resumed_step = 0  # step this run resumed after (0: it started from the beginning)
         self._history_bytes = 0  # length of this rank's history file that the last checkpoint covers
         self._history_run = ""  # <run> of the history file names ("": none drawn yet)
+        self._records = Growing()  # step records in the history
 
     # -- writing ---------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -120,6 +146,9 @@ class Checkpoint:
         metas = {part.checkpoint_name: part.checkpoint_meta() for part in parts}
         growing = [part for part in parts if hasattr(part, "checkpoint_segment")]
         segments = [(part.checkpoint_name, part.checkpoint_segment()) for part in growing]
+        new = self._records.new(len(records))
+        if new is not None:
+            segments.insert(0, (RECORDS, {"records": [_record_to_json(r) for r in records[new]]}))
         length: List[int] = []
 
         def attempt(action) -> Optional[str]:
@@ -153,7 +182,7 @@ class Checkpoint:
                     "time": records[-1].time if records else None, "loop": loop,
                     "solver": {"factor": solver.factor, "committed_factor": solver._committed_factor,
                                "increment_factor": None if solver._increment is None else solver._increment[1]},
-                    "records": [_record_to_json(r) for r in records], "parts": metas,
+                    "parts": metas,
                     "history": {"run": self._history_run, "bytes": history_bytes}}
 
             def publish():
@@ -173,6 +202,7 @@ class Checkpoint:
         if failed is None:
             self.last_step = len(records)
             self._history_bytes = length[0]
+            self._records.written()
             for part in growing:
                 part.segment_written()
             return
@@ -188,25 +218,27 @@ class Checkpoint:
     def _append_history(self, segments: list) -> int:
         """Append the parts' new segments to this rank's history file, after cutting it back to
         what the last published checkpoint covers; returns the file's new length [bytes].
-        Each segment is a header (JSON as uint8: part name, array names) and then its arrays,
-        all in .npy format."""
+        Each segment is a header (JSON as uint8: part name, array names, the JSON values) and then
+        its arrays, all in .npy format."""
         with open(self._history_file(), "r+b" if self._history_bytes else "wb") as fh:
             fh.truncate(self._history_bytes)
             fh.seek(self._history_bytes)
             for name, arrays in segments:
                 if not arrays:
                     continue
-                header = json.dumps({"part": name, "arrays": list(arrays)}).encode()
+                data = {k: v for k, v in arrays.items() if not isinstance(v, np.ndarray)}
+                named = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray)}
+                header = json.dumps({"part": name, "arrays": list(named), "data": data}).encode()
                 np.lib.format.write_array(fh, np.frombuffer(header, dtype=np.uint8), allow_pickle=False)
-                for value in arrays.values():
+                for value in named.values():
                     np.lib.format.write_array(fh, np.ascontiguousarray(value), allow_pickle=False)
             fh.flush()
             os.fsync(fh.fileno())
             return fh.tell()
 
     def _read_history(self, n_bytes: int):
-        """Yield (part name, arrays) for each segment in the first ``n_bytes`` of this rank's
-        history file (one segment in memory at a time)."""
+        """Yield (part name, segment) for each segment in the first ``n_bytes`` of this rank's
+        history file (one segment in memory at a time; its arrays and JSON values by name)."""
         path = self._history_file()
         if n_bytes == 0:
             return
@@ -214,10 +246,11 @@ class Checkpoint:
             with open(path, "rb") as fh:
                 while fh.tell() < n_bytes:
                     header = json.loads(np.lib.format.read_array(fh, allow_pickle=False).tobytes())
-                    arrays = {k: np.lib.format.read_array(fh, allow_pickle=False) for k in header["arrays"]}
+                    segment = dict(header["data"])
+                    segment.update((k, np.lib.format.read_array(fh, allow_pickle=False)) for k in header["arrays"])
                     if fh.tell() > n_bytes:
                         raise ValueError(f"a segment runs past the {n_bytes} bytes the checkpoint covers")
-                    yield header["part"], arrays
+                    yield header["part"], segment
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{path}: unreadable checkpoint history ({err})") from None
 
@@ -282,9 +315,11 @@ class Checkpoint:
                             f"{max(have, 0)}); it cannot be resumed")
         return meta
 
-    def restore_solver(self, solver, meta: dict) -> list:
+    def restore_solver(self, solver, meta: dict) -> None:
         """Put the checkpoint's displacement, last increment and material state into the solver
-        (after checking the mesh partition and the state's entries); returns the step records."""
+        (after checking the mesh partition and the state's entries)."""
+        import torch
+
         arrays = meta["arrays"]
         mesh = solver.qf.mesh
         n_cells = mesh.topology.index_map(mesh.topology.dim).size_local
@@ -314,11 +349,10 @@ class Checkpoint:
         solver.state = solver.trial_state = state
         self.last_step = self.resumed_step = int(meta["step"])
         self._history_bytes = int(meta["history"]["bytes"][self.comm.rank])
-        return [_record_from_json(r) for r in meta["records"]]
 
-    def restore_parts(self, solver, meta: dict, parts: list) -> None:
+    def restore_parts(self, solver, meta: dict, parts: list) -> list:
         """Give the output writer and the callbacks their history back: their meta, then their
-        segments of the history file, in the order written."""
+        segments of the history file, in the order written; returns the step records."""
         by_name = {}
         for part in parts:
             name = part.checkpoint_name
@@ -326,10 +360,19 @@ class Checkpoint:
                 raise UserError(f"{self.dir}: has no '{name}' (written without it)")
             part.restore_checkpoint(meta["parts"][name], solver)
             by_name[name] = part
+        records = []
         for name, segment in self._read_history(int(meta["history"]["bytes"][self.comm.rank])):
-            if not hasattr(by_name.get(name), "restore_segment"):
+            if name == RECORDS:
+                records += [_record_from_json(r) for r in segment["records"]]
+            elif hasattr(by_name.get(name), "restore_segment"):
+                by_name[name].restore_segment(segment)
+            else:
                 raise UserError(f"{self.history}: holds history of '{name}', which this run does not record")
-            by_name[name].restore_segment(segment)
+        if len(records) != int(meta["step"]):
+            raise UserError(f"{self.history}: holds {len(records)} step records, the checkpoint in "
+                            f"{self.dir.name}/ is after step {meta['step']}; it cannot be resumed")
+        self._records.restored(len(records))
+        return records
 
 
 def _land():

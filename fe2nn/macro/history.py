@@ -20,6 +20,8 @@ from typing import List
 
 import numpy as np
 
+from fe2nn.macro.checkpoint import Growing
+
 #: the output file name inside the output directory
 FILE_NAME = "strain_paths.h5"
 
@@ -37,7 +39,7 @@ class StrainHistory:
         self.comm = None
         self.times: List[float] = []
         self.strains: List[np.ndarray] = []
-        self._saved = self._pending = 0  # rows in checkpoint segments / in the one being written
+        self._saved = Growing()  # rows in checkpoint segments
 
     def _setup(self, solver) -> None:
         import ufl
@@ -62,28 +64,29 @@ class StrainHistory:
         self.strains.append(solver.qf.strain().copy())
 
     def checkpoint_meta(self) -> dict:
-        return {"times": self.times}
+        return {"started": self.comm is not None}
 
     def checkpoint_segment(self) -> dict:
-        """The strains recorded since the last checkpoint, (new rows, n_local, 6)."""
-        self._pending = len(self.strains)
-        if self._pending == self._saved:
+        """The times (new rows,) [s] and strains (new rows, n_local, 6) recorded since the last
+        checkpoint."""
+        new = self._saved.new(len(self.strains))
+        if new is None:
             return {}
-        return {"strain": np.stack(self.strains[self._saved:])}
+        return {"time": np.asarray(self.times[new], dtype=np.float64), "strain": np.stack(self.strains[new])}
 
     def segment_written(self) -> None:
-        self._saved = self._pending
+        self._saved.written()
 
     def restore_checkpoint(self, meta: dict, solver) -> None:
-        """The times recorded up to a checkpoint (the strains follow, segment by segment)."""
-        if meta["times"]:
+        """Start recording as at the checkpoint (the rows follow, segment by segment)."""
+        if meta["started"]:
             self._setup(solver)
-            self.times = [float(t) for t in meta["times"]]
-            self.strains = []
+            self.times, self.strains = [], []
 
-    def restore_segment(self, arrays: dict) -> None:
-        self.strains.extend(a.copy() for a in arrays["strain"])
-        self._saved = len(self.strains)
+    def restore_segment(self, segment: dict) -> None:
+        self.times.extend(float(t) for t in segment["time"])
+        self.strains.extend(a.copy() for a in segment["strain"])
+        self._saved.restored(len(self.strains))
 
     def write(self, path: str | Path, attrs: dict | None = None) -> None:
         """Gather to rank 0 and write ``path`` (HDF5, atomically); collective.  Nothing is

@@ -27,6 +27,7 @@ import ufl
 from dolfinx import fem, la
 
 from fe2nn.io_utils import atomic_path, pyplot, save_figure
+from fe2nn.macro.checkpoint import Growing
 from fe2nn.macro.quadrature import mandel_to_tensor
 
 CSV_COLUMNS = ["step", "time", "load_factor", "u_x", "u_y", "u_z", "reaction_x", "reaction_y", "reaction_z",
@@ -109,6 +110,7 @@ class OutputWriter:
         self.solver, self.comm = solver, solver.comm
         self.plot = plot
         self.rows: List[list] = []
+        self._rows = Growing()  # rows in checkpoint segments
         self.extra_columns: List[str] = []  # "<name>_points" per material.point_info entry
         tmp = None
         if self.comm.rank == 0:
@@ -143,31 +145,38 @@ class OutputWriter:
 
     # -- checkpoints (fe2nn.macro.checkpoint) ---------------------------------------------------
     def checkpoint_meta(self) -> dict:
-        rows = [[x.item() if hasattr(x, "item") else x for x in r] for r in self.rows]
-        return {"rows": rows, "extra_columns": self.extra_columns}
+        return {"extra_columns": self.extra_columns}
 
     def checkpoint_segment(self) -> dict:
-        """The frames written since the last checkpoint (this rank's dofs and cells)."""
-        if not self.frames:
-            return {}
-        out = {"times": np.array([f[0] for f in self.frames]), "u": np.stack([f[1] for f in self.frames])}
-        for j in range(len(self.frames[0][2])):
-            out[f"field{j}"] = np.stack([f[2][j] for f in self.frames])
+        """The steps.csv rows and the frames (this rank's dofs and cells) written since the last
+        checkpoint."""
+        out: dict = {}
+        new = self._rows.new(len(self.rows))
+        if new is not None:
+            out["rows"] = [[x.item() if hasattr(x, "item") else x for x in r] for r in self.rows[new]]
+        if self.frames:
+            out.update(times=np.array([f[0] for f in self.frames]), u=np.stack([f[1] for f in self.frames]))
+            for j in range(len(self.frames[0][2])):
+                out[f"field{j}"] = np.stack([f[2][j] for f in self.frames])
         return out
 
     def segment_written(self) -> None:
+        self._rows.written()
         self.frames.clear()
 
     def restore_checkpoint(self, meta: dict, solver=None) -> None:
-        """Take the rows of the checkpoint's steps (its frames follow, segment by segment)."""
-        self.rows = [list(r) for r in meta["rows"]]
+        """Take the columns of the checkpoint's steps (its rows and frames follow, segment by segment)."""
+        self.rows = []
         self.extra_columns = list(meta["extra_columns"])
 
-    def restore_segment(self, arrays: dict) -> None:
-        """Write a segment's frames again (into this run's VTX files, which then hold every frame
-        of the whole run)."""
-        if not self.writers or "times" not in arrays:
+    def restore_segment(self, segment: dict) -> None:
+        """Take a segment's rows, and write its frames again (into this run's VTX files, which then
+        hold every frame of the whole run)."""
+        self.rows += [list(r) for r in segment.get("rows", [])]
+        self._rows.restored(len(self.rows))
+        if not self.writers or "times" not in segment:
             return
+        arrays = segment
         u = self.solver.u.x.array
         current = u.copy()
         funcs = self.cells.functions

@@ -497,7 +497,7 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
     saved = None
     if checkpoint is not None and resume:  # checked before anything is written
         saved = checkpoint.load()
-        records = checkpoint.restore_solver(solver, saved)
+        checkpoint.restore_solver(solver, saved)
         t, i, dt = saved["loop"]["t"], saved["loop"]["i"], saved["loop"]["dt"]
     writer = None
     if output is not None:
@@ -507,7 +507,7 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
                               keep_frames=checkpoint is not None and checkpoint.every > 0)
     parts = [p for p in ([writer] + callbacks) if hasattr(p, "checkpoint_name")]
     if saved is not None:
-        checkpoint.restore_parts(solver, saved, parts)
+        records = checkpoint.restore_parts(solver, saved, parts)
         if progress:
             rank0_print(f"resuming after step {len(records)} at t = {t:.6g} s from {checkpoint.dir}", comm=solver.comm)
     span = table.end - table.start
