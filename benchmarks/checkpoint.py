@@ -2,10 +2,10 @@
 
 The 3D plate with a hole in J2 plasticity (as ``macro_j2.py``), loaded in N steps with VTX output
 and strain paths after every step, once without checkpoints and once with ``checkpoint_every = 1``.
-For each checkpoint it records the wall time of writing it and the bytes it wrote: the rank files
-of ``checkpoint/`` (the state) plus what it appended to ``checkpoint.history/`` (the new frames and
-strains).  Were every frame rewritten at each checkpoint, both would grow linearly with the step
-(quadratically over the run); here they stay flat.
+For each checkpoint it records the wall time of writing it and the bytes it wrote: ``checkpoint/``
+(the state, and meta.json) plus what it appended to ``checkpoint.history/`` (the new frames,
+strains and step records).  Were every frame or step record rewritten at each checkpoint, these
+would grow linearly with the step (quadratically over the run); here they stay flat.
 
     python benchmarks/checkpoint.py --out results/checkpoint.json       # 40 steps, 1 and 2 ranks
     python benchmarks/checkpoint.py --quick                             # smoke run
@@ -52,7 +52,9 @@ def worker(args) -> None:
         comm.barrier()
         wall = time.perf_counter() - t0
         if comm.rank == 0:
+            meta = self.dir / "meta.json"
             saves.append(dict(step=len(records), wall_time=wall, state_bytes=_bytes(self.dir),
+                              meta_bytes=meta.stat().st_size if meta.is_file() else 0,
                               appended_bytes=_bytes(history_dir) - history))
 
     Checkpoint.save = timed_save
@@ -99,7 +101,7 @@ def main() -> int:
     print(f"\nplate with a hole, J2, h = {h} m, {steps} load steps, VTX frames and strain paths after every step, "
           f"a checkpoint after every step")
     print(f"{'ranks':>5} {'solve [s]':>10} {'with ckpt [s]':>13} {'ckpt at step':>12} {'write [s]':>10} "
-          f"{'state [kB]':>11} {'appended [kB]':>14}")
+          f"{'state [kB]':>11} {'of it meta.json':>15} {'appended [kB]':>14}")
     for r in rows:
         s = r["saves"]
         for i, save in enumerate(s):
@@ -107,7 +109,7 @@ def main() -> int:
                 head = (f"{r['ranks']:>5} {r['solve_time']:>10.2f} {r['solve_time_checkpointed']:>13.2f}" if i == 0
                         else " " * 30)
                 print(f"{head} {save['step']:>12} {save['wall_time']:>10.4f} {save['state_bytes'] / 1e3:>11.1f} "
-                      f"{save['appended_bytes'] / 1e3:>14.1f}")
+                      f"{save['meta_bytes'] / 1e3:>15.2f} {save['appended_bytes'] / 1e3:>14.1f}")
         if len(s) > 3:
             k = len(s) // 4  # mean write time over the first and the last quarter of the run
             first = sum(x["wall_time"] for x in s[1:1 + k]) / k
