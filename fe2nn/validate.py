@@ -106,6 +106,8 @@ class _Recorder:
 
     #: name of this part of a solve checkpoint (fe2nn.macro.checkpoint)
     checkpoint_name = "validate"
+    #: how the arrays of its checkpoint segments lie on a rank (axis 1)
+    checkpoint_kinds = {"stress": "points"}
 
     def __init__(self, steps: Optional[set], times: Optional[set] = None):
         from fe2nn.fe2 import OODMonitor
@@ -378,7 +380,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     checkpoint = None  # of the reference solve, the long one
     if cfg.output.checkpoint_every or args.resume:
         checkpoint = Checkpoint(out / "reference", cfg.output.checkpoint_every,
-                                fingerprint(load_toml(file), mesh_path, comm.size), comm)
+                                fingerprint(load_toml(file), mesh_path), comm)
         if args.resume:
             checkpoint.load()  # one clear line now, not after the surrogate solve
     mesh = read_mesh(mesh_path, comm)

@@ -28,8 +28,12 @@ valid until it is replaced.  Each checkpoint thus writes the state plus what the
 ``checkpoint_every`` steps added, and neither ``checkpoint/`` nor what is appended grows with the
 number of steps; the run keeps only the frames since the last checkpoint in memory.
 
-Arrays are stored per rank, so a run resumes on the same number of ranks (mpirun -n N) with
-the same mesh partition; both are checked.  The fingerprint covers the whole config except
+Arrays are stored per rank, with where each rank's entries lie in the mesh (original cell indices,
+the cells' displacement nodes and DG0 dofs; :class:`Partition`).  A run resumed on the same number
+of ranks with the same partition reads its own files; on another number of ranks (or partition)
+every rank reads the rows of its cells from all files, and the history is moved into new history
+files of the resumed run (its results then agree with an uninterrupted run to round-off, as runs
+on different numbers of ranks do).  The fingerprint covers the whole config except
 ``[output] dir``/``checkpoint_every`` and ``[solver]`` (so a failed run can be resumed with,
 e.g., a smaller ``min_dt`` or more Newton iterations) and the mesh file's contents.
 Everything a resumed step depends on is restored bit for bit; npz files are read without
@@ -37,6 +41,7 @@ pickle.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -101,6 +106,101 @@ class Growing:
         self.saved = self._pending = n
 
 
+#: how the entries of a checkpoint array lie on a rank, so that they can move to another partition:
+#: "dofs": the displacement's local dofs (node by node, ghosts included); "cells": a DG0 function's
+#: local cells (ghosts included); "points": the quadrature points of the owned cells, cell by cell.
+#: Everything else in a checkpoint is the same on every rank.
+KINDS = ("dofs", "cells", "points")
+
+
+class Partition:
+    """One rank's part of the mesh, as a checkpoint needs it to move arrays to another partition:
+    each array of a kind in :data:`KINDS` becomes rows keyed by original cell index (one row per
+    cell: its points, its nodes' dofs, or its DG0 value) and goes back to local entries on the new
+    partition.  Lagrange degree 1 and 2 only: their cell-local dof order follows the cell's input
+    nodes, whatever the partition (checked: a node takes the same value from every cell)."""
+
+    def __init__(self, owned: np.ndarray, local: np.ndarray, nodes: np.ndarray, n_nodes: int,
+                 dg0: np.ndarray, n_dg0: int, ppc: int):
+        self.owned = owned  # (n_owned,) original indices of the owned cells, in local order
+        self.local = local  # (n_local,) of all local cells (owned, then ghosts)
+        self.nodes = nodes  # (n_local, nodes per cell) the displacement's local nodes of each cell
+        self.n_nodes = n_nodes  # local displacement nodes (ghosts included)
+        self.dg0 = dg0  # (n_local,) the local DG0 node of each cell
+        self.n_dg0 = n_dg0
+        self.ppc = ppc  # quadrature points per cell
+        self.mine: Optional[np.ndarray] = None  # (n_owned,) an old partition's cells that a new rank holds
+
+    @classmethod
+    def of(cls, solver) -> "Partition":
+        from dolfinx import fem
+
+        mesh = solver.qf.mesh
+        tdim = mesh.topology.dim
+        cmap = mesh.topology.index_map(tdim)
+        n_owned, n_local = cmap.size_local, cmap.size_local + cmap.num_ghosts
+        original = np.asarray(mesh.topology.original_cell_index, dtype=np.int64)
+        V = solver.u.function_space
+        S = fem.functionspace(mesh, ("DG", 0))
+        return cls(original[:n_owned].copy(), original[:n_local].copy(),
+                   np.asarray(V.dofmap.list[:n_local], dtype=np.int32),
+                   V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts,
+                   np.asarray(S.dofmap.list[:n_local, 0], dtype=np.int32),
+                   S.dofmap.index_map.size_local + S.dofmap.index_map.num_ghosts, solver.qf.points_per_cell)
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        """For the rank file (under ``layout/``)."""
+        return {"layout/owned": self.owned, "layout/local": self.local, "layout/nodes": self.nodes,
+                "layout/dg0": self.dg0,
+                "layout/sizes": np.array([self.n_nodes, self.n_dg0, self.ppc], dtype=np.int64)}
+
+    @classmethod
+    def from_arrays(cls, z) -> "Partition":
+        n_nodes, n_dg0, ppc = (int(x) for x in z["layout/sizes"])
+        return cls(z["layout/owned"], z["layout/local"], z["layout/nodes"], n_nodes, z["layout/dg0"], n_dg0, ppc)
+
+    def rows(self, kind: str, a: np.ndarray) -> np.ndarray:
+        """One row per owned cell (in the order of ``owned``) of a local array with its entries
+        on axis 0."""
+        n = self.owned.size
+        if kind == "points":
+            return a.reshape(n, self.ppc, *a.shape[1:])
+        if kind == "dofs":
+            return a.reshape(self.n_nodes, -1, *a.shape[1:])[self.nodes[:n]]
+        if kind == "cells":
+            return a.reshape(self.n_dg0, -1, *a.shape[1:])[self.dg0[:n]]
+        raise ValueError(f"unknown kind {kind!r}")
+
+    def place(self, kind: str, ids: np.ndarray, rows: np.ndarray, where: str) -> np.ndarray:
+        """The local array (entries on axis 0) of this partition from ``rows`` keyed by original
+        cell index ``ids`` (every cell of the mesh once)."""
+        order = np.argsort(ids, kind="stable")
+
+        def pick(cells):
+            if ids.size == 0:
+                found = np.zeros(0, dtype=np.int64)
+            else:
+                found = order[np.minimum(np.searchsorted(ids, cells, sorter=order), ids.size - 1)]
+            if not np.array_equal(ids[found], cells):
+                raise UserError(f"{where}: holds other cells than this mesh (another mesh file?)")
+            return rows[found]
+
+        if kind == "points":
+            r = pick(self.owned)
+            return r.reshape(-1, *r.shape[2:])
+        index, size = (self.nodes, self.n_nodes) if kind == "dofs" else (self.dg0[:, None], self.n_dg0)
+        r = pick(self.local)
+        r = r.reshape(r.shape[0], index.shape[1], *r.shape[1 + (kind == "dofs"):])
+        out = np.zeros((size,) + r.shape[2:], dtype=r.dtype)
+        out[index] = r
+        covered = np.zeros(size, dtype=bool)
+        covered[index] = True
+        if not covered.all() or not np.array_equal(out[index], r, equal_nan=r.dtype.kind in "fc"):
+            raise UserError(f"{where}: the {kind} of the checkpoint do not fit this mesh's cells "
+                            f"(another mesh file, or a displacement degree other than 1 or 2?)")
+        return out.reshape(-1, *out.shape[2:])
+
+
 class Checkpoint:
     """Writes and reads the checkpoint of one solve (collective over ``comm``).
 
@@ -113,7 +213,10 @@ class Checkpoint:
     this rank since the last segment written: numpy arrays and JSON values by name; an empty dict:
     nothing), ``segment_written()`` (that segment is in a published checkpoint) and
     ``restore_segment(segment)`` (called once per segment, in order, after ``restore_checkpoint``;
-    the same names and values).  The step records are a segment of the checkpoint's own, so
+    the same names and values; a segment's arrays are stacked over its steps on axis 0, and the
+    part's ``checkpoint_kinds`` maps the names of those whose axis 1 runs over a rank's dofs, cells
+    or points to their kind in :data:`KINDS`, so that they can move to another partition; a name
+    ending in digits falls back to its stem).  The step records are a segment of the checkpoint's own, so
     ``meta.json`` keeps the same size however long the run.
     """
 
@@ -131,6 +234,8 @@ class Checkpoint:
         self._history_bytes = 0  # length of this rank's history file that the last checkpoint covers
         self._history_run = ""  # <run> of the history file names ("": none drawn yet)
         self._records = Growing()  # step records in the history
+        self._layout: Optional[Partition] = None  # this rank's part of the mesh
+        self.moved_from: Optional[int] = None  # ranks of a resumed checkpoint of another partition
 
     # -- writing ---------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -212,8 +317,9 @@ class Checkpoint:
                   + (f"the checkpoint of step {self.last_step} stays" if self.last_step else "no checkpoint yet"),
                   flush=True)
 
-    def _history_file(self) -> Path:
-        return self.history / f"{self._history_run}.rank{self.comm.rank}.npys"
+    def _history_file(self, rank: Optional[int] = None) -> Path:
+        """This run's history file of ``rank`` (default: this rank)."""
+        return self.history / f"{self._history_run}.rank{self.comm.rank if rank is None else rank}.npys"
 
     def _append_history(self, segments: list) -> int:
         """Append the parts' new segments to this rank's history file, after cutting it back to
@@ -223,23 +329,17 @@ class Checkpoint:
         with open(self._history_file(), "r+b" if self._history_bytes else "wb") as fh:
             fh.truncate(self._history_bytes)
             fh.seek(self._history_bytes)
-            for name, arrays in segments:
-                if not arrays:
-                    continue
-                data = {k: v for k, v in arrays.items() if not isinstance(v, np.ndarray)}
-                named = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray)}
-                header = json.dumps({"part": name, "arrays": list(named), "data": data}).encode()
-                np.lib.format.write_array(fh, np.frombuffer(header, dtype=np.uint8), allow_pickle=False)
-                for value in named.values():
-                    np.lib.format.write_array(fh, np.ascontiguousarray(value), allow_pickle=False)
+            for name, segment in segments:
+                if segment:
+                    _write_segment(fh, name, segment)
             fh.flush()
             os.fsync(fh.fileno())
             return fh.tell()
 
-    def _read_history(self, n_bytes: int):
-        """Yield (part name, segment) for each segment in the first ``n_bytes`` of this rank's
-        history file (one segment in memory at a time; its arrays and JSON values by name)."""
-        path = self._history_file()
+    @staticmethod
+    def _read_history(path: Path, n_bytes: int):
+        """Yield (part name, segment) for each segment in the first ``n_bytes`` of the history file
+        ``path`` (one segment in memory at a time; its arrays and JSON values by name)."""
         if n_bytes == 0:
             return
         try:
@@ -254,12 +354,10 @@ class Checkpoint:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{path}: unreadable checkpoint history ({err})") from None
 
-    @staticmethod
-    def _solver_arrays(solver) -> Dict[str, np.ndarray]:
-        mesh = solver.qf.mesh
-        n_cells = mesh.topology.index_map(mesh.topology.dim).size_local
-        out = {"solver/cells": np.asarray(mesh.topology.original_cell_index[:n_cells], dtype=np.int64),
-               "solver/u": solver.u_committed.copy()}
+    def _solver_arrays(self, solver) -> Dict[str, np.ndarray]:
+        if self._layout is None:
+            self._layout = Partition.of(solver)
+        out = {**self._layout.arrays(), "solver/u": solver.u_committed.copy()}
         if solver._increment is not None:
             out["solver/du"] = np.asarray(solver._increment[0])
         for key, value in solver.state.items():
@@ -276,8 +374,9 @@ class Checkpoint:
 
     # -- reading ---------------------------------------------------------------------------
     def load(self) -> dict:
-        """Read and check the checkpoint; returns its meta with this rank's arrays under
-        ``"arrays"``.  Raises UserError (one line) when there is none or it does not fit this run."""
+        """Read and check the checkpoint; returns its meta (with this rank's arrays under
+        ``"arrays"`` when it was written on as many ranks as this run has).  Raises UserError (one
+        line) when there is none or it does not fit this run."""
         where = self.dir
         if not (where / "meta.json").is_file():  # interrupted between the two renames of save()
             where = self.root / f".{DIR_NAME}.old"
@@ -290,44 +389,50 @@ class Checkpoint:
             raise UserError(f"{where / 'meta.json'}: unreadable checkpoint ({err})") from None
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise UserError(f"{where / 'meta.json'}: not a {FORMAT} version {VERSION} file")
-        if meta["n_ranks"] != self.comm.size:
-            raise UserError(f"{where}: written by {meta['n_ranks']} MPI rank(s); resume with the same number "
-                            f"(mpirun -n {meta['n_ranks']}), this run has {self.comm.size}")
         diff = _differences(meta["fingerprint"], self.fingerprint)
         if diff:
             raise UserError(f"{where}: written for another problem; changed since: {', '.join(diff)} "
                             f"(only [output] dir/checkpoint_every and [solver] may change on resume)")
         try:
-            with np.load(where / f"rank{self.comm.rank}.npz", allow_pickle=False) as z:
-                meta["arrays"] = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as err:
-            raise UserError(f"{where}: unreadable rank file ({err})") from None
-        try:
+            n_old = int(meta["n_ranks"])
             self._history_run = str(meta["history"]["run"])
-            need = int(meta["history"]["bytes"][self.comm.rank])
-        except (KeyError, IndexError, TypeError, ValueError) as err:
+            need = [int(b) for b in meta["history"]["bytes"]]
+            if len(need) != n_old:
+                raise ValueError(f"history lengths of {len(need)} ranks, written by {n_old}")
+        except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"{where / 'meta.json'}: unreadable checkpoint ({type(err).__name__}: {err})") from None
-        history = self._history_file()
-        have = history.stat().st_size if history.is_file() else -1
-        if not self.comm.allreduce(have >= need, op=_land()):
+        meta["where"] = str(where)
+        if n_old == self.comm.size:
+            try:
+                with np.load(where / f"rank{self.comm.rank}.npz", allow_pickle=False) as z:
+                    meta["arrays"] = {k: z[k] for k in z.files}
+            except (OSError, ValueError) as err:
+                raise UserError(f"{where}: unreadable rank file ({err})") from None
+        ranks = [self.comm.rank] if n_old == self.comm.size else range(n_old)
+        short = [(r, max(self._history_file(r).stat().st_size if self._history_file(r).is_file() else 0, 0))
+                 for r in ranks]
+        short = [(r, have) for r, have in short if have < need[r]]
+        if not self.comm.allreduce(not short, op=_land()):
+            r, have = short[0] if short else (None, None)
             raise UserError(f"{self.history}: the checkpoint history is missing or shorter than the checkpoint "
-                            f"in {where.name}/ needs ({need} bytes on rank {self.comm.rank}, found "
-                            f"{max(have, 0)}); it cannot be resumed")
+                            f"in {where.name}/ needs"
+                            + (f" ({need[r]} bytes of rank {r}'s file, found {have})" if short else "")
+                            + "; it cannot be resumed")
         return meta
 
     def restore_solver(self, solver, meta: dict) -> None:
         """Put the checkpoint's displacement, last increment and material state into the solver
-        (after checking the mesh partition and the state's entries)."""
+        (after checking the state's entries).  A checkpoint from another number of ranks or another
+        partition of the mesh is moved onto this one (``moved_from``: its number of ranks)."""
         import torch
 
-        arrays = meta["arrays"]
-        mesh = solver.qf.mesh
-        n_cells = mesh.topology.index_map(mesh.topology.dim).size_local
-        cells = np.asarray(mesh.topology.original_cell_index[:n_cells], dtype=np.int64)
-        same = np.array_equal(cells, arrays["solver/cells"]) and arrays["solver/u"].shape == solver.u_committed.shape
-        if not self.comm.allreduce(same, op=_land()):
-            raise UserError(f"{self.dir}: the mesh is partitioned differently from the run that wrote the "
-                            f"checkpoint; resume with the same mesh file and number of ranks")
+        arrays = meta.get("arrays")
+        self._layout = Partition.of(solver)
+        same = arrays is not None and np.array_equal(self._layout.owned, arrays["layout/owned"]) \
+            and arrays["solver/u"].shape == solver.u_committed.shape
+        self.moved_from = None if self.comm.allreduce(same, op=_land()) else int(meta["n_ranks"])
+        if self.moved_from is not None:
+            arrays = self._moved_arrays(Path(meta["where"]), self.moved_from)
         fresh = solver.material.initial_state(solver.qf.n_points)
         names = {k[len("state/"):] for k in arrays if k.startswith("state/")}
         if names != set(fresh):
@@ -348,11 +453,43 @@ class Checkpoint:
         solver.factor, solver._committed_factor = sv["factor"], sv["committed_factor"]
         solver.state = solver.trial_state = state
         self.last_step = self.resumed_step = int(meta["step"])
-        self._history_bytes = int(meta["history"]["bytes"][self.comm.rank])
+
+    def _moved_arrays(self, where: Path, n_old: int) -> Dict[str, np.ndarray]:
+        """This rank's solver arrays from the rank files of a checkpoint of another partition."""
+
+        def read():
+            files = []
+            for r in range(n_old):
+                try:
+                    with np.load(where / f"rank{r}.npz", allow_pickle=False) as z:
+                        old = Partition.from_arrays(z)
+                        old.mine = np.isin(old.owned, self._layout.local)
+                        kind = {k: "dofs" if k in ("solver/u", "solver/du") else "points" for k in z.files
+                                if k.startswith(("solver/", "state/"))}
+                        files.append((old, {k: (kind[k], old.rows(kind[k], z[k])[old.mine]) for k in kind}))
+                except (OSError, ValueError, KeyError) as err:
+                    raise UserError(f"{where}: unreadable rank file rank{r}.npz ({type(err).__name__}: {err})") from None
+            return files
+
+        files = self._together(read)
+        self._old_layouts = [old for old, _ in files]
+        return {key: self._move(kind, [rows[key][1] for _, rows in files], where, keyed=True)
+                for key, (kind, _) in files[0][1].items()}
+
+    def _move(self, kind: str, arrays: list, where, keyed: bool = False) -> np.ndarray:
+        """The local array of this partition (entries on axis 0) from ``arrays``, one per old rank
+        (its local array, or with ``keyed`` already its rows of the cells this rank holds);
+        collective."""
+        olds = self._old_layouts
+        ids = np.concatenate([old.owned[old.mine] for old in olds])
+        rows = np.concatenate([a if keyed else old.rows(kind, a)[old.mine] for old, a in zip(olds, arrays)])
+        return self._together(self._layout.place, kind, ids, rows, str(where))
 
     def restore_parts(self, solver, meta: dict, parts: list) -> list:
         """Give the output writer and the callbacks their history back: their meta, then their
-        segments of the history file, in the order written; returns the step records."""
+        segments of the history, in the order written; returns the step records.  From a
+        checkpoint of another partition, every segment is moved onto this one and written to new
+        history files of this run (the old ones go with the old checkpoint)."""
         by_name = {}
         for part in parts:
             name = part.checkpoint_name
@@ -360,8 +497,14 @@ class Checkpoint:
                 raise UserError(f"{self.dir}: has no '{name}' (written without it)")
             part.restore_checkpoint(meta["parts"][name], solver)
             by_name[name] = part
+        need = [int(b) for b in meta["history"]["bytes"]]
+        if self.moved_from is None:
+            segments = self._read_history(self._history_file(), need[self.comm.rank])
+            self._history_bytes = need[self.comm.rank]
+        else:
+            segments = self._moved_history(need, by_name)
         records = []
-        for name, segment in self._read_history(int(meta["history"]["bytes"][self.comm.rank])):
+        for name, segment in segments:
             if name == RECORDS:
                 records += [_record_from_json(r) for r in segment["records"]]
             elif hasattr(by_name.get(name), "restore_segment"):
@@ -374,6 +517,64 @@ class Checkpoint:
         self._records.restored(len(records))
         return records
 
+    def _together(self, action, *args):
+        """``action(*args)`` on every rank; a UserError on any rank is raised on all of them (so
+        that none waits in a collective call for a rank that gave up)."""
+        try:
+            out, error = action(*args), None
+        except UserError as err:
+            out, error = None, str(err)
+        errors = [e for e in self.comm.allgather(error) if e]
+        if errors:
+            raise UserError(errors[0])
+        return out
+
+    def _moved_history(self, need: List[int], by_name: dict):
+        """Yield (part name, segment) of the old ranks' history files read side by side, each
+        segment moved onto this partition and appended to this run's new history file."""
+        import uuid
+
+        readers = [self._read_history(self._history_file(r), need[r]) for r in range(len(need))]
+        self._history_run = self.comm.bcast(uuid.uuid4().hex[:12] if self.comm.rank == 0 else None, root=0)
+        self.history.mkdir(exist_ok=True)
+        try:
+            yield from self._move_segments(readers, by_name)
+        except BaseException:  # refused half-way: the old checkpoint and its history stay as they were
+            self._history_file().unlink(missing_ok=True)
+            raise
+
+    def _move_segments(self, readers: list, by_name: dict):
+        with open(self._history_file(), "wb") as out:
+            for pieces in itertools.zip_longest(*readers):
+                names = {p[0] if p else None for p in pieces}
+                if len(names) != 1 or None in names:
+                    raise UserError(f"{self.history}: the ranks' history files do not hold the same segments")
+                name = pieces[0][0]
+                kinds = getattr(by_name.get(name), "checkpoint_kinds", {})
+                segment = dict(pieces[0][1])  # what is the same on every rank: rank 0's
+                for key, value in segment.items():
+                    kind = kinds.get(key, kinds.get(key.rstrip("0123456789")))
+                    if kind is None or not isinstance(value, np.ndarray):
+                        continue
+                    local = self._move(kind, [np.moveaxis(piece[key], 1, 0) for _, piece in pieces], self.history)
+                    segment[key] = np.moveaxis(local, 0, 1)
+                _write_segment(out, name, segment)
+                yield name, segment
+            out.flush()
+            os.fsync(out.fileno())
+            self._history_bytes = out.tell()
+
+
+def _write_segment(fh, name: str, segment: dict) -> None:
+    """One segment: a header (JSON as uint8: part name, array names, the JSON values), then the
+    arrays, all in .npy format."""
+    data = {k: v for k, v in segment.items() if not isinstance(v, np.ndarray)}
+    named = {k: v for k, v in segment.items() if isinstance(v, np.ndarray)}
+    header = json.dumps({"part": name, "arrays": list(named), "data": data}).encode()
+    np.lib.format.write_array(fh, np.frombuffer(header, dtype=np.uint8), allow_pickle=False)
+    for value in named.values():
+        np.lib.format.write_array(fh, np.ascontiguousarray(value), allow_pickle=False)
+
 
 def _land():
     from mpi4py import MPI
@@ -381,7 +582,7 @@ def _land():
     return MPI.LAND
 
 
-def fingerprint(config: dict, mesh_file: str | os.PathLike, n_ranks: int) -> dict:
+def fingerprint(config: dict, mesh_file: str | os.PathLike) -> dict:
     """What a resumed run must share with the run that wrote the checkpoint: the config without
     ``[output] dir``/``checkpoint_every`` and ``[solver]``, and the mesh file's SHA-256."""
     import hashlib
@@ -395,5 +596,5 @@ def fingerprint(config: dict, mesh_file: str | os.PathLike, n_ranks: int) -> dic
     with open(mesh_file, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    return {"config": cfg, "mesh_sha256": h.hexdigest(), "n_ranks": n_ranks}
+    return {"config": cfg, "mesh_sha256": h.hexdigest()}
 

@@ -33,6 +33,8 @@ class StrainHistory:
 
     #: name of this part of a solve checkpoint (fe2nn.macro.checkpoint)
     checkpoint_name = "strain_history"
+    #: how the arrays of its checkpoint segments lie on a rank (axis 1)
+    checkpoint_kinds = {"strain": "points"}
 
     def __init__(self, t0: float = 0.0):
         self.t0 = float(t0)

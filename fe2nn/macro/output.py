@@ -99,6 +99,8 @@ class OutputWriter:
 
     #: name of this part of a solve checkpoint (fe2nn.macro.checkpoint)
     checkpoint_name = "output"
+    #: how the arrays of its checkpoint segments lie on a rank (axis 1; field<j>: the j-th field)
+    checkpoint_kinds = {"u": "dofs", "field": "cells"}
 
     def __init__(self, directory, solver, vtx: bool = True, plot: bool = True, initial_frame: bool = True,
                  keep_frames: bool = False):
@@ -228,6 +230,15 @@ class OutputWriter:
         ax.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))
         fig.tight_layout()
         save_figure(fig, self.dir / "force_displacement.png", dpi=120)
+
+    def discard(self) -> None:
+        """Close without publishing anything (a resume that was refused); collective."""
+        for _, w in self.writers:
+            w.close()
+        self.comm.barrier()
+        if self.comm.rank == 0:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        self.comm.barrier()
 
     def close(self, records=None) -> None:
         for _, w in self.writers:

@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--quiet", "-q", action="store_true", help="no per-step progress lines")
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run from <output dir>/checkpoint/ (written with [output] "
-                         "checkpoint_every = N), on the same number of ranks")
+                         "checkpoint_every = N), on any number of ranks")
     return ap
 
 
@@ -94,7 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from fe2nn.macro.checkpoint import Checkpoint, fingerprint
 
     checkpoint = Checkpoint(out_dir, cfg.output.checkpoint_every,
-                            fingerprint(load_toml(file), mesh_path, MPI.COMM_WORLD.size), MPI.COMM_WORLD)
+                            fingerprint(load_toml(file), mesh_path), MPI.COMM_WORLD)
     monitor = OODMonitor()  # out-of-distribution points of a surrogate per step (no-op otherwise)
     callbacks = [monitor]
     history = None
@@ -108,6 +108,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                        reaction=cfg.output.reaction, output=out_dir, **cfg.solver.solve_kwargs(),
                        vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=not args.quiet,
                        callback=callbacks, checkpoint=checkpoint, resume=args.resume)
+    except UserError:  # a checkpoint that does not fit this run, refused before any step: no results
+        history = None
+        raise
     finally:  # the converged steps, also when a later step fails
         if history is not None:
             history.write(out_dir / FILE_NAME, attrs={"config": Path(file).name, "mesh": Path(mesh_path).name})

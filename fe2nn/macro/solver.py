@@ -507,9 +507,17 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
                               keep_frames=checkpoint is not None and checkpoint.every > 0)
     parts = [p for p in ([writer] + callbacks) if hasattr(p, "checkpoint_name")]
     if saved is not None:
-        records = checkpoint.restore_parts(solver, saved, parts)
+        try:
+            records = checkpoint.restore_parts(solver, saved, parts)
+        except BaseException:  # refused: this run leaves no output of its own
+            if writer is not None:
+                writer.discard()
+            raise
         if progress:
-            rank0_print(f"resuming after step {len(records)} at t = {t:.6g} s from {checkpoint.dir}", comm=solver.comm)
+            moved = f" (written on {checkpoint.moved_from} rank(s), moved onto {solver.comm.size})" \
+                if checkpoint.moved_from is not None else ""
+            rank0_print(f"resuming after step {len(records)} at t = {t:.6g} s from {checkpoint.dir}{moved}",
+                        comm=solver.comm)
     span = table.end - table.start
     failure = None
     t_start, wall_start = t, time.perf_counter()  # for the remaining time in the progress lines
