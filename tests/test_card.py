@@ -194,7 +194,7 @@ def test_inspect_summarizes_a_surrogate_and_checks_its_weights(tmp_path):
     m, d = _export(tmp_path)
     p = run_cli("inspect", str(d), check=True)
     n_params = sum(t.numel() for t in m.parameters())
-    assert f"k = 2 internal variables" in p.stdout and f"{n_params:,} parameters" in p.stdout
+    assert "k = 2 internal variables" in p.stdout and f"{n_params:,} parameters" in p.stdout
     assert "weights match the card" in p.stdout and "evaluation: none" in p.stdout
     s = json.loads(run_cli("inspect", str(d / "card.json"), "--json", check=True).stdout)
     assert s["k"] == 2 and s["parameters"] == n_params and s["f_layers"] == [14, 12, 12, 6]

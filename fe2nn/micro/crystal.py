@@ -39,7 +39,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Sequence
+from typing import List
 
 import numpy as np
 import torch
@@ -436,7 +436,6 @@ class SingleCrystal(Material):
         ok = torch.zeros(n, dtype=torch.bool, device=self.device)
         act = torch.arange(n, device=self.device)
         R, J, _ = self._residual(sig, xi, sig_trial, xi_old, dt, CP, P, jacobian=True)
-        eye = torch.eye(18, dtype=self.dtype, device=self.device)
         for it in range(self.max_iter + 1):
             rmax = R.abs().amax(-1)
             conv = torch.isfinite(rmax) & (rmax <= tol[act])

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from fe2nn import interrupt
-from fe2nn.config import in_range, load_toml, non_negative, one_of, parse, positive, resolve_path
+from fe2nn.config import load_toml, non_negative, one_of, parse, positive, resolve_path
 from fe2nn.errors import UserError
 from fe2nn.io_utils import atomic_path, time_left, write_text_atomic
 from fe2nn.surrogate.rno import RNO, ACTIVATIONS, RNOArch, grow, relative_l2, rollout_at_dt_factor, shrink
