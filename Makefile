@@ -34,7 +34,7 @@ demo-validate: $(STAMP)
 
 # Every benchmark at its documented size (about an hour on 2 cores; run on an idle machine),
 # each printing a table and writing results/<name>.json.  bench-quick: smoke sizes, ~3 min.
-BENCHMARKS := macro_j2 rve generate surrogate training fe2_speedup checkpoint
+BENCHMARKS := macro_j2 rve generate surrogate training fe2_speedup checkpoint strain_paths
 
 bench: $(STAMP)
 	mkdir -p results

@@ -20,6 +20,7 @@ CASES = {
     "generate": ["--quick", "--ranks", "1"],
     "training": ["--quick"],
     "checkpoint": ["--quick", "--ranks", "1"],
+    "strain_paths": ["--quick", "--ranks", "1"],
 }
 
 

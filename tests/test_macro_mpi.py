@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_python_mpi
 from test_macro_bar import read_steps
 
 CONFIG = """
@@ -83,3 +83,22 @@ def test_one_and_two_ranks_give_the_same_reaction_history(tmp_path):
     # the plate yields: the reaction is no longer proportional to the load
     stiffness = r1["reaction_y"] / r1["load_factor"]
     assert stiffness[3] < 0.9 * stiffness[0]
+    # written a few steps at a time (each rank streams its strains to a temporary file; rank 0
+    # gathers slabs of steps): the same file as written in one slab
+    slab = 5 * 48 * files[0]["x"].shape[0]  # bytes of 5 steps of all points: ragged last slab
+    (tmp_path / "slabs.py").write_text(f"""
+import sys
+from mpi4py import MPI
+from fe2nn.macro.history import StrainHistory
+StrainHistory.SLAB_BYTES = {slab}
+from fe2nn.cli import main
+raise SystemExit(main(sys.argv[1:]))
+""")
+    cfg = tmp_path / "plate_slabs.toml"
+    cfg.write_text(CONFIG.format(n=2).replace('dir = "out2"', 'dir = "slabs"'))
+    run_python_mpi(2, str(tmp_path / "slabs.py"), "solve", str(cfg), "-q")
+    assert (len(r2["time"]) + 1) % 5 != 0  # (so that the last slab is a short one)
+    with h5py.File(tmp_path / "slabs" / "strain_paths.h5") as f:
+        assert f["strain"].chunks[1] == 5
+        for key in ("strain", "time", "x", "cell", "point"):
+            np.testing.assert_array_equal(f[key][()], files[1][key][()])

@@ -1,7 +1,8 @@
 """Strain histories at the quadrature points of a macro solve (``[output] strain_paths = true``).
 
-After every converged step the Mandel strain at every owned quadrature point is kept; at the
-end rank 0 gathers them and writes ``strain_paths.h5``:
+After every converged step the Mandel strain at every owned quadrature point is appended to a
+temporary file of the rank (not kept in memory: a long run on a large mesh records more than
+fits); at the end rank 0 gathers them, a slab of steps at a time, and writes ``strain_paths.h5``:
 
 * ``strain`` (n_points, n_steps + 1, 6) [-], Mandel notation, row 0 the initial state;
 * ``time`` (n_steps + 1,) [s];
@@ -15,8 +16,9 @@ a surrogate's training envelope, or drive an RVE along them.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -29,21 +31,29 @@ FILE_NAME = "strain_paths.h5"
 class StrainHistory:
     """Solve callback that records the strain at the owned quadrature points after every
     converged step; :meth:`write` gathers and writes them (collective).  Row 0 is the start
-    time ``t0`` [s], where the solve starts from the undeformed state (u = 0, zero strain)."""
+    time ``t0`` [s], where the solve starts from the undeformed state (u = 0, zero strain).
+    ``spool_dir``: where the rank's temporary file goes (default: the system's temporary
+    directory; the file has no name and disappears with the process)."""
 
     #: name of this part of a solve checkpoint (fe2nn.macro.checkpoint)
     checkpoint_name = "strain_history"
     #: how the arrays of its checkpoint segments lie on a rank (axis 1)
     checkpoint_kinds = {"strain": "points"}
+    #: strain gathered on rank 0 at a time when writing [bytes]
+    SLAB_BYTES = 1 << 24
 
-    def __init__(self, t0: float = 0.0):
+    def __init__(self, t0: float = 0.0, spool_dir: Optional[str | Path] = None):
         self.t0 = float(t0)
+        self.spool_dir = spool_dir
         self.comm = None
-        self.times: List[float] = []
-        self.strains: List[np.ndarray] = []
+        self.times: List[float] = []  # [s] of each recorded row
+        self.n_points = 0  # owned quadrature points of this rank
+        self._spool = None  # the rows, (rows, n_points, 6) float64, one after the other
         self._saved = Growing()  # rows in checkpoint segments
 
     def _setup(self, solver) -> None:
+        import tempfile
+
         import ufl
         from dolfinx import fem
 
@@ -55,15 +65,33 @@ class StrainHistory:
         self.point = np.tile(np.arange(ppc, dtype=np.int64), qf.cells.size)
         x = fem.Expression(ufl.SpatialCoordinate(mesh), qf.points).eval(mesh, qf.cells)
         self.x = np.asarray(x, dtype=np.float64).reshape(qf.n_points, 3)
-        self.times = [self.t0]
-        self.strains = [np.zeros((qf.n_points, 6))]
+        self.n_points = qf.n_points
+        if self._spool is not None:
+            self._spool.close()
+        self._spool = tempfile.TemporaryFile(prefix="fe2nn-strain-paths-", dir=self.spool_dir)
+        self.times = []
+
+    def _append(self, strain: np.ndarray) -> None:
+        """Append rows (rows, n_points, 6) or one row (n_points, 6)."""
+        self._spool.seek(0, 2)
+        self._spool.write(np.ascontiguousarray(strain, dtype=np.float64).tobytes())
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """The recorded strains of rows [start, stop), (stop - start, n_points, 6) [-]."""
+        out = np.empty((stop - start, self.n_points, 6))
+        self._spool.seek(start * self.n_points * 48)
+        if self._spool.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise OSError(f"the temporary file of the strain paths ends before row {stop}")
+        return out
 
     def __call__(self, solver, rec) -> None:
         """Record the committed step ``rec`` (a :class:`~fe2nn.macro.solver.StepRecord`)."""
         if self.comm is None:
             self._setup(solver)
+            self.times.append(self.t0)
+            self._append(np.zeros((self.n_points, 6)))
         self.times.append(float(rec.time))
-        self.strains.append(solver.qf.strain().copy())
+        self._append(solver.qf.strain())
 
     def checkpoint_meta(self) -> dict:
         return {"started": self.comm is not None}
@@ -71,10 +99,10 @@ class StrainHistory:
     def checkpoint_segment(self) -> dict:
         """The times (new rows,) [s] and strains (new rows, n_local, 6) recorded since the last
         checkpoint."""
-        new = self._saved.new(len(self.strains))
+        new = self._saved.new(len(self.times))
         if new is None:
             return {}
-        return {"time": np.asarray(self.times[new], dtype=np.float64), "strain": np.stack(self.strains[new])}
+        return {"time": np.asarray(self.times[new], dtype=np.float64), "strain": self.rows(new.start, new.stop)}
 
     def segment_written(self) -> None:
         self._saved.written()
@@ -83,36 +111,74 @@ class StrainHistory:
         """Start recording as at the checkpoint (the rows follow, segment by segment)."""
         if meta["started"]:
             self._setup(solver)
-            self.times, self.strains = [], []
 
     def restore_segment(self, segment: dict) -> None:
         self.times.extend(float(t) for t in segment["time"])
-        self.strains.extend(a.copy() for a in segment["strain"])
-        self._saved.restored(len(self.strains))
+        self._append(segment["strain"])
+        self._saved.restored(len(self.times))
 
     def write(self, path: str | Path, attrs: dict | None = None) -> None:
         """Gather to rank 0 and write ``path`` (HDF5, atomically); collective.  Nothing is
-        written when no step converged."""
+        written when no step converged.  Rank 0 holds the strains of all points for a slab of
+        at most :attr:`SLAB_BYTES` at a time."""
         if self.comm is None:
             return
-        local = np.stack(self.strains, axis=1)  # (n_local, steps + 1, 6)
-        parts = self.comm.gather((self.cell, self.point, self.x, local), root=0)
-        if self.comm.rank != 0:
-            return
-        import h5py
-
         from fe2nn.io_utils import atomic_path
 
-        cell, point, x, strain = (np.concatenate([p[i] for p in parts]) for i in range(4))
-        order = np.lexsort((point, cell))
-        with atomic_path(path) as tmp:
-            with h5py.File(tmp, "w") as fh:
-                fh["strain"] = strain[order]
-                fh["time"] = np.asarray(self.times, dtype=np.float64)
-                fh["x"] = x[order]
-                fh["cell"] = cell[order]
-                fh["point"] = point[order]
-                fh.attrs["units"] = "strain [-], time [s], x [m]"
-                fh.attrs["notation"] = "Mandel: (e11, e22, e33, sqrt2 e23, sqrt2 e13, sqrt2 e12)"
-                for k, v in (attrs or {}).items():
-                    fh.attrs[k] = v
+        comm, root = self.comm, self.comm.rank == 0
+        places = comm.gather((self.cell, self.point, self.x), root=0)
+        counts = comm.gather(self.n_points, root=0)
+        n_total, n_rows = comm.allreduce(self.n_points), len(self.times)
+        slab = max(1, min(n_rows, self.SLAB_BYTES // max(1, 48 * n_total)))
+        failed: Optional[BaseException] = None  # on rank 0, raised after the collective part
+        fh = None
+        with atomic_path(path) if root else nullcontext() as tmp:
+            if root:
+                try:
+                    import h5py
+
+                    cell, point, x = (np.concatenate([p[i] for p in places]) for i in range(3))
+                    order = np.lexsort((point, cell))
+                    row = np.empty_like(order)  # the file's row of each gathered point
+                    row[order] = np.arange(order.size)
+                    rows = np.split(row, np.cumsum([p[0].size for p in places])[:-1])
+                    fh = h5py.File(tmp, "w")
+                    strain = fh.create_dataset("strain", (n_total, n_rows, 6), dtype=np.float64,
+                                               chunks=(max(1, min(n_total, (1 << 20) // (48 * slab))), slab, 6)
+                                               if n_total and n_rows else None)
+                except Exception as err:  # noqa: BLE001
+                    failed = err
+            for start in range(0, n_rows, slab):  # every rank takes part, also after a failure on rank 0
+                stop = min(n_rows, start + slab)
+                local = self.rows(start, stop)  # (steps, n_points, 6)
+                recv = np.empty(n_total * (stop - start) * 6) if root else None
+                comm.Gatherv(local, [recv, [c * (stop - start) * 6 for c in counts]] if root else None, root=0)
+                del local
+                if root and failed is None:
+                    try:
+                        block = np.empty((n_total, stop - start, 6))
+                        offset = 0
+                        for where, count in zip(rows, counts):
+                            size = count * (stop - start) * 6
+                            block[where] = recv[offset:offset + size].reshape(stop - start, count, 6).transpose(1, 0, 2)
+                            offset += size
+                        del recv
+                        strain[:, start:stop] = block
+                        del block
+                    except Exception as err:  # noqa: BLE001
+                        failed = err
+            if root:
+                try:
+                    if failed is not None:
+                        raise failed
+                    fh["time"] = np.asarray(self.times, dtype=np.float64)
+                    fh["x"] = x[order]
+                    fh["cell"] = cell[order]
+                    fh["point"] = point[order]
+                    fh.attrs["units"] = "strain [-], time [s], x [m]"
+                    fh.attrs["notation"] = "Mandel: (e11, e22, e33, sqrt2 e23, sqrt2 e13, sqrt2 e12)"
+                    for k, v in (attrs or {}).items():
+                        fh.attrs[k] = v
+                finally:
+                    if fh is not None:
+                        fh.close()
