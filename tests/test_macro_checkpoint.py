@@ -31,15 +31,15 @@ raise SystemExit(main(sys.argv[2:]))
 """
 
 
-def _j2_bar(path, out, every=1, max_iterations=2, E="200e9", solver="", clamped=False, degree=1):
+def _j2_bar(path, out, every=1, max_iterations=2, E="200e9", solver="", clamped=False, degree=1, mesh="bar.msh"):
     """The J2 bar demo in 6 steps with at most 2 Newton iterations per step: a cut-back at t = 1.5 s.
     ``solver``: more lines of its [solver] table; ``clamped``: the end x = 0 held in all directions
-    (fields that vary from cell to cell); ``degree``: the displacement's Lagrange degree."""
+    (fields that vary from cell to cell); ``degree``: the displacement's Lagrange degree; ``mesh``: in meshes/."""
     text = (REPO / "demos" / "bar_j2.toml").read_text()
     if clamped:
         text = text.replace('boundary = "xmin"\nx = 0.0', 'boundary = "xmin"\nx = 0.0\ny = 0.0\nz = 0.0')
     text = text.replace("degree = 1", f"degree = {degree}")
-    text = text.replace('"../meshes/bar.msh"', f'"{REPO / "meshes" / "bar.msh"}"').replace("steps = 30", "steps = 6")
+    text = text.replace('"../meshes/bar.msh"', f'"{REPO / "meshes" / mesh}"').replace("steps = 30", "steps = 6")
     text = text.replace("E = 200e9", f"E = {E}")
     text = text.replace('linear_solver = "direct"', f'linear_solver = "direct"\nmax_iterations = {max_iterations}\n{solver}')
     text = text.replace('dir = "../results/bar_j2"', f'dir = "{out}"\ncheckpoint_every = {every}\nstrain_paths = true')
@@ -391,16 +391,18 @@ def _sorted(where, value):
     return where[order], value[order]
 
 
-def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path):
+@pytest.mark.parametrize("mesh", ["bar.msh", "bar_hex.msh"])
+def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path, mesh):
     """Killed on 1 rank, resumed on 2 and killed again, then resumed on 1 to the end: steps.csv, the
     strain paths and every VTX frame (the replayed ones moved twice between partitions) agree with
-    an uninterrupted run to the round-off of runs on different numbers of ranks."""
+    an uninterrupted run to the round-off of runs on different numbers of ranks (P2 tetrahedra and
+    Q2 hexahedra: nodes on edges, faces and inside cells)."""
     import subprocess
 
     ref, res = tmp_path / "ref", tmp_path / "res"
     (tmp_path / "frames.py").write_text(FRAMES)
     record = [sys.executable, str(tmp_path / "frames.py")]
-    bar = dict(clamped=True, degree=2, max_iterations=25)  # fields that vary from cell to cell; nodes on edges too
+    bar = dict(clamped=True, degree=2, max_iterations=25, mesh=mesh)  # fields that vary from cell to cell; nodes on edges too
     subprocess.run(record + [str(tmp_path / "ref_frames"), "solve",
                              str(_j2_bar(tmp_path / "ref.toml", ref, every=0, **bar)), "-q"],
                    cwd=REPO, check=True, capture_output=True, timeout=600)
