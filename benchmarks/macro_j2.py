@@ -47,6 +47,28 @@ def plate_mesh(h: float):
         yield Path(tmpdir), mesh
 
 
+def plate_parser(description: str, steps: int) -> argparse.ArgumentParser:
+    """The command line of a benchmark that solves the plate in ``steps`` load steps (4 with
+    ``--quick``) and re-launches itself (``relaunch``) per rank count; ``plate_size`` reads it."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help="coarse mesh, 4 steps (smoke run)")
+    ap.add_argument("--h", type=float, default=None, help="far-field element size [m] (default 0.006; quick 0.01)")
+    ap.add_argument("--steps", type=int, default=None, help=f"load steps (default {steps}; quick 4)")
+    ap.add_argument("--displacement", type=float, default=0.4e-3, help="final y-displacement of the top face [m]")
+    ap.add_argument("--ranks", default="1,2", help="comma-separated MPI rank counts")
+    ap.add_argument("--out", help="write the results as JSON to this file")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    for hidden in ("--mesh", "--output", "--result"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
+    ap.set_defaults(default_steps=steps)
+    return ap
+
+
+def plate_size(args) -> tuple:
+    """(h [m], steps) of a ``plate_parser`` command line."""
+    return args.h or (0.01 if args.quick else 0.006), args.steps or (4 if args.quick else args.default_steps)
+
+
 def relaunch(script: str, ranks: int, args: list, result: Path) -> dict:
     """Run ``script --worker ARGS --result RESULT`` on ``ranks`` MPI ranks (one thread each) and
     return the JSON it wrote to RESULT; its progress goes to stderr."""

@@ -22,7 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from macro_j2 import plate_mesh, plate_problem, relaunch  # noqa: E402  (the same plate and relaunch)
+from macro_j2 import (plate_mesh, plate_parser, plate_problem, plate_size,  # noqa: E402  (the same plate,
+                      relaunch)  # noqa: E402  (command line and relaunch)
 
 from fe2nn.io_utils import write_text_atomic  # noqa: E402
 
@@ -62,23 +63,13 @@ def worker(args) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="coarse mesh, 4 steps (smoke run)")
-    ap.add_argument("--h", type=float, default=None, help="far-field element size [m] (default 0.006; quick 0.01)")
-    ap.add_argument("--steps", type=int, default=None, help="load steps (default 300; quick 4)")
-    ap.add_argument("--displacement", type=float, default=0.4e-3, help="final y-displacement of the top face [m]")
-    ap.add_argument("--ranks", default="1,2", help="comma-separated MPI rank counts")
-    ap.add_argument("--out", help="write the results as JSON to this file")
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap = plate_parser(__doc__.splitlines()[0], steps=300)
     ap.add_argument("--record", type=int, default=0, help=argparse.SUPPRESS)
-    for hidden in ("--mesh", "--output", "--result"):
-        ap.add_argument(hidden, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)
         return 0
-    h = args.h or (0.01 if args.quick else 0.006)
-    steps = args.steps or (4 if args.quick else 300)
+    h, steps = plate_size(args)
     rows = []
     with plate_mesh(h) as (tmp, mesh):
         for n in [int(r) for r in args.ranks.split(",")]:

@@ -409,14 +409,13 @@ class Checkpoint:
             except (OSError, ValueError) as err:
                 raise UserError(f"{where}: unreadable rank file ({err})") from None
         ranks = [self.comm.rank] if n_old == self.comm.size else range(n_old)
-        short = [(r, max(self._history_file(r).stat().st_size if self._history_file(r).is_file() else 0, 0))
-                 for r in ranks]
-        short = [(r, have) for r, have in short if have < need[r]]
+        have = {r: self._history_file(r).stat().st_size if self._history_file(r).is_file() else 0 for r in ranks}
+        short = [(r, have[r]) for r in ranks if have[r] < need[r]]
         if not self.comm.allreduce(not short, op=_land()):
-            r, have = short[0] if short else (None, None)
+            r, found = short[0] if short else (None, None)
             raise UserError(f"{self.history}: the checkpoint history is missing or shorter than the checkpoint "
                             f"in {where.name}/ needs"
-                            + (f" ({need[r]} bytes of rank {r}'s file, found {have})" if short else "")
+                            + (f" ({need[r]} bytes of rank {r}'s file, found {found})" if short else "")
                             + "; it cannot be resumed")
         return meta
 
