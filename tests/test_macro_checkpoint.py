@@ -292,8 +292,16 @@ def test_a_truncated_history_is_refused_before_anything_is_written(tmp_path):
     res = tmp_path / "res"
     cfg = _j2_bar(tmp_path / "res.toml", res)
     _killed(tmp_path, cfg, after=3)
+    # fe2nn inspect tells what the checkpoint holds, from the segments' headers
+    s = json.loads(run_cli("inspect", str(res), "--json", check=True).stdout)
+    assert s["step"] == 3 and s["n_ranks"] == 1 and s["resumable"] and s["material"] == "j2"
+    assert s["state"] == ["backstress", "eps_p", "p"]
+    assert s["history"] == {"step records": 3, "steps.csv rows": 3, "VTX frames": 4, "strain-path rows": 4,
+                            "out-of-distribution counts": 3}
     hist, = (res / "checkpoint.history").glob("*.rank0.npys")
     hist.write_bytes(hist.read_bytes()[:-100])
+    proc = run_cli("inspect", str(res / "checkpoint"), check=True)
+    assert "after step 3" in proc.stdout and "NOT resumable" in proc.stdout and hist.name in proc.stdout
     before = sorted((p.name, p.stat().st_mtime_ns) for p in res.rglob("*"))
     proc = run_cli("solve", str(cfg), "--resume")
     line = proc.stderr.strip()

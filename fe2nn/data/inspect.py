@@ -1,5 +1,6 @@
 """``fe2nn inspect PATH [...]``: counts, ranges, rejections and plots of a dataset; for a
-surrogate directory, what the surrogate is (:mod:`fe2nn.surrogate.summary`)."""
+surrogate directory, what the surrogate is (:mod:`fe2nn.surrogate.summary`); for a solve
+checkpoint, what it holds and whether it can be resumed (:func:`fe2nn.macro.checkpoint.summarize`)."""
 from __future__ import annotations
 
 import argparse
@@ -105,7 +106,8 @@ def plot(arrays: Dict[str, np.ndarray], attrs: dict, out_dir: Path, per_family: 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="fe2nn inspect", description=__doc__)
     ap.add_argument("paths", nargs="+", metavar="PATH",
-                    help="HDF5 dataset written by fe2nn generate, or a surrogate directory (with card.json)")
+                    help="HDF5 dataset written by fe2nn generate, a surrogate directory (with card.json), or a "
+                         "solve checkpoint (an output directory with checkpoint/, or that directory)")
     ap.add_argument("--plots", metavar="DIR", help="datasets: write strain.png and stress.png into DIR")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--table", action="store_true",
@@ -120,15 +122,20 @@ def main(argv=None) -> int:
                         f"card.json), not datasets")
     if args.plots and (any(surrogates) or len(args.paths) > 1):
         raise UserError("--plots: give one dataset (HDF5 written by fe2nn generate)")
+    from fe2nn.macro import checkpoint
+
     results, texts = [], []
     for path, is_surrogate in zip(args.paths, surrogates):
-        if is_surrogate:
+        if checkpoint.is_checkpoint(path) and not args.table and not args.plots:
+            s = checkpoint.summarize(path)
+            text = checkpoint.report(s)
+        elif is_surrogate:
             s = summary.summarize(path)
             text = summary.report(s)
         else:
             if Path(path).is_dir():
-                raise UserError(f"{path}: a directory without card.json; expected an HDF5 dataset written by "
-                                f"fe2nn generate or a surrogate directory")
+                raise UserError(f"{path}: a directory without card.json or checkpoint/; expected an HDF5 dataset "
+                                f"written by fe2nn generate, a surrogate directory or a solve checkpoint")
             arrays, attrs = read_arrays(Path(path))
             s = summarize(arrays, attrs)
             text = report(Path(path), s, attrs)

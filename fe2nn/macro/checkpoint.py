@@ -575,6 +575,97 @@ def _write_segment(fh, name: str, segment: dict) -> None:
         np.lib.format.write_array(fh, np.ascontiguousarray(value), allow_pickle=False)
 
 
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a solve checkpoint directory, or an output directory holding one."""
+    path = Path(path)
+    return (path / "meta.json").is_file() and (path / "rank0.npz").is_file() or (path / DIR_NAME / "meta.json").is_file()
+
+
+def _skip_array(fh) -> tuple:
+    """Read the header of the .npy array at the file position and move past its data; returns its
+    shape."""
+    major, _ = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(fh)
+    fh.seek(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, os.SEEK_CUR)
+    return shape
+
+
+#: what ``fe2nn inspect`` calls the entries of the history segments, by (part, name)
+_HISTORY_LABELS = {(RECORDS, "records"): "step records", ("output", "rows"): "steps.csv rows",
+                   ("output", "times"): "VTX frames", ("strain_history", "time"): "strain-path rows",
+                   ("validate", "times"): "recorded stress fields", ("validate", "ood"): "out-of-distribution counts",
+                   ("ood_monitor", "counts"): "out-of-distribution counts"}
+
+
+def summarize(path: str | os.PathLike) -> dict:
+    """What a checkpoint holds, for ``fe2nn inspect``: step, time, ranks, sizes, the material state,
+    and per part what its history files hold (read from the segments' headers, without their
+    arrays); whether it can be resumed (files present and long enough)."""
+    path = Path(path)
+    where = path if (path / "meta.json").is_file() else path / DIR_NAME
+    try:
+        meta = json.loads((where / "meta.json").read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{where / 'meta.json'}: unreadable checkpoint ({err})") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise UserError(f"{where / 'meta.json'}: not a {FORMAT} version {VERSION} file "
+                        f"(version {meta.get('version')})")
+    import zipfile
+
+    n_ranks, run = int(meta["n_ranks"]), meta["history"]["run"]
+    need = [int(b) for b in meta["history"]["bytes"]]
+    with zipfile.ZipFile(where / "rank0.npz") as z:
+        state = sorted(n[len("state/"):-len(".npy")] for n in z.namelist() if n.startswith("state/"))
+    problems, counts = [], {}
+    for r in range(n_ranks):
+        rank_file = where / f"rank{r}.npz"
+        if not rank_file.is_file():
+            problems.append(f"{rank_file.name} missing")
+        hist = where.parent / HISTORY_NAME / f"{run}.rank{r}.npys"
+        have = hist.stat().st_size if hist.is_file() else 0
+        if have < need[r]:
+            problems.append(f"{hist.name}: {have} of {need[r]} bytes")
+            continue
+        if r:
+            continue
+        try:
+            with open(hist, "rb") as fh:  # rank 0's segments: how many entries of each kind they hold
+                while fh.tell() < need[0]:
+                    header = json.loads(np.lib.format.read_array(fh, allow_pickle=False).tobytes())
+                    found = {k: _skip_array(fh)[0] for k in header["arrays"]}
+                    for k, v in header["data"].items():  # JSON lists, and the OOD counts of validate
+                        v = v.get("counts") if isinstance(v, dict) else v
+                        if isinstance(v, list):
+                            found[k] = len(v)
+                    for key, n in found.items():
+                        label = _HISTORY_LABELS.get((header["part"], key))
+                        if label:
+                            counts[label] = counts.get(label, 0) + int(n)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            problems.append(f"{hist.name}: unreadable ({type(err).__name__}: {err})")
+    sizes = {"state_bytes": sum(f.stat().st_size for f in where.glob("rank*.npz")),
+             "history_bytes": sum(need)}
+    cfg = meta["fingerprint"].get("config", {})
+    return {"path": str(where), "step": int(meta["step"]), "time": meta["time"], "n_ranks": n_ranks,
+            "material": cfg.get("material", {}).get("model"), "mesh": cfg.get("mesh", {}).get("file"),
+            "state": state, "history": counts, **sizes, "resumable": not problems, "problems": problems}
+
+
+def report(s: dict) -> str:
+    """The text of ``fe2nn inspect CHECKPOINT``."""
+    lines = [f"solve checkpoint {s['path']}",
+             f"  after step {s['step']} (t = {s['time']:.6g} s), written on {s['n_ranks']} rank(s); "
+             f"material {s['material']!r}, mesh {s['mesh']!r}",
+             f"  state {s['state_bytes'] / 1e6:.2f} MB (material state: {', '.join(s['state']) or 'none'}), "
+             f"history {s['history_bytes'] / 1e6:.2f} MB"]
+    if s["history"]:
+        lines.append("  history: " + ", ".join(f"{n} {label}" for label, n in s["history"].items()))
+    lines.append("  resumable on any number of ranks: fe2nn solve CONFIG --resume" if s["resumable"] else
+                 f"  NOT resumable: {'; '.join(s['problems'])}")
+    return "\n".join(lines)
+
+
 def _land():
     from mpi4py import MPI
 
