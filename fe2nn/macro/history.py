@@ -127,7 +127,7 @@ class StrainHistory:
 
         comm, root = self.comm, self.comm.rank == 0
         places = comm.gather((self.cell, self.point, self.x), root=0)
-        counts = comm.gather(self.n_points, root=0)
+        counts = [p[0].size for p in places] if root else None  # points per rank
         n_total, n_rows = comm.allreduce(self.n_points), len(self.times)
         slab = max(1, min(n_rows, self.SLAB_BYTES // max(1, 48 * n_total)))
         failed: Optional[BaseException] = None  # on rank 0, raised after the collective part
@@ -141,7 +141,7 @@ class StrainHistory:
                     order = np.lexsort((point, cell))
                     row = np.empty_like(order)  # the file's row of each gathered point
                     row[order] = np.arange(order.size)
-                    rows = np.split(row, np.cumsum([p[0].size for p in places])[:-1])
+                    rows = np.split(row, np.cumsum(counts)[:-1])
                     fh = h5py.File(tmp, "w")
                     strain = fh.create_dataset("strain", (n_total, n_rows, 6), dtype=np.float64,
                                                chunks=(max(1, min(n_total, (1 << 20) // (48 * slab))), slab, 6)
