@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from macro_j2 import (plate_mesh, plate_parser, plate_problem, plate_size,  # noqa: E402  (the same plate,
+from macro_j2 import (plate_mesh, plate_parser, plate_problem, plate_setup,  # noqa: E402  (the same plate,
                       relaunch)  # noqa: E402  (command line and relaunch)
 
 from fe2nn.io_utils import write_text_atomic  # noqa: E402
@@ -108,19 +108,17 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--stop-after", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        worker(args)
+    setup = plate_setup(ap, worker)
+    if setup is None:  # (a worker)
         return 0
-    h, steps = plate_size(args)
+    args, h, steps, ranks = setup
     rows = []
     with plate_mesh(h) as (tmp, mesh):
-        for n in [int(r) for r in args.ranks.split(",")]:
+        for n in ranks:
             plain, checked = run(n, 0, mesh, steps, args.displacement, tmp), run(n, 1, mesh, steps,
                                                                                  args.displacement, tmp)
             rows.append(dict(ranks=n, solve_time=plain["solve_time"], solve_time_checkpointed=checked["solve_time"],
                              saves=checked["saves"]))
-        ranks = [int(r) for r in args.ranks.split(",")]
         writer, stop = max(ranks), steps // 2
         killed = tmp / "killed"
         relaunch(__file__, writer, ["--mesh", str(mesh), "--steps", str(steps), "--every", "1", "--stop-after",

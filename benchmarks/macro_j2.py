@@ -20,6 +20,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def plate_mesh(h: float):
 
 def plate_parser(description: str, steps: int) -> argparse.ArgumentParser:
     """The command line of a benchmark that solves the plate in ``steps`` load steps (4 with
-    ``--quick``) and re-launches itself (``relaunch``) per rank count; ``plate_size`` reads it."""
+    ``--quick``) and re-launches itself (``relaunch``) per rank count; ``plate_setup`` reads it."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="coarse mesh, 4 steps (smoke run)")
     ap.add_argument("--h", type=float, default=None, help="far-field element size [m] (default 0.006; quick 0.01)")
@@ -64,9 +65,15 @@ def plate_parser(description: str, steps: int) -> argparse.ArgumentParser:
     return ap
 
 
-def plate_size(args) -> tuple:
-    """(h [m], steps) of a ``plate_parser`` command line."""
-    return args.h or (0.01 if args.quick else 0.006), args.steps or (4 if args.quick else args.default_steps)
+def plate_setup(ap: argparse.ArgumentParser, worker) -> Optional[tuple]:
+    """Parse a ``plate_parser`` command line: under ``--worker`` run ``worker(args)`` and return
+    None, else return (args, h [m], steps, rank counts)."""
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return None
+    return (args, args.h or (0.01 if args.quick else 0.006), args.steps or (4 if args.quick else args.default_steps),
+            [int(r) for r in args.ranks.split(",")])
 
 
 def relaunch(script: str, ranks: int, args: list, result: Path) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from macro_j2 import (plate_mesh, plate_parser, plate_problem, plate_size,  # noqa: E402  (the same plate,
+from macro_j2 import (plate_mesh, plate_parser, plate_problem, plate_setup,  # noqa: E402  (the same plate,
                       relaunch)  # noqa: E402  (command line and relaunch)
 
 from fe2nn.io_utils import write_text_atomic  # noqa: E402
@@ -65,14 +65,13 @@ def worker(args) -> None:
 def main() -> int:
     ap = plate_parser(__doc__.splitlines()[0], steps=300)
     ap.add_argument("--record", type=int, default=0, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        worker(args)
+    setup = plate_setup(ap, worker)
+    if setup is None:  # (a worker)
         return 0
-    h, steps = plate_size(args)
+    args, h, steps, ranks = setup
     rows = []
     with plate_mesh(h) as (tmp, mesh):
-        for n in [int(r) for r in args.ranks.split(",")]:
+        for n in ranks:
             runs = [relaunch(__file__, n, ["--mesh", str(mesh), "--steps", str(steps), "--record", str(rec),
                                            "--displacement", str(args.displacement), "--output", str(tmp / f"o{n}{rec}")],
                              tmp / f"r{n}_{rec}.json") for rec in (0, 1)]

@@ -159,16 +159,17 @@ class Partition:
         n_nodes, n_dg0, ppc = (int(x) for x in z["layout/sizes"])
         return cls(z["layout/owned"], z["layout/local"], z["layout/nodes"], n_nodes, z["layout/dg0"], n_dg0, ppc)
 
-    def rows(self, kind: str, a: np.ndarray) -> np.ndarray:
-        """One row per owned cell (in the order of ``owned``) of a local array with its entries
-        on axis 0."""
+    def rows(self, kind: str, a: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
+        """One row per owned cell (in the order of ``owned``; only those where ``mask``, (n_owned,)
+        bool, is set) of a local array with its entries on axis 0."""
         n = self.owned.size
+        pick = slice(None) if mask is None else mask
         if kind == "points":
-            return a.reshape(n, self.ppc, *a.shape[1:])
+            return a.reshape(n, self.ppc, *a.shape[1:])[pick]
         if kind == "dofs":
-            return a.reshape(self.n_nodes, -1, *a.shape[1:])[self.nodes[:n]]
+            return a.reshape(self.n_nodes, -1, *a.shape[1:])[self.nodes[:n][pick]]
         if kind == "cells":
-            return a.reshape(self.n_dg0, -1, *a.shape[1:])[self.dg0[:n]]
+            return a.reshape(self.n_dg0, -1, *a.shape[1:])[self.dg0[:n][pick]]
         raise ValueError(f"unknown kind {kind!r}")
 
     def place(self, kind: str, ids: np.ndarray, rows: np.ndarray, where: str) -> np.ndarray:
@@ -465,13 +466,14 @@ class Checkpoint:
                         old.mine = np.isin(old.owned, self._layout.local)
                         kind = {k: "dofs" if k in ("solver/u", "solver/du") else "points" for k in z.files
                                 if k.startswith(("solver/", "state/"))}
-                        files.append((old, {k: (kind[k], old.rows(kind[k], z[k])[old.mine]) for k in kind}))
+                        files.append((old, {k: (kind[k], old.rows(kind[k], z[k], old.mine)) for k in kind}))
                 except (OSError, ValueError, KeyError) as err:
                     raise UserError(f"{where}: unreadable rank file rank{r}.npz ({type(err).__name__}: {err})") from None
             return files
 
         files = self._together(read)
         self._old_layouts = [old for old, _ in files]
+        self._old_cells = np.concatenate([old.owned[old.mine] for old in self._old_layouts])  # rows' cells
         return {key: self._move(kind, [rows[key][1] for _, rows in files], where, keyed=True)
                 for key, (kind, _) in files[0][1].items()}
 
@@ -480,9 +482,8 @@ class Checkpoint:
         (its local array, or with ``keyed`` already its rows of the cells this rank holds);
         collective."""
         olds = self._old_layouts
-        ids = np.concatenate([old.owned[old.mine] for old in olds])
-        rows = np.concatenate([a if keyed else old.rows(kind, a)[old.mine] for old, a in zip(olds, arrays)])
-        return self._together(self._layout.place, kind, ids, rows, str(where))
+        rows = np.concatenate([a if keyed else old.rows(kind, a, old.mine) for old, a in zip(olds, arrays)])
+        return self._together(self._layout.place, kind, self._old_cells, rows, str(where))
 
     def restore_parts(self, solver, meta: dict, parts: list) -> list:
         """Give the output writer and the callbacks their history back: their meta, then their
