@@ -14,11 +14,11 @@ Layout::
                                 material state at its quadrature points (e.g. the surrogate's
                                 internal variables, an RVE's per-voxel state)
     checkpoint.history/<run>.rank<r>.npys
-                                rank r's history, appended at each checkpoint: what the run added
-                                since the previous one (the step records and steps.csv rows, the
-                                output frames, the recorded strains, the out-of-distribution
-                                counts); <run> is drawn at the run's first checkpoint and kept on
-                                resume
+                                rank r's history: first where its entries lie in the mesh (written
+                                once), then, appended at each checkpoint, what the run added since
+                                the previous one (the step records and steps.csv rows, the output
+                                frames, the recorded strains, the out-of-distribution counts);
+                                <run> is drawn at the run's first checkpoint and kept on resume
 
 ``checkpoint/`` is replaced as a whole (written as ``.checkpoint.tmp``, then renamed).  The history
 files only grow: bytes beyond what the published ``meta.json`` covers (a checkpoint that failed
@@ -28,8 +28,9 @@ valid until it is replaced.  Each checkpoint thus writes the state plus what the
 ``checkpoint_every`` steps added, and neither ``checkpoint/`` nor what is appended grows with the
 number of steps; the run keeps only the frames since the last checkpoint in memory.
 
-Arrays are stored per rank, with where each rank's entries lie in the mesh (original cell indices,
-the cells' displacement nodes and DG0 dofs; :class:`Partition`).  A run resumed on the same number
+Arrays are stored per rank; where each rank's entries lie in the mesh (original cell indices, the
+cells' displacement nodes and DG0 dofs; :class:`Partition`) opens its history file, since it does
+not change during a run.  A run resumed on the same number
 of ranks with the same partition reads its own files; on another number of ranks (or partition)
 every rank reads the rows of its cells from all files, and the history is moved into new history
 files of the resumed run (its results then agree with an uninterrupted run to round-off, as runs
@@ -54,10 +55,11 @@ import numpy as np
 from fe2nn.errors import UserError
 
 FORMAT = "fe2nn-solve-checkpoint"
-VERSION = 3
+VERSION = 4
 DIR_NAME = "checkpoint"
 HISTORY_NAME = "checkpoint.history"
 RECORDS = "solver/records"  # the history segments of the step records
+LAYOUT = "solver/layout"  # the first segment of a history file: the rank's Partition
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> List[str]:
@@ -149,7 +151,7 @@ class Partition:
                    S.dofmap.index_map.size_local + S.dofmap.index_map.num_ghosts, solver.qf.points_per_cell)
 
     def arrays(self) -> Dict[str, np.ndarray]:
-        """For the rank file (under ``layout/``)."""
+        """For the history file's first segment (under ``layout/``)."""
         return {"layout/owned": self.owned, "layout/local": self.local, "layout/nodes": self.nodes,
                 "layout/dg0": self.dg0,
                 "layout/sizes": np.array([self.n_nodes, self.n_dg0, self.ppc], dtype=np.int64)}
@@ -249,12 +251,16 @@ class Checkpoint:
         comm, rank = self.comm, self.comm.rank
         tmp = self.root / f".{DIR_NAME}.tmp"
         arrays = self._solver_arrays(solver)  # every rank gathers its part (collective-free)
+        if self._layout is None:
+            self._layout = Partition.of(solver)
         metas = {part.checkpoint_name: part.checkpoint_meta() for part in parts}
         growing = [part for part in parts if hasattr(part, "checkpoint_segment")]
         segments = [(part.checkpoint_name, part.checkpoint_segment()) for part in growing]
         new = self._records.new(len(records))
         if new is not None:
             segments.insert(0, (RECORDS, {"records": [_record_to_json(r) for r in records[new]]}))
+        if self._history_bytes == 0:  # a new history file (this run's first checkpoint) opens with the layout
+            segments.insert(0, (LAYOUT, self._layout.arrays()))
         length: List[int] = []
 
         def attempt(action) -> Optional[str]:
@@ -355,10 +361,9 @@ class Checkpoint:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{path}: unreadable checkpoint history ({err})") from None
 
-    def _solver_arrays(self, solver) -> Dict[str, np.ndarray]:
-        if self._layout is None:
-            self._layout = Partition.of(solver)
-        out = {**self._layout.arrays(), "solver/u": solver.u_committed.copy()}
+    @staticmethod
+    def _solver_arrays(solver) -> Dict[str, np.ndarray]:
+        out = {"solver/u": solver.u_committed.copy()}
         if solver._increment is not None:
             out["solver/du"] = np.asarray(solver._increment[0])
         for key, value in solver.state.items():
@@ -427,12 +432,15 @@ class Checkpoint:
         import torch
 
         arrays = meta.get("arrays")
+        need = [int(b) for b in meta["history"]["bytes"]]
         self._layout = Partition.of(solver)
-        same = arrays is not None and np.array_equal(self._layout.owned, arrays["layout/owned"]) \
-            and arrays["solver/u"].shape == solver.u_committed.shape
+        same = False
+        if arrays is not None:  # as many ranks as before (on all ranks alike): the same partition?
+            old = self._together(self._old_layout, self.comm.rank, need)
+            same = np.array_equal(self._layout.owned, old.owned) and arrays["solver/u"].shape == solver.u_committed.shape
         self.moved_from = None if self.comm.allreduce(same, op=_land()) else int(meta["n_ranks"])
         if self.moved_from is not None:
-            arrays = self._moved_arrays(Path(meta["where"]), self.moved_from)
+            arrays = self._moved_arrays(Path(meta["where"]), need)
         fresh = solver.material.initial_state(solver.qf.n_points)
         names = {k[len("state/"):] for k in arrays if k.startswith("state/")}
         if names != set(fresh):
@@ -454,16 +462,31 @@ class Checkpoint:
         solver.state = solver.trial_state = state
         self.last_step = self.resumed_step = int(meta["step"])
 
-    def _moved_arrays(self, where: Path, n_old: int) -> Dict[str, np.ndarray]:
+    def _old_layout(self, rank: int, need: List[int]) -> Partition:
+        """The partition of old rank ``rank``: the first segment of its history file (``need``: the
+        bytes of each old rank's file that the checkpoint covers)."""
+        path = self._history_file(rank)
+        segments = self._read_history(path, need[rank])
+        try:
+            name, segment = next(segments, (None, None))
+            if name != LAYOUT:
+                raise UserError(f"{path}: does not start with the mesh partition; it cannot be resumed")
+            return Partition.from_arrays(segment)
+        except (KeyError, ValueError) as err:
+            raise UserError(f"{path}: unreadable mesh partition ({type(err).__name__}: {err})") from None
+        finally:
+            segments.close()
+
+    def _moved_arrays(self, where: Path, need: List[int]) -> Dict[str, np.ndarray]:
         """This rank's solver arrays from the rank files of a checkpoint of another partition."""
 
         def read():
             files = []
-            for r in range(n_old):
+            for r in range(len(need)):
+                old = self._old_layout(r, need)
+                old.mine = np.isin(old.owned, self._layout.local)
                 try:
                     with np.load(where / f"rank{r}.npz", allow_pickle=False) as z:
-                        old = Partition.from_arrays(z)
-                        old.mine = np.isin(old.owned, self._layout.local)
                         kind = {k: "dofs" if k in ("solver/u", "solver/du") else "points" for k in z.files
                                 if k.startswith(("solver/", "state/"))}
                         files.append((old, {k: (kind[k], old.rows(kind[k], z[k], old.mine)) for k in kind}))
@@ -505,6 +528,8 @@ class Checkpoint:
             segments = self._moved_history(need, by_name)
         records = []
         for name, segment in segments:
+            if name == LAYOUT:
+                continue
             if name == RECORDS:
                 records += [_record_from_json(r) for r in segment["records"]]
             elif hasattr(by_name.get(name), "restore_segment"):
@@ -545,11 +570,14 @@ class Checkpoint:
 
     def _move_segments(self, readers: list, by_name: dict):
         with open(self._history_file(), "wb") as out:
+            _write_segment(out, LAYOUT, self._layout.arrays())  # this partition's
             for pieces in itertools.zip_longest(*readers):
                 names = {p[0] if p else None for p in pieces}
                 if len(names) != 1 or None in names:
                     raise UserError(f"{self.history}: the ranks' history files do not hold the same segments")
                 name = pieces[0][0]
+                if name == LAYOUT:
+                    continue
                 kinds = getattr(by_name.get(name), "checkpoint_kinds", {})
                 segment = dict(pieces[0][1])  # what is the same on every rank: rank 0's
                 for key, value in segment.items():
