@@ -446,3 +446,54 @@ def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path, mesh):
         np.testing.assert_array_equal(wb, wa)
         np.testing.assert_allclose(vb, va, rtol=0, atol=1e-8 * max(np.abs(va).max(), 1e-30), err_msg=str(key))
     assert sorted(p.name for p in res.iterdir()) == sorted(p.name for p in ref.iterdir())  # no checkpoint left
+
+
+#: FRAMES, with the history files that each rank opens logged to <prefix>.reads.rank<r>
+READS = """
+import sys
+from mpi4py import MPI
+import fe2nn.macro.checkpoint as c
+read = c.Checkpoint._read_history
+def logged(path, n_bytes):
+    with open(f"{sys.argv[1]}.reads.rank{MPI.COMM_WORLD.rank}", "a") as fh:
+        fh.write(path.name.split(".")[1] + "\\n")
+    return read(path, n_bytes)
+c.Checkpoint._read_history = staticmethod(logged)
+""" + FRAMES
+
+
+def test_a_checkpoint_of_three_ranks_resumes_on_two_reading_only_the_files_of_their_cells(tmp_path):
+    """Killed on 3 ranks, resumed on 2 (one partition of several ranks onto another): the same
+    results as an uninterrupted run; every new rank reads the layout of all old ranks, but the state
+    and history only of those that held its cells."""
+    import subprocess
+
+    ref, res = tmp_path / "ref", tmp_path / "res"
+    (tmp_path / "reads.py").write_text(READS)
+    record = [sys.executable, str(tmp_path / "reads.py")]
+    bar = dict(clamped=True, degree=2, max_iterations=25)
+    subprocess.run(record + [str(tmp_path / "ref_frames"), "solve",
+                             str(_j2_bar(tmp_path / "ref.toml", ref, every=0, **bar)), "-q"],
+                   cwd=REPO, check=True, capture_output=True, timeout=600)
+    cfg = _j2_bar(tmp_path / "res.toml", res, every=2, **bar)
+    _killed(tmp_path, cfg, after=4, n=3)
+    proc = subprocess.run(mpirun_cmd(2, *record, str(tmp_path / "res_frames"), "solve", str(cfg), "--resume"),
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resuming after step 4" in proc.stdout and "(written on 3 rank(s), moved onto 2)" in proc.stdout
+    a, b = _rows(ref), _rows(res)
+    assert [r["step"] for r in b] == [r["step"] for r in a] and len(a) == 6
+    for key in ("u_x", "u_y", "u_z", "reaction_x", "reaction_y", "reaction_z"):
+        x, y = np.array([float(r[key]) for r in a]), np.array([float(r[key]) for r in b])
+        np.testing.assert_allclose(y, x, rtol=0, atol=1e-8 * np.abs(x).max(), err_msg=key)
+    fa, fb = _frames(tmp_path / "ref_frames"), _frames(tmp_path / "res_frames")
+    assert sorted(fb) == sorted(fa)
+    for key in fa:  # dof coordinates of another partition differ by round-off: to 1e-12 m
+        (wa, va), (wb, vb) = (_sorted(np.round(w + 0.0, 12) + 0.0, v) for w, v in (fa[key], fb[key]))
+        np.testing.assert_array_equal(wb, wa)
+        np.testing.assert_allclose(vb, va, rtol=0, atol=1e-8 * max(np.abs(va).max(), 1e-30), err_msg=str(key))
+    reads = [(tmp_path / f"res_frames.reads.rank{r}").read_text().split() for r in range(2)]
+    for opened in reads:  # each old rank's layout, then the history of rank 0 and of the sources
+        assert sorted(set(opened)) == ["rank0", "rank1", "rank2"] and opened[:3] == ["rank0", "rank1", "rank2"], opened
+    histories = [sorted(opened[3:]) for opened in reads]
+    assert any(len(h) < 3 for h in histories), histories  # a new rank skipped an old rank's history

@@ -32,7 +32,8 @@ Arrays are stored per rank; where each rank's entries lie in the mesh (original 
 cells' displacement nodes and DG0 dofs; :class:`Partition`) opens its history file, since it does
 not change during a run.  A run resumed on the same number
 of ranks with the same partition reads its own files; on another number of ranks (or partition)
-every rank reads the rows of its cells from all files, and the history is moved into new history
+every rank reads the rows of its cells from the files of the old ranks that held them (their
+layouts tell which), and the history is moved into new history
 files of the resumed run (its results then agree with an uninterrupted run to round-off, as runs
 on different numbers of ranks do).  The fingerprint covers the whole config except
 ``[output] dir``/``checkpoint_every`` and ``[solver]`` (so a failed run can be resumed with,
@@ -478,13 +479,18 @@ class Checkpoint:
             segments.close()
 
     def _moved_arrays(self, where: Path, need: List[int]) -> Dict[str, np.ndarray]:
-        """This rank's solver arrays from the rank files of a checkpoint of another partition."""
+        """This rank's solver arrays from the rank files of a checkpoint of another partition: only
+        the files of the old ranks that held cells of this rank are read (:attr:`_sources`)."""
 
         def read():
-            files = []
-            for r in range(len(need)):
-                old = self._old_layout(r, need)
+            olds = [self._old_layout(r, need) for r in range(len(need))]
+            for old in olds:
                 old.mine = np.isin(old.owned, self._layout.local)
+            # (rank 0's when this rank has no cells, for the names and shapes of the arrays)
+            self._sources = [r for r, old in enumerate(olds) if old.mine.any()] or [0]
+            files = []
+            for r in self._sources:
+                old = olds[r]
                 try:
                     with np.load(where / f"rank{r}.npz", allow_pickle=False) as z:
                         kind = {k: "dofs" if k in ("solver/u", "solver/du") else "points" for k in z.files
@@ -501,9 +507,9 @@ class Checkpoint:
                 for key, (kind, _) in files[0][1].items()}
 
     def _move(self, kind: str, arrays: list, where, keyed: bool = False) -> np.ndarray:
-        """The local array of this partition (entries on axis 0) from ``arrays``, one per old rank
-        (its local array, or with ``keyed`` already its rows of the cells this rank holds);
-        collective."""
+        """The local array of this partition (entries on axis 0) from ``arrays``, one per source
+        rank (:attr:`_sources`: its local array, or with ``keyed`` already its rows of the cells this
+        rank holds); collective."""
         olds = self._old_layouts
         rows = np.concatenate([a if keyed else old.rows(kind, a, old.mine) for old, a in zip(olds, arrays)])
         return self._together(self._layout.place, kind, self._old_cells, rows, str(where))
@@ -559,7 +565,9 @@ class Checkpoint:
         segment moved onto this partition and appended to this run's new history file."""
         import uuid
 
-        readers = [self._read_history(self._history_file(r), need[r]) for r in range(len(need))]
+        # the sources' files, and rank 0's for what is the same on every rank
+        self._readers = sorted({0, *self._sources})
+        readers = [self._read_history(self._history_file(r), need[r]) for r in self._readers]
         self._history_run = self.comm.bcast(uuid.uuid4().hex[:12] if self.comm.rank == 0 else None, root=0)
         self.history.mkdir(exist_ok=True)
         try:
@@ -580,11 +588,12 @@ class Checkpoint:
                     continue
                 kinds = getattr(by_name.get(name), "checkpoint_kinds", {})
                 segment = dict(pieces[0][1])  # what is the same on every rank: rank 0's
+                sources = [piece for r, (_, piece) in zip(self._readers, pieces) if r in self._sources]
                 for key, value in segment.items():
                     kind = kinds.get(key, kinds.get(key.rstrip("0123456789")))
                     if kind is None or not isinstance(value, np.ndarray):
                         continue
-                    local = self._move(kind, [np.moveaxis(piece[key], 1, 0) for _, piece in pieces], self.history)
+                    local = self._move(kind, [np.moveaxis(piece[key], 1, 0) for piece in sources], self.history)
                     segment[key] = np.moveaxis(local, 0, 1)
                 _write_segment(out, name, segment)
                 yield name, segment
