@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fe2nn.surrogate.material import RNOMaterial, compute_envelope
-from fe2nn.surrogate.rno import RNO, RNOArch, grow, refine_path, shrink, rollout_at_dt_factor
+from fe2nn.surrogate.rno import RNO, RNOArch, grow, refine_path, shrink, rollout_at_dt_factor, symmetrized
 
 
 def _model(k=3, activation="silu", seed=0, g_rate=False, xi_bound=0.0, elastic_split=False, g_increment=False):
@@ -545,3 +545,49 @@ def test_evaluate_model_tangents_match_the_material_driven_along_the_path():
     assert C.shape == (3, 10, 6, 6)
     assert torch.allclose(C, C_mat, rtol=1e-10, atol=1e-10 * float(C_mat.abs().max()))
     assert ev.tangent_errors(C, C_mat, strain.numpy())["frobenius"]["max"] < 1e-10
+
+
+def test_an_odd_model_is_exactly_odd_with_an_exact_tangent(tmp_path):
+    """arch.odd: the negated path gives the negated stress (to round-off), step and step_with_tangent
+    agree, the tangent matches central differences (sub-steps and their blend included), the rate
+    tangent is the mean of both sides', the material carries both sides' internal variables, and
+    symmetrized() of a plain model is (sigma(eps) - sigma(-eps)) / 2 of that model; a card keeps it."""
+    from fe2nn.surrogate.card import load_surrogate, save_surrogate
+
+    k = 3
+    plain = _model(k, g_increment=True, xi_bound=0.7)
+    plain.max_substep_strain = 4e-3  # the increments of _inputs take 1-3 sub-steps
+    odd = symmetrized(plain)
+    assert odd.arch.odd and odd.n_state == 2 * k and plain.n_state == k and symmetrized(odd) is odd
+    eps, prev, dt, xi = _inputs(k=2 * k)
+    _check_step_with_tangent(odd, eps, prev, dt, xi)
+    assert int(odd.substeps(eps, prev).max()) > 1
+    with torch.no_grad():
+        sig, xi_n = odd.step(eps, prev, dt, xi)
+        neg, xi_neg = odd.step(-eps, -prev, dt, torch.cat([xi[:, k:], xi[:, :k]], 1))
+        torch.testing.assert_close(neg, -sig, rtol=0, atol=1e-12 * float(sig.abs().max()))
+        torch.testing.assert_close(xi_neg, torch.cat([xi_n[:, k:], xi_n[:, :k]], 1), rtol=0, atol=1e-12)
+        # symmetrized = the plain model on both sides, each with its half of the state
+        a, _ = plain.step(eps, prev, dt, xi[:, :k])
+        b, _ = plain.step(-eps, -prev, dt, xi[:, k:])
+        torch.testing.assert_close(sig, 0.5 * (a - b), rtol=1e-13, atol=0)
+        A = odd.rate_tangent(eps, prev, dt, xi_n)
+        A_ref = 0.5 * (plain.rate_tangent(eps, prev, dt, xi_n[:, :k]) + plain.rate_tangent(-eps, -prev, dt, xi_n[:, k:]))
+        torch.testing.assert_close(A, A_ref, rtol=1e-13, atol=0)
+        # whole paths
+        g = torch.Generator().manual_seed(3)
+        path = torch.cumsum(2e-3 * torch.randn(4, 9, 6, generator=g, dtype=torch.float64), 1)
+        path[:, 0] = 0.0
+        t = torch.cumsum(torch.full((4, 9), 0.7, dtype=torch.float64), 1)
+        out = odd.rollout(path, t)
+        torch.testing.assert_close(odd.rollout(-path, t), -out, rtol=0, atol=1e-12 * float(out.abs().max()))
+    mat = RNOMaterial(odd)
+    st = mat.initial_state(7)
+    assert st["xi"].shape == (7, 2 * k)
+    s1, t1, st1 = mat.update(eps, dt, {**st, "strain": prev, "xi": xi})
+    torch.testing.assert_close(s1, sig, rtol=1e-13, atol=0)
+    save_surrogate(odd, tmp_path / "odd", {"doc": "test"})
+    again, card = load_surrogate(tmp_path / "odd")
+    assert again.arch.odd and card["architecture"]["odd"] is True
+    with torch.no_grad():
+        torch.testing.assert_close(again.step(eps, prev, dt, xi)[0], sig, rtol=0, atol=0)

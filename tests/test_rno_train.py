@@ -655,3 +655,25 @@ def test_error_along_path_splits_direction_and_magnitude():
     assert r["direction_share"] == pytest.approx(share, rel=1e-12)
     # the path's relative L2 error is the RMS over increments of e_n
     assert ev.path_errors(p, t)[0] == pytest.approx(np.sqrt(np.mean(np.array(r["mean_error"]) ** 2)), rel=1e-12)
+
+
+def test_init_from_with_odd_trains_the_symmetrized_surrogate(tmp_path, dataset, capsys):
+    """[model] odd = true with training.init_from continues from the exported plain model made odd
+    (rno.symmetrized): at a vanishing learning rate the exported model is (sigma(eps) - sigma(-eps)) / 2
+    of the plain one along the data's paths (J2 is odd too), and its card says odd."""
+    import h5py
+
+    assert tr.main([str(_config(tmp_path, dataset, "base", epochs=4)), "--no-progress"]) == 0
+    cfg = _config(tmp_path, dataset, "odd", epochs=1, extra=f'init_from = "{tmp_path / "base"}"\nlr_min = 0\n')
+    cfg.write_text(cfg.read_text().replace("lr = 1e-2", "lr = 1e-12").replace("g_hidden = [8]", "g_hidden = [8]\nodd = true"))
+    assert tr.main([str(cfg), "--no-progress"]) == 0
+    assert "made odd (rno.symmetrized)" in capsys.readouterr().out
+    plain, _ = load_surrogate(tmp_path / "base")
+    odd, card = load_surrogate(tmp_path / "odd")
+    assert card["architecture"]["odd"] is True and odd.n_state == 2 * plain.k
+    with h5py.File(dataset) as f:
+        strain, time = torch.as_tensor(f["strain"][:8]), torch.as_tensor(f["time"][:8])
+    with torch.no_grad():
+        want = 0.5 * (plain.rollout(strain, time) - plain.rollout(-strain, time))
+        got = odd.rollout(strain, time)
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-7 * float(want.abs().max()))

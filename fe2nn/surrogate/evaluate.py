@@ -166,7 +166,7 @@ def path_increments(model: RNO, strain, time, dtype: torch.dtype = torch.float64
     B = s.shape[0]
     with torch.no_grad():
         _, xi = model.rollout(s, t, return_xi=True)
-    xi_prev = torch.cat([xi.new_zeros(B, 1, model.k), xi[:, :-1]], dim=1).reshape(-1, model.k)
+    xi_prev = torch.cat([xi.new_zeros(B, 1, model.n_state), xi[:, :-1]], dim=1).reshape(-1, model.n_state)
     return s[:, :-1].reshape(-1, 6), s[:, 1:].reshape(-1, 6), (t[:, 1:] - t[:, :-1]).reshape(-1), xi_prev
 
 

@@ -62,7 +62,7 @@ class RNOMaterial(Material):
     (:meth:`auto_tangent_dtype`): float32 on a CPU, float64 on a GPU.
     ``chunk``: points per tangent pass (None: :meth:`default_chunk` for the device).
 
-    State: ``xi`` (n, k) internal variables [-], ``strain`` (n, 6) strain of the last
+    State: ``xi`` (n, k) internal variables [-] (2k for an odd model), ``strain`` (n, 6) strain of the last
     converged increment [-], ``path_length`` (n,) accumulated strain path length
     sum |d eps| (Mandel norm) [-] (for the out-of-distribution check; a state without it
     counts from zero).  ``dt`` must be > 0.
@@ -85,7 +85,7 @@ class RNOMaterial(Material):
         self.model = self.model.to(device=self.device, dtype=self.dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.k = self.model.k
+        self.k = self.model.n_state  # width of the state's xi (2 x the model's k for an odd model)
         self.chunk = chunk or self.default_chunk(self.device)
         # The stress and internal variables always come from the float64 forward pass; the
         # Newton tangent may be computed in float32 (relative error ~1e-7, same iteration

@@ -21,7 +21,11 @@ through a componentwise asinh (smooth and odd, linear near 0, logarithmic for la
 rates) because training rates span several decades (rate-sensitive plasticity
 depends on log-rate); it is a fixed part of F.
 
-Shapes: strain (..., 6) Mandel, dt (...) [s], xi (..., k).  Everything is batched;
+An odd model (``RNOArch.odd``) returns (sigma(eps) - sigma(-eps)) / 2 of the above, each side with
+its own internal variables, so that the negated path gives exactly the negated stress.
+
+Shapes: strain (..., 6) Mandel, dt (...) [s], xi (..., n_state) (n_state = k, or 2k for an odd
+model).  Everything is batched;
 :meth:`RNO.rollout` loops over time steps only.
 """
 from __future__ import annotations
@@ -63,6 +67,12 @@ class RNOArch:
     #: (dt_n/t_s) A + B (eps_n - eps_{n-1})/e_s, so rate-independent flow (A = 0) gives increments
     #: that follow strain increments exactly, at any step size.  Replaces g_rate.  False: off
     g_increment: bool = False
+    #: True: the model is odd in the strain path, sigma(-eps(.)) = -sigma(eps(.)) exactly: it runs the
+    #: path and its negative side by side, each with its own k internal variables (state 2k), and
+    #: returns half the difference of their stresses (twice the cost).  Right for materials without a
+    #: preferred sign of loading, like crystal plasticity with symmetric slip or J2; the Taylor RVE is
+    #: odd to the last bit.  False: off
+    odd: bool = False
 
     def validate(self) -> None:
         if self.k < 0:
@@ -158,6 +168,8 @@ class RNO(nn.Module):
                 raise ValueError(f"{name} must be finite and > 0, got {v}")
         self.arch = arch
         self.k = arch.k
+        #: width of the state xi: k, or 2k for an odd model (the path's and its negative's)
+        self.n_state = arch.k * (2 if arch.odd else 1)
         self.F = _mlp(arch.f_sizes(), arch.activation)
         #: linear skip of F (no bias): F(x) = MLP(x) + L x -- carries the elastic-like part
         self.F_linear = nn.Linear(arch.f_sizes()[0], arch.strain_dim, bias=False)
@@ -338,6 +350,18 @@ class RNO(nn.Module):
 
     def step(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
              xi_prev: torch.Tensor, ordered: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One increment: (stress (...,6) [Pa], xi_n (...,n_state)) from eps_n, eps_{n-1}, dt_n,
+        xi_{n-1} (see :meth:`_step`; an odd model takes half the difference of the steps of +eps and
+        -eps, each with its half of the state)."""
+        if not self.arch.odd:
+            return self._step(strain, prev_strain, dt, xi_prev, ordered)
+        k = self.k
+        sig, xi = self._step(torch.stack([strain, -strain]), torch.stack([prev_strain, -prev_strain]),
+                             torch.stack([dt, dt]), torch.stack([xi_prev[..., :k], xi_prev[..., k:]]), ordered)
+        return 0.5 * (sig[0] - sig[1]), torch.cat([xi[0], xi[1]], dim=-1)
+
+    def _step(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
+              xi_prev: torch.Tensor, ordered: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """One increment: (stress (...,6) [Pa], xi_n (...,k)) from eps_n, eps_{n-1}, dt_n, xi_{n-1}.
 
         With :attr:`max_substep_strain` = h > 0, a point whose strain increment exceeds h integrates
@@ -388,6 +412,18 @@ class RNO(nn.Module):
 
     def step_with_tangent(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
                           xi_prev: torch.Tensor, chunk: int = 16384):
+        """Stress (n,6), consistent tangent d sigma_n/d eps_n (n,6,6) [Pa] and xi_n (n,n_state) (see
+        :meth:`_step_with_tangent`; for an odd model the tangent is the mean of the two sides', since
+        d(-sigma(-eps))/d eps = sigma'(-eps))."""
+        if not self.arch.odd:
+            return self._step_with_tangent(strain, prev_strain, dt, xi_prev, chunk)
+        n, k = strain.shape[0], self.k
+        sig, C, xi = self._step_with_tangent(torch.cat([strain, -strain]), torch.cat([prev_strain, -prev_strain]),
+                                             torch.cat([dt, dt]), torch.cat([xi_prev[:, :k], xi_prev[:, k:]]), chunk)
+        return 0.5 * (sig[:n] - sig[n:]), 0.5 * (C[:n] + C[n:]), torch.cat([xi[:n], xi[n:]], dim=-1)
+
+    def _step_with_tangent(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
+                           xi_prev: torch.Tensor, chunk: int = 16384):
         """Stress (n,6), consistent tangent d sigma_n/d eps_n (n,6,6) [Pa] and xi_n (n,k).
 
         Exact forward-mode differentiation of :meth:`step` (sub-steps included): the Jacobian
@@ -397,8 +433,8 @@ class RNO(nn.Module):
         """
         n = strain.shape[0]
         if n > chunk:
-            outs = [self.step_with_tangent(strain[i:i + chunk], prev_strain[i:i + chunk], dt[i:i + chunk],
-                                           xi_prev[i:i + chunk], chunk) for i in range(0, n, chunk)]
+            outs = [self._step_with_tangent(strain[i:i + chunk], prev_strain[i:i + chunk], dt[i:i + chunk],
+                                            xi_prev[i:i + chunk], chunk) for i in range(0, n, chunk)]
             return tuple(torch.cat([o[j] for o in outs]) for j in range(3))
         s = self.scales.to(strain.dtype)
         eye = torch.eye(6, dtype=strain.dtype, device=strain.device)[:, None, :]  # (6 dirs, 1, 6)
@@ -441,12 +477,21 @@ class RNO(nn.Module):
         """The part of the tangent that grows as 1/dt, in normalized units: (n, 6, 6).
 
         A = dF/dr . dr/dq at the inputs of F after the increment (strain, prev_strain (n, 6),
-        dt (n,), xi = xi_n (n, k)), r = asinh(q), q = (eps_n - eps_{n-1}) / (dt r_s).  The
+        dt (n,), xi = xi_n (n, n_state); an odd model: the mean of both sides'), r = asinh(q),
+        q = (eps_n - eps_{n-1}) / (dt r_s).  The
         consistent tangent is d sigma_n/d eps_n = (sigma_s / (r_s dt)) A + terms bounded as dt -> 0
         at a fixed strain rate, so a short step (a cut-back) sees essentially A: where its
         symmetric part has a negative eigenvalue the model softens at short steps.
         Differentiable (training's ``rate_stability_weight`` keeps sym(A) positive definite).
         """
+        if self.arch.odd:
+            n, k = strain.shape[0], self.k
+            A = self._rate_tangent(torch.cat([strain, -strain]), torch.cat([prev_strain, -prev_strain]),
+                                   torch.cat([dt, dt]), torch.cat([xi[:, :k], xi[:, k:]]))
+            return 0.5 * (A[:n] + A[n:])
+        return self._rate_tangent(strain, prev_strain, dt, xi)
+
+    def _rate_tangent(self, strain, prev_strain, dt, xi) -> torch.Tensor:
         s = self.scales.to(strain.dtype)
         e = strain / s[0]
         q = (strain - prev_strain) / (dt[..., None] * s[1])
@@ -466,10 +511,10 @@ class RNO(nn.Module):
         """Stress along whole paths.
 
         strain (B, T+1, 6) with strain[:, 0] the initial state, time (B, T+1) [s]
-        increasing.  Returns stress (B, T, 6) at increments 1..T (and xi (B, T, k)).
+        increasing.  Returns stress (B, T, 6) at increments 1..T (and xi (B, T, n_state)).
         """
         B, T1, _ = strain.shape
-        xi = strain.new_zeros(B, self.k)
+        xi = strain.new_zeros(B, self.n_state)
         dts = time[:, 1:] - time[:, :-1]
         out, xis = [], []
         for n in range(1, T1):
@@ -479,7 +524,7 @@ class RNO(nn.Module):
                 xis.append(xi)
         stress = torch.stack(out, dim=1) if out else strain.new_zeros(B, 0, 6)
         if return_xi:
-            return stress, (torch.stack(xis, dim=1) if xis else strain.new_zeros(B, 0, self.k))
+            return stress, (torch.stack(xis, dim=1) if xis else strain.new_zeros(B, 0, self.n_state))
         return stress
 
 
@@ -543,6 +588,22 @@ def grow(model: "RNO", arch: RNOArch) -> "RNO":
         if model.C_el is not None:
             new.C_el.copy_(model.C_el)
         new.scales.copy_(model.scales)
+    return new
+
+
+def symmetrized(model: "RNO") -> "RNO":
+    """The odd model (``arch.odd``) with the weights of ``model``: (sigma(eps) - sigma(-eps)) / 2 of
+    its response (the state doubles, to the path's and its negative's internal variables).  Not the
+    same function unless ``model`` was odd already; for a material that is odd (the Taylor RVE),
+    the part it removes is error.  Used to continue training an existing surrogate as an odd one
+    (``training.init_from`` with ``[model] odd = true``)."""
+    if model.arch.odd:
+        return model
+    arch = copy.deepcopy(model.arch)
+    arch.odd = True
+    new = RNO(arch, model.strain_scale, model.rate_scale, model.stress_scale).to(next(model.parameters()))
+    new.load_state_dict(model.state_dict())
+    new.max_substep_strain = model.max_substep_strain
     return new
 
 

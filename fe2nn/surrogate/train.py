@@ -50,7 +50,8 @@ from fe2nn import interrupt
 from fe2nn.config import load_toml, non_negative, one_of, parse, positive, resolve_path
 from fe2nn.errors import UserError
 from fe2nn.io_utils import atomic_path, time_left, write_text_atomic
-from fe2nn.surrogate.rno import RNO, ACTIVATIONS, RNOArch, grow, relative_l2, rollout_at_dt_factor, shrink
+from fe2nn.surrogate.rno import (RNO, ACTIVATIONS, RNOArch, grow, relative_l2, rollout_at_dt_factor, shrink,
+                                 symmetrized)
 
 #: paths of each batch on which the rate-stability term (training.rate_stability_weight) is evaluated
 RATE_STABILITY_PATHS = 32
@@ -214,12 +215,15 @@ class ModelConfig:
         doc="G = A + B q, affine in the strain rate q: xi increments follow strain increments (replaces g_rate)"))
     elastic_split: bool = field(default=False, metadata=dict(
         doc="sigma = C_el (eps - xi[:6]) + F(...): the first 6 internal variables act as plastic strain (k >= 6)"))
+    odd: bool = field(default=False, metadata=dict(
+        doc="odd in the strain path, sigma(-eps) = -sigma(eps) exactly (materials without a preferred sign of "
+            "loading, e.g. crystal plasticity); twice the cost"))
 
     def arch(self) -> RNOArch:
         """The model architecture these keys describe."""
         return RNOArch(k=self.k, f_hidden=list(self.f_hidden), g_hidden=list(self.g_hidden),
                        activation=self.activation, g_rate=self.g_rate, xi_bound=self.xi_bound,
-                       elastic_split=self.elastic_split, g_increment=self.g_increment)
+                       elastic_split=self.elastic_split, g_increment=self.g_increment, odd=self.odd)
 
     def validate(self):
         if not self.f_hidden:
@@ -356,7 +360,7 @@ def rate_eigenvalues(model: RNO, strain: torch.Tensor, time: torch.Tensor) -> to
     with torch.no_grad():
         _, xi = model.rollout(strain, time, return_xi=True)
     A = model.rate_tangent(strain[:, 1:].reshape(-1, 6), strain[:, :-1].reshape(-1, 6),
-                           (time[:, 1:] - time[:, :-1]).reshape(-1), xi.reshape(-1, model.k))
+                           (time[:, 1:] - time[:, :-1]).reshape(-1), xi.reshape(-1, model.n_state))
     return torch.linalg.eigvalsh(0.5 * (A + A.transpose(1, 2)))[:, 0]
 
 
@@ -417,6 +421,9 @@ class Trainer:
         from fe2nn.surrogate.card import load_surrogate
 
         model, _ = load_surrogate(path)
+        if arch.odd and not model.arch.odd:  # the odd part of its response (rno.symmetrized)
+            model = symmetrized(model)
+            print(f"training.init_from = {path}: made odd (rno.symmetrized)", flush=True)
         if model.arch.to_dict() != arch.to_dict():
             old = model.arch
             try:
