@@ -1,7 +1,7 @@
 """A classical baseline for the surrogate: a J2 overlay model fitted to the same Taylor data.
 
     python surrogates/aluminium_taylor/overlay_baseline.py [--elements 12] [--epochs 25]
-        [--lr 0.05] [--threads 2] [--out FILE.json]
+        [--lr 0.05] [--threads 2] [--out FILE.json] [--save FILE.pt]
 
 The overlay (Besseling / Masing) model puts M viscoplastic J2 elements in parallel under the same
 strain (all quantities in MPa; Mandel notation, SI strain):
@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--save", default=None, help="write the fitted parameters (torch state dict) here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -149,6 +150,8 @@ def main(argv=None) -> int:
     report["n"] = float(torch.exp(model.log_n.detach()))
     if a.out:
         write_text_atomic(a.out, json.dumps(report, indent=1))
+    if a.save:
+        torch.save(model.state_dict(), a.save)
     return 0
 
 
