@@ -40,7 +40,7 @@ def summarize(path: str | Path) -> Dict[str, Any]:
         "k": int(arch["k"]),
         "f_layers": model.arch.f_sizes(), "g_layers": model.arch.g_sizes(),
         "activation": arch.get("activation"), "g_increment": bool(arch.get("g_increment", False)),
-        "xi_bound": float(arch.get("xi_bound", 0.0)),
+        "xi_bound": float(arch.get("xi_bound", 0.0)), "odd": bool(arch.get("odd", False)),
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "weights_sha256": card["weights_sha256"],
         "normalization": card.get("normalization", {}),
@@ -85,6 +85,7 @@ def report(s: Dict[str, Any]) -> str:
              f"F {'-'.join(map(str, s['f_layers']))}, G {'-'.join(map(str, s['g_layers']))} ({s['activation']}"
              + (", increment form" if s["g_increment"] else "")
              + (f", xi bound {s['xi_bound']:g}" if s["xi_bound"] else "")
+             + (", odd: the path and its negative side by side, state 2k" if s.get("odd") else "")
              + f"), {s['parameters']:,} parameters; weights match the card (sha256 {s['weights_sha256'][:16]})"]
     if n:
         lines.append(f"normalization: strain {n['strain_scale']:.3g}, strain rate {n['rate_scale']:.3g} 1/s, "
@@ -147,7 +148,7 @@ def table(summaries: List[Dict[str, Any]]) -> str:
         hidden = f"{'×'.join(map(str, s['f_layers'][1:-1]))} / {'×'.join(map(str, s['g_layers'][1:-1]))}"
         init = s["training"]["init_from"]
         evaluation = f"{_pct(mean('random_walk'))} / {_pct(mean('cyclic'))}" if ev else "–"
-        rows.append(f"| `{Path(s['surrogate']).name}` | {s['k']} | {hidden} | {s['parameters']:,} "
+        rows.append(f"| `{Path(s['surrogate']).name}` | {s['k']}{' (odd)' if s.get('odd') else ''} | {hidden} | {s['parameters']:,} "
                     f"| {s['training']['epochs_run']} ({s['training']['best_epoch']}) "
                     f"| {'`' + Path(init).name + '`' if init else '–'} | {_pct(None if test is None else test['mean'])} "
                     f"| {evaluation} |")
