@@ -355,7 +355,7 @@ class RNO(nn.Module):
         -eps, each with its half of the state)."""
         if not self.arch.odd:
             return self._step(strain, prev_strain, dt, xi_prev, ordered)
-        k = self.k
+        k, dt = self.k, dt.expand(strain.shape[:-1])
         sig, xi = self._step(torch.stack([strain, -strain]), torch.stack([prev_strain, -prev_strain]),
                              torch.stack([dt, dt]), torch.stack([xi_prev[..., :k], xi_prev[..., k:]]), ordered)
         return 0.5 * (sig[0] - sig[1]), torch.cat([xi[0], xi[1]], dim=-1)
