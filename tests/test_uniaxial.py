@@ -187,3 +187,37 @@ def test_same_path_errors_leave_out_and_count_the_paths_where_the_rve_fails(tmp_
     assert out["surrogate_vs_data"]["max"] == 0.0 and out["rve_step_vs_data"]["max"] < 1e-12
     rve.limit = 0.0
     assert ev.same_path_errors(rve, s, sig, t, preds)["dt x 1"] == {"rve_failed_paths": 3}
+
+
+def test_evaluate_reports_odd_symmetry_of_the_surrogate_and_the_rve(tmp_path):
+    """fe2nn evaluate reports how far the surrogate is from odd in the strain path (its stress along
+    the negated paths against the negated stress, and its odd part's error); with --rve-probe also
+    the RVE's own asymmetry: J2 with mixed hardening is odd to round-off, a plain trained model is
+    not, and the same model made odd (rno.symmetrized) is odd to round-off with its odd part's error
+    as its error."""
+    import h5py
+
+    from fe2nn.surrogate import evaluate as ev
+    from fe2nn.surrogate.card import load_surrogate, save_surrogate
+    from fe2nn.surrogate.rno import symmetrized
+    from test_rno_synth import J2_PARAMS
+
+    data = make_dataset(tmp_path / "j2.h5", {"random_walk": 8, "monotonic": 2}, T=8, seed=2)
+    with h5py.File(data, "a") as f:
+        f.attrs["config"] = json.dumps({"rve": {"solver": "j2", "options": J2_PARAMS}})
+    assert run_cli("train", str(_config(tmp_path, data, "m", epochs=1)), "--no-progress").returncode == 0
+    report = ev.evaluate(str(tmp_path / "m"), str(data), plots=False, rve_probe=2)
+    for name, g in report["groups"].items():
+        o = g["odd_symmetry"]
+        assert o["rve_asymmetry"]["paths"] == min(2, g["n_paths"]) and o["rve_asymmetry"]["max"] < 1e-10, name
+        assert o["surrogate_asymmetry"]["mean"] > 1e-4 and o["odd_part_error"]["mean"] > 0
+    assert "monotonic: odd symmetry (dt x 1)" in ev.format_table(report)
+    assert "the material is odd: [model] odd = true gives the surrogate the same symmetry" in ev.format_table(report)
+    model, card = load_surrogate(tmp_path / "m")
+    save_surrogate(symmetrized(model), tmp_path / "odd", {k: v for k, v in card.items() if k in ("dataset", "envelope")})
+    odd = ev.evaluate(str(tmp_path / "odd"), str(data), plots=False)
+    for name, g in odd["groups"].items():
+        o = g["odd_symmetry"]
+        assert o["surrogate_asymmetry"]["max"] < 1e-12, name
+        assert o["odd_part_error"]["mean"] == pytest.approx(g["errors"]["dt x 1"]["mean"], rel=1e-10)
+        assert o["odd_part_error"]["mean"] == pytest.approx(report["groups"][name]["odd_symmetry"]["odd_part_error"]["mean"], rel=1e-10)

@@ -86,6 +86,28 @@ def path_errors(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     return num / np.maximum(np.sqrt((target ** 2).sum(axis=(1, 2))), 1e-30)
 
 
+def odd_symmetry(model: RNO, strain: np.ndarray, stress: np.ndarray, time: np.ndarray, pred: np.ndarray,
+                 rve=None, n_rve: int = 0) -> Dict[str, Any]:
+    """How far the surrogate is from odd in the strain path, at the data's step: its stress along the
+    negated paths against the negated stress (relative L2 per path), and the error of its odd part
+    (sigma(eps) - sigma(-eps)) / 2 against the data (what ``model.odd`` would give untrained).  With
+    ``rve`` also the RVE's own asymmetry on the first ``n_rve`` paths: if it is zero, the material is
+    odd and an odd surrogate (``[model] odd = true``) fits it better.  ``pred``: the surrogate's
+    stress along the paths at the data's step (B, T, 6)."""
+    neg, _ = predict(model, -strain, time, 1.0)
+    target = stress[:, 1:]
+    out = {"surrogate_asymmetry": stats(path_errors(-neg, pred)),
+           "odd_part_error": stats(path_errors(0.5 * (pred - neg), target))}
+    if rve is not None and n_rve > 0:
+        from fe2nn.data.generate import simulate
+
+        neg_rve = simulate(rve, -strain[:n_rve], time[:n_rve])["stress"]
+        ok = np.isfinite(neg_rve).all(axis=(1, 2))  # (a path the RVE failed on is left out)
+        out["rve_asymmetry"] = {"paths": int(ok.sum()),
+                                **(stats(path_errors(-neg_rve[ok][:, 1:], target[:n_rve][ok])) if ok.any() else {})}
+    return out
+
+
 def error_along_path(pred: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
     """Where along the paths the error sits, and of which kind.
 
@@ -428,6 +450,7 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
         if 1.0 in preds:
             p, ti = preds[1.0]
             res["along_path"] = error_along_path(p, sig[:, 1:][:, ti])
+            res["odd_symmetry"] = odd_symmetry(model, s, sig, t, p, rve, min(rve_probe, idx.size))
         res["stability"] = stability(model, s, t)
         if rve_paths > 0:
             n = min(rve_paths, idx.size)
@@ -502,6 +525,16 @@ def format_table(report: Dict[str, Any]) -> str:
             lines.append(f"{name}: error at 1/4, 1/2 and the end of the path {at} (dt x 1; |error| / RMS stress), "
                          f"{g['along_path']['direction_share']:.0%} of its square from a wrong stress direction, the rest "
                          "from a wrong magnitude")
+    for name, g in report["groups"].items():
+        if "odd_symmetry" in g:
+            o = g["odd_symmetry"]
+            rve = o.get("rve_asymmetry", {})
+            lines.append(f"{name}: odd symmetry (dt x 1): the surrogate's stress along the negated paths is "
+                         f"{o['surrogate_asymmetry']['mean']:.2%} from the negated stress; its odd part alone "
+                         f"{o['odd_part_error']['mean']:.2%} from the data"
+                         + (f"; the RVE's on {rve['paths']} paths {rve['mean']:.2e}" if "mean" in rve else "")
+                         + (" (the material is odd: [model] odd = true gives the surrogate the same symmetry)" if "mean" in rve
+                            and rve["max"] < 1e-6 and o["surrogate_asymmetry"]["mean"] > 1e-6 else ""))
     for name, g in report["groups"].items():
         if "same_path" in g:
             sp = g["same_path"]
