@@ -586,6 +586,11 @@ def test_an_odd_model_is_exactly_odd_with_an_exact_tangent(tmp_path):
     assert st["xi"].shape == (7, 2 * k)
     s1, t1, st1 = mat.update(eps, dt, {**st, "strain": prev, "xi": xi})
     torch.testing.assert_close(s1, sig, rtol=1e-13, atol=0)
+    # the stress pass of a float32 tangent: step(ordered=True), both sides in one ordered pass
+    s2, t2, st2 = RNOMaterial(odd, tangent_dtype="float32").update(eps, dt, {**st, "strain": prev, "xi": xi})
+    torch.testing.assert_close(s2, sig, rtol=1e-12, atol=0)
+    torch.testing.assert_close(st2["xi"], st1["xi"], rtol=1e-12, atol=1e-12)
+    assert float((t2 - t1).norm() / t1.norm()) < 1e-5
     save_surrogate(odd, tmp_path / "odd", {"doc": "test"})
     again, card = load_surrogate(tmp_path / "odd")
     assert again.arch.odd and card["architecture"]["odd"] is True
