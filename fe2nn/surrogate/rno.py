@@ -355,10 +355,16 @@ class RNO(nn.Module):
         -eps, each with its half of the state)."""
         if not self.arch.odd:
             return self._step(strain, prev_strain, dt, xi_prev, ordered)
+        n = strain.shape[0]
+        sig, xi = self._step(*self._two_sides(strain, prev_strain, dt, xi_prev), ordered)
+        return 0.5 * (sig[:n] - sig[n:]), torch.cat([xi[:n], xi[n:]], dim=-1)
+
+    def _two_sides(self, strain, prev_strain, dt, xi):
+        """An odd model's inputs (strain, prev_strain, dt, xi of one side) for the path (first n
+        rows) and its negative (last n rows), each side with its half of the state xi (..., 2k)."""
         k, dt = self.k, dt.expand(strain.shape[:-1])
-        sig, xi = self._step(torch.stack([strain, -strain]), torch.stack([prev_strain, -prev_strain]),
-                             torch.stack([dt, dt]), torch.stack([xi_prev[..., :k], xi_prev[..., k:]]), ordered)
-        return 0.5 * (sig[0] - sig[1]), torch.cat([xi[0], xi[1]], dim=-1)
+        return (torch.cat([strain, -strain]), torch.cat([prev_strain, -prev_strain]), torch.cat([dt, dt]),
+                torch.cat([xi[..., :k], xi[..., k:]]))
 
     def _step(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
               xi_prev: torch.Tensor, ordered: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -417,9 +423,8 @@ class RNO(nn.Module):
         d(-sigma(-eps))/d eps = sigma'(-eps))."""
         if not self.arch.odd:
             return self._step_with_tangent(strain, prev_strain, dt, xi_prev, chunk)
-        n, k = strain.shape[0], self.k
-        sig, C, xi = self._step_with_tangent(torch.cat([strain, -strain]), torch.cat([prev_strain, -prev_strain]),
-                                             torch.cat([dt, dt]), torch.cat([xi_prev[:, :k], xi_prev[:, k:]]), chunk)
+        n = strain.shape[0]
+        sig, C, xi = self._step_with_tangent(*self._two_sides(strain, prev_strain, dt, xi_prev), chunk)
         return 0.5 * (sig[:n] - sig[n:]), 0.5 * (C[:n] + C[n:]), torch.cat([xi[:n], xi[n:]], dim=-1)
 
     def _step_with_tangent(self, strain: torch.Tensor, prev_strain: torch.Tensor, dt: torch.Tensor,
@@ -485,9 +490,8 @@ class RNO(nn.Module):
         Differentiable (training's ``rate_stability_weight`` keeps sym(A) positive definite).
         """
         if self.arch.odd:
-            n, k = strain.shape[0], self.k
-            A = self._rate_tangent(torch.cat([strain, -strain]), torch.cat([prev_strain, -prev_strain]),
-                                   torch.cat([dt, dt]), torch.cat([xi[:, :k], xi[:, k:]]))
+            n = strain.shape[0]
+            A = self._rate_tangent(*self._two_sides(strain, prev_strain, dt, xi))
             return 0.5 * (A[:n] + A[n:])
         return self._rate_tangent(strain, prev_strain, dt, xi)
 
