@@ -37,12 +37,16 @@ more, the comparison at the config's steps does not resolve the surrogate's erro
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import shutil
 import time
+import weakref
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -101,20 +105,61 @@ def refined(cfg, factor: int):
     return fine
 
 
+#: name (+ rank) of the directory of a run's recorded stress fields in its output directory
+_STORE = ".stress.tmp"
+
+
+class _FieldStore(MutableMapping):
+    """Stress fields of this rank by time [s], each in a .npy file of ``directory`` (made here, empty)
+    and read back when asked for: with ``stress_steps = []`` (every step compared) a run's fields
+    would otherwise all stay in memory (steps x points x 6 floats, four runs with ``refine``).
+    ``close()`` removes the directory; so does garbage collection or the end of the process, after
+    an error too (a killed process leaves it: :func:`_run` removes it at the next run)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = Path(directory)
+        self._dir.mkdir(parents=True)
+        self._files: Dict[float, Path] = {}
+        self._names = itertools.count()
+        self._remove = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
+
+    def __setitem__(self, t: float, field_: np.ndarray) -> None:
+        path = self._files.get(t) or self._dir / f"{next(self._names)}.npy"
+        np.save(path, np.ascontiguousarray(field_, dtype=float))
+        self._files[t] = path
+
+    def __getitem__(self, t: float) -> np.ndarray:
+        return np.load(self._files[t])
+
+    def __delitem__(self, t: float) -> None:
+        self._files.pop(t).unlink()
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(list(self._files))
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def close(self) -> None:
+        self._files.clear()
+        self._remove()
+
+
 class _Recorder:
-    """solve() callback: OOD counts and the quadrature-point stresses of the chosen steps."""
+    """solve() callback: OOD counts and the quadrature-point stresses of the chosen steps (kept on
+    disk, :class:`_FieldStore`; ``close()`` when done with them)."""
 
     #: name of this part of a solve checkpoint (fe2nn.macro.checkpoint)
     checkpoint_name = "validate"
     #: how the arrays of its checkpoint segments lie on a rank (axis 1)
     checkpoint_kinds = {"stress": "points"}
 
-    def __init__(self, steps: Optional[set], times: Optional[set] = None):
+    def __init__(self, steps: Optional[set], store: Path, times: Optional[set] = None):
         from fe2nn.fe2 import OODMonitor
 
         self.steps, self.times = steps, times
         self.ood = OODMonitor()
-        self.stress: Dict[float, np.ndarray] = {}
+        self.stress = _FieldStore(store)
         self.weights = None
         self._saved = Growing()  # stress fields in checkpoint segments
 
@@ -128,6 +173,9 @@ class _Recorder:
         if self.times is not None and t in self.times or self.times is None and (
                 self.steps is None or rec.step in self.steps):
             self.stress[t] = np.array(solver.qf.view(solver.qf.stress), dtype=float).reshape(-1, 6)
+
+    def close(self) -> None:
+        self.stress.close()
 
     def checkpoint_meta(self) -> Dict[str, Any]:
         return {"ood": self.ood.checkpoint_meta()}
@@ -152,7 +200,7 @@ class _Recorder:
     def restore_checkpoint(self, meta: Dict[str, Any], solver) -> None:
         from fe2nn.fe2 import point_weights
 
-        self.stress = {}
+        self.stress.clear()
         self.ood.restore_checkpoint(meta["ood"])
         self.weights = point_weights(solver.qf)
 
@@ -160,7 +208,7 @@ class _Recorder:
         if "ood" in segment:
             self.ood.restore_segment(segment["ood"])
         for t, s in zip(segment.get("times", ()), segment.get("stress", ())):
-            self.stress[float(t)] = s.copy()
+            self.stress[float(t)] = s
         self._saved.restored(len(self.stress))
 
 
@@ -171,7 +219,11 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint
     from fe2nn.macro.run import build_problem
     from fe2nn.macro.solver import solve
 
-    rec = _Recorder(steps, times)
+    if comm.rank == 0:  # the recorded stress fields of a killed run on any number of ranks
+        for stale in out.glob(f"{_STORE}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    comm.barrier()
+    rec = _Recorder(steps, out / f"{_STORE}{comm.rank}", times)
     callbacks = [rec]
     if cfg.output.strain_paths:  # each run writes its own strain_paths.h5
         from fe2nn.macro.history import StrainHistory
@@ -212,9 +264,10 @@ def compare(sur, ref, rec_s, rec_r, comm) -> Dict[str, Any]:
     stress = []
     w = rec_r.weights
     for t in sorted(set(rec_s.stress) & set(rec_r.stress)):
-        d = rec_s.stress[t] - rec_r.stress[t]
+        s_ref = rec_r.stress[t]
+        d = rec_s.stress[t] - s_ref
         num = comm.allreduce(float(np.sum(w * np.einsum("ni,ni->n", d, d))))
-        den = comm.allreduce(float(np.sum(w * np.einsum("ni,ni->n", rec_r.stress[t], rec_r.stress[t]))))
+        den = comm.allreduce(float(np.sum(w * np.einsum("ni,ni->n", s_ref, s_ref))))
         step = ts[t].step  # the first run's step number (the config's, where that run is not refined)
         stress.append({"step": step, "time": t, "relative_l2": math.sqrt(num / den) if den > 0 else float("nan")})
     i = int(np.argmax(dev)) if len(dev) else 0
@@ -231,7 +284,7 @@ def compare(sur, ref, rec_s, rec_r, comm) -> Dict[str, Any]:
         "first_branch_steps": n_mono,
         "max_reaction_deviation_first_branch": float(dev[:n_mono].max(initial=0.0)),
         "reaction_deviation_first_branch": "the same maximum over the steps up to the first reversal of the load factor",
-    "stress_relative_l2": stress,
+        "stress_relative_l2": stress,
         "max_stress_relative_l2": max((s["relative_l2"] for s in stress), default=float("nan")),
     }
 
@@ -453,4 +506,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                     f"by {rf['surrogate_step_change']['max_reaction_deviation']:.3%}; surrogate against reference, "
                     f"both refined: {rf['comparison']['max_reaction_deviation']:.3%}", comm=comm)
     rank0_print(f"report: {out / 'report.md'}, {out / 'report.json'}, {out / 'force_displacement.png'}", comm=comm)
+    for rec in (rec_s, rec_r, *((rec_sf, rec_rf) if refinement else ())):
+        rec.close()
     return 0
