@@ -88,3 +88,50 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
             fig.savefig(tmp, format="png", dpi=dpi)
     finally:
         plt.close(fig)
+
+
+class Spool:
+    """Arrays of one shape (float64), appended one after the other to an anonymous temporary file
+    and read back by index: recorded fields off the memory.  The file has no name, so it goes
+    with the process, a killed one too.  ``directory``: where it goes (default: the system's
+    temporary directory)."""
+
+    def __init__(self, shape: tuple, prefix: str = "fe2nn-", directory: str | os.PathLike | None = None):
+        import tempfile
+
+        import numpy as np
+
+        self.shape = tuple(int(n) for n in shape)
+        self._bytes = int(np.prod(self.shape, dtype=np.int64)) * 8
+        self._file = tempfile.TemporaryFile(prefix=prefix, dir=directory)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, a) -> None:
+        """Append one array of ``shape`` or several, (n, *shape)."""
+        import numpy as np
+
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        n = 1 if a.shape == self.shape else a.shape[0]
+        if a.shape[a.ndim - len(self.shape):] != self.shape or a.size != n * self._bytes // 8:
+            raise ValueError(f"Spool of {self.shape}: got an array of shape {a.shape}")
+        self._file.seek(self._n * self._bytes)
+        self._file.write(a.tobytes())
+        self._n += n
+
+    def read(self, start: int, stop: int):
+        """Arrays [start, stop), (stop - start, *shape)."""
+        import numpy as np
+
+        if not 0 <= start <= stop <= self._n:
+            raise IndexError(f"Spool of {self._n} arrays: no [{start}, {stop})")
+        out = np.empty((stop - start, *self.shape))
+        self._file.seek(start * self._bytes)
+        if self._file.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise OSError(f"the temporary file ends before array {stop}")
+        return out
+
+    def close(self) -> None:
+        self._file.close()

@@ -37,13 +37,10 @@ more, the comparison at the config's steps does not resolve the surrogate's erro
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
-import shutil
 import time
-import weakref
-from collections.abc import MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -52,7 +49,7 @@ import numpy as np
 
 from fe2nn.config import load_toml, parse, resolve_path
 from fe2nn.errors import UserError
-from fe2nn.io_utils import pyplot, rank0_print, save_figure, write_text_atomic
+from fe2nn.io_utils import Spool, pyplot, rank0_print, save_figure, write_text_atomic
 from fe2nn.macro.checkpoint import Growing
 
 
@@ -105,61 +102,51 @@ def refined(cfg, factor: int):
     return fine
 
 
-#: name (+ rank) of the directory of a run's recorded stress fields in its output directory
-_STORE = ".stress.tmp"
+class _Fields(Mapping):
+    """Stress fields of this rank by time [s], (n_points, 6) [Pa] each, kept in a :class:`Spool`
+    (a temporary file, not memory) and read back when asked for: with ``stress_steps = []`` (every
+    step compared) a run's fields would otherwise all stay in memory, four runs with ``refine``."""
 
+    def __init__(self) -> None:
+        self._row: Dict[float, int] = {}
+        self._spool: Optional[Spool] = None
 
-class _FieldStore(MutableMapping):
-    """Stress fields of this rank by time [s], each in a .npy file of ``directory`` (made here, empty)
-    and read back when asked for: with ``stress_steps = []`` (every step compared) a run's fields
-    would otherwise all stay in memory (steps x points x 6 floats, four runs with ``refine``).
-    ``close()`` removes the directory; so does garbage collection or the end of the process, after
-    an error too (a killed process leaves it: :func:`_run` removes it at the next run)."""
-
-    def __init__(self, directory: Path) -> None:
-        self._dir = Path(directory)
-        self._dir.mkdir(parents=True)
-        self._files: Dict[float, Path] = {}
-        self._names = itertools.count()
-        self._remove = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
-
-    def __setitem__(self, t: float, field_: np.ndarray) -> None:
-        path = self._files.get(t) or self._dir / f"{next(self._names)}.npy"
-        np.save(path, np.ascontiguousarray(field_, dtype=float))
-        self._files[t] = path
+    def add(self, t: float, stress: np.ndarray) -> None:
+        if self._spool is None:
+            self._spool = Spool(stress.shape, "fe2nn-validate-")
+        self._row[t] = len(self._spool)
+        self._spool.append(stress)
 
     def __getitem__(self, t: float) -> np.ndarray:
-        return np.load(self._files[t])
-
-    def __delitem__(self, t: float) -> None:
-        self._files.pop(t).unlink()
+        i = self._row[t]
+        return self._spool.read(i, i + 1)[0]
 
     def __iter__(self) -> Iterator[float]:
-        return iter(list(self._files))
+        return iter(self._row)
 
     def __len__(self) -> int:
-        return len(self._files)
+        return len(self._row)
 
     def close(self) -> None:
-        self._files.clear()
-        self._remove()
+        if self._spool is not None:
+            self._spool.close()
 
 
 class _Recorder:
-    """solve() callback: OOD counts and the quadrature-point stresses of the chosen steps (kept on
-    disk, :class:`_FieldStore`; ``close()`` when done with them)."""
+    """solve() callback: OOD counts and the quadrature-point stresses of the chosen steps (kept in a
+    temporary file, :class:`_Fields`; ``close()`` when done with them)."""
 
     #: name of this part of a solve checkpoint (fe2nn.macro.checkpoint)
     checkpoint_name = "validate"
     #: how the arrays of its checkpoint segments lie on a rank (axis 1)
     checkpoint_kinds = {"stress": "points"}
 
-    def __init__(self, steps: Optional[set], store: Path, times: Optional[set] = None):
+    def __init__(self, steps: Optional[set], times: Optional[set] = None):
         from fe2nn.fe2 import OODMonitor
 
         self.steps, self.times = steps, times
         self.ood = OODMonitor()
-        self.stress = _FieldStore(store)
+        self.stress = _Fields()
         self.weights = None
         self._saved = Growing()  # stress fields in checkpoint segments
 
@@ -172,7 +159,7 @@ class _Recorder:
         t = round(rec.time, 12)
         if self.times is not None and t in self.times or self.times is None and (
                 self.steps is None or rec.step in self.steps):
-            self.stress[t] = np.array(solver.qf.view(solver.qf.stress), dtype=float).reshape(-1, 6)
+            self.stress.add(t, np.asarray(solver.qf.view(solver.qf.stress), dtype=float).reshape(-1, 6))
 
     def close(self) -> None:
         self.stress.close()
@@ -200,7 +187,8 @@ class _Recorder:
     def restore_checkpoint(self, meta: Dict[str, Any], solver) -> None:
         from fe2nn.fe2 import point_weights
 
-        self.stress.clear()
+        self.stress.close()
+        self.stress = _Fields()
         self.ood.restore_checkpoint(meta["ood"])
         self.weights = point_weights(solver.qf)
 
@@ -208,7 +196,7 @@ class _Recorder:
         if "ood" in segment:
             self.ood.restore_segment(segment["ood"])
         for t, s in zip(segment.get("times", ()), segment.get("stress", ())):
-            self.stress[float(t)] = s
+            self.stress.add(float(t), s)
         self._saved.restored(len(self.stress))
 
 
@@ -219,11 +207,7 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint
     from fe2nn.macro.run import build_problem
     from fe2nn.macro.solver import solve
 
-    if comm.rank == 0:  # the recorded stress fields of a killed run on any number of ranks
-        for stale in out.glob(f"{_STORE}*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    comm.barrier()
-    rec = _Recorder(steps, out / f"{_STORE}{comm.rank}", times)
+    rec = _Recorder(steps, times)
     callbacks = [rec]
     if cfg.output.strain_paths:  # each run writes its own strain_paths.h5
         from fe2nn.macro.history import StrainHistory

@@ -257,29 +257,30 @@ def test_validate_config_errors_are_one_line(tmp_path, extra, needle):
     assert not (tmp_path / "out").exists()
 
 
-def test_validate_keeps_the_compared_stress_fields_on_disk(tmp_path):
-    """The recorded stress fields live in .npy files of a directory (not in memory), are read back
-    equal, can be replaced and removed, and the directory goes with close() or with the store."""
-    import gc
+def test_validate_keeps_the_compared_stress_fields_in_a_temporary_file(tmp_path):
+    """The recorded stress fields go to a nameless temporary file (fe2nn.io_utils.Spool), not to
+    memory, and are read back bit for bit by time; a Spool refuses an array of another shape."""
+    from fe2nn.io_utils import Spool
+    from fe2nn.validate import _Fields
 
-    from fe2nn.validate import _FieldStore
-
-    store = _FieldStore(tmp_path / "a")
     a = np.random.default_rng(0).standard_normal((7, 6))
-    store[0.5], store[1.0] = a, 2 * a
-    del store[0.5]
-    store[1.5], store[1.0] = 3 * a, 4 * a  # a new name after a removal, a replaced field
-    assert list(store) == [1.0, 1.5] and len(list(tmp_path.glob("a/*.npy"))) == 2
-    np.testing.assert_array_equal(store[1.0], 4 * a)
-    np.testing.assert_array_equal(store[1.5], 3 * a)
-    store.close()
-    store.close()
-    assert not any(tmp_path.iterdir())
-    other = _FieldStore(tmp_path / "b")
-    other[0.0] = a
-    del other
-    gc.collect()
-    assert not any(tmp_path.iterdir())
+    fields = _Fields()
+    for i, t in enumerate((0.5, 1.0, 1.5)):
+        fields.add(t, (i + 1) * a)
+    assert list(fields) == [0.5, 1.0, 1.5] and len(fields) == 3 and fields._spool._file.tell() == 3 * a.nbytes
+    for t, k in ((1.5, 3), (0.5, 1), (1.0, 2)):  # in any order
+        np.testing.assert_array_equal(fields[t], k * a)
+    fields.close()
+    spool = Spool((2, 6), directory=tmp_path)
+    spool.append(np.ones((3, 2, 6)))
+    spool.append(np.zeros((2, 6)))
+    assert len(spool) == 4 and not any(tmp_path.iterdir())  # no name in the directory
+    np.testing.assert_array_equal(spool.read(2, 4), np.stack([np.ones((2, 6)), np.zeros((2, 6))]))
+    with pytest.raises(ValueError, match=r"Spool of \(2, 6\)"):
+        spool.append(np.ones((3, 6)))
+    with pytest.raises(IndexError):
+        spool.read(3, 5)
+    spool.close()
 
 
 @needs_surrogate
@@ -287,8 +288,7 @@ def test_validate_refine_reports_the_references_own_step_error(tmp_path):
     """validate.refine = 2 with an elastic reference: an elastic answer does not depend on the step,
     so the reference's own step error is zero (to the solver's tolerance) at every step and in the
     stress fields; the rate-dependent surrogate does move.  The refined comparison is recomputed
-    from the refined runs' steps.csv; each refined run has twice the steps.  The four runs' stress
-    fields, kept in files while they run, are gone at the end."""
+    from the refined runs' steps.csv; each refined run has twice the steps."""
     elastic = {"model": "elastic", "E": 70e9, "nu": 0.33}
     ref = "\n".join(f"{k} = {json.dumps(v)}" for k, v in elastic.items())
     cfg = bar_config(tmp_path / "v.toml", rno_table(), strain=4e-3, times=(0.0, 2.0, 3.0), factors=(0.0, 1.0, 0.5),
@@ -314,7 +314,6 @@ def test_validate_refine_reports_the_references_own_step_error(tmp_path):
     assert rf["comparison"]["compared_steps"] == len(tf)
     assert rf["comparison"]["max_reaction_deviation"] == pytest.approx(dev, rel=1e-9)
     assert "Step-size check" in (out / "report.md").read_text()
-    assert not list(out.glob("*/.stress.tmp*"))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

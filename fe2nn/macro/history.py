@@ -22,6 +22,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from fe2nn.io_utils import Spool
 from fe2nn.macro.checkpoint import Growing
 
 #: the output file name inside the output directory
@@ -48,12 +49,10 @@ class StrainHistory:
         self.comm = None
         self.times: List[float] = []  # [s] of each recorded row
         self.n_points = 0  # owned quadrature points of this rank
-        self._spool = None  # the rows, (rows, n_points, 6) float64, one after the other
+        self._spool: Optional[Spool] = None  # the rows, each (n_points, 6)
         self._saved = Growing()  # rows in checkpoint segments
 
     def _setup(self, solver) -> None:
-        import tempfile
-
         import ufl
         from dolfinx import fem
 
@@ -68,21 +67,16 @@ class StrainHistory:
         self.n_points = qf.n_points
         if self._spool is not None:
             self._spool.close()
-        self._spool = tempfile.TemporaryFile(prefix="fe2nn-strain-paths-", dir=self.spool_dir)
+        self._spool = Spool((self.n_points, 6), "fe2nn-strain-paths-", self.spool_dir)
         self.times = []
 
     def _append(self, strain: np.ndarray) -> None:
         """Append rows (rows, n_points, 6) or one row (n_points, 6)."""
-        self._spool.seek(0, 2)
-        self._spool.write(np.ascontiguousarray(strain, dtype=np.float64).tobytes())
+        self._spool.append(strain)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """The recorded strains of rows [start, stop), (stop - start, n_points, 6) [-]."""
-        out = np.empty((stop - start, self.n_points, 6))
-        self._spool.seek(start * self.n_points * 48)
-        if self._spool.readinto(memoryview(out).cast("B")) != out.nbytes:
-            raise OSError(f"the temporary file of the strain paths ends before row {stop}")
-        return out
+        return self._spool.read(start, stop)
 
     def __call__(self, solver, rec) -> None:
         """Record the committed step ``rec`` (a :class:`~fe2nn.macro.solver.StepRecord`)."""
