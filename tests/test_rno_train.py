@@ -125,6 +125,9 @@ def test_train_config_errors_are_one_line(tmp_path, dataset):
         tr.main([str(_config(tmp_path, dataset, "e3")), "--sweep-k", "a,b"])
     p = run_cli("train", str(tmp_path / "missing.toml"))
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "config file not found" in p.stderr
+    cfg.write_text(good.replace('[data]', f'[data]\nextra_paths = ["{dataset}", "nope.h5"]'))
+    with pytest.raises(UserError, match=r"e2.toml: key 'data.extra_paths\[1\]' = '.*nope.h5': dataset file not found"):
+        tr.main([str(cfg)])
 
 
 def test_evaluate_cli_writes_report_and_plots(tmp_path, dataset):
@@ -151,6 +154,43 @@ def test_evaluate_cli_writes_report_and_plots(tmp_path, dataset):
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert rw["errors"]["dt x 1"]["mean"] == pytest.approx(card["errors"]["test_dt_x1"]["mean"], rel=1e-10)
     assert "random_walk" in p.stdout and "targets" in p.stdout
+
+
+def test_evaluate_keeps_a_surrogates_own_evaluation(tmp_path, dataset):
+    """Without --out, fe2nn evaluate writes SURROGATE/evaluation: it reruns the command that made the
+    report there, but refuses (one line, nothing written) to replace it by an evaluation of the same
+    weights on another dataset or without checks it has, unless --overwrite; retrained weights
+    replace it.  Plots that the new report does not list are removed with the old one."""
+    import shutil
+
+    import h5py
+    import numpy as np
+
+    assert tr.main([str(_config(tmp_path, dataset, "m", epochs=1)), "--no-progress"]) == 0
+    own = tmp_path / "m" / "evaluation"
+    ev.main([str(tmp_path / "m"), str(dataset)])
+    first = json.loads((own / "report.json").read_text())
+    assert first["weights_sha256"] == json.loads((tmp_path / "m" / "card.json").read_text())["weights_sha256"]
+    assert first["plots"] and all((own / n).is_file() for n in first["plots"])
+    ev.main([str(tmp_path / "m"), str(dataset)])  # the same command again: a reproduction, allowed
+    other = tmp_path / "other.h5"
+    shutil.copy(dataset, other)
+    with h5py.File(other, "r+") as fh:  # another content hash (and no recipe attributes)
+        fh["stress"][0, 1, 0] = np.nextafter(fh["stress"][0, 1, 0], np.inf)
+    before = (own / "report.json").read_bytes()
+    for args, why in (([str(other)], "made on " + dataset.name), (["--no-plots"], "with plots, which this run leaves out")):
+        data = args[0] if args[0].endswith(".h5") else str(dataset)
+        p = run_cli("evaluate", str(tmp_path / "m"), data, *[a for a in args if not a.endswith(".h5")])
+        assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
+        assert why in p.stderr and "--out DIR" in p.stderr and "--overwrite" in p.stderr, p.stderr
+        assert (own / "report.json").read_bytes() == before
+    p = run_cli("evaluate", str(tmp_path / "m"), str(dataset), "--no-plots", "--overwrite")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((own / "report.json").read_text())["plots"] == [] and not list(own.glob("*.png"))
+    # retrained weights: their old evaluation is stale and is replaced without asking
+    assert tr.main([str(_config(tmp_path, dataset, "m", epochs=2)), "--no-progress"]) == 0
+    ev.main([str(tmp_path / "m"), str(other)])
+    assert json.loads((own / "report.json").read_text())["dataset"] == str(other)
 
 
 def test_evaluate_finds_the_test_split_of_regenerated_data(tmp_path):

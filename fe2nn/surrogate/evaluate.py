@@ -409,20 +409,34 @@ def _plot_along_path(path: Path, groups: Dict[str, Any]) -> None:
 
 
 def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FACTORS,
-             plots: bool = True, uniaxial: bool = False, rve_probe: int = 0, rve_paths: int = 0) -> Dict[str, Any]:
+             plots: bool = True, uniaxial: bool = False, rve_probe: int = 0, rve_paths: int = 0,
+             overwrite: bool = False) -> Dict[str, Any]:
     """Evaluate and write the report/plots; returns the report dict.  ``uniaxial``: also the
     uniaxial-stress cycles against the dataset's RVE (:mod:`fe2nn.surrogate.uniaxial`).
     ``rve_probe`` > 0: also the stability probe of the dataset's RVE on that many paths of each
     group (the first ones; :func:`probe_material`), and the surrogate's tangent against the RVE's
     there (:func:`tangent_errors`).  ``rve_paths`` > 0: also, on that many paths of each group (the
     first ones), the errors at every step size against the RVE run along the same path
-    (:func:`same_path_errors`)."""
+    (:func:`same_path_errors`).
+
+    ``out`` None: ``SURROGATE/evaluation``, which holds a surrogate's own (shipped) evaluation: a
+    report there of the same weights is replaced by one on another dataset, or without checks
+    it has, only with ``overwrite`` (:func:`_would_lose`).  Files that the previous
+    report in the output directory listed and this one does not write (plots of groups or
+    checks it no longer has) are removed, so the directory never mixes two evaluations."""
     from fe2nn.surrogate.card import card_paths, load_surrogate
     from fe2nn.surrogate.train import read_dataset
 
     model, card = load_surrogate(surrogate)
-    ds = read_dataset(dataset)
     out_dir = Path(out) if out else card_paths(surrogate)[0] / "evaluation"
+    ds = read_dataset(dataset)
+    options = {"plots": bool(plots), "uniaxial": bool(uniaxial), "rve_probe": int(rve_probe), "rve_paths": int(rve_paths)}
+    if out is None and not overwrite:
+        lost = _would_lose(out_dir / "report.json", card, ds, options)
+        if lost:
+            raise UserError(f"{out_dir / 'report.json'}: this run would replace the surrogate's own evaluation "
+                            f"({lost}): pass --out DIR to write it elsewhere, or --overwrite")
+    previous = _listed_files(out_dir / "report.json")
     grp = groups(card, ds)
     if not grp:
         raise UserError(f"{dataset}: no accepted samples to evaluate")
@@ -433,7 +447,8 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
                                          file=str(surrogate)), U.reference_material(ds), U.envelope_rates(card))
     rve = U.reference_material(ds) if rve_probe > 0 or rve_paths > 0 else None
     match = training_file(card, ds)[1]
-    report: Dict[str, Any] = {"surrogate": str(surrogate), "dataset": str(dataset), "dataset_sha256": ds["sha256"],
+    report: Dict[str, Any] = {"surrogate": str(surrogate), "weights_sha256": card.get("weights_sha256"),
+                              "options": options, "dataset": str(dataset), "dataset_sha256": ds["sha256"],
                               "dataset_recipe_sha256": ds.get("recipe_sha256"),
                               "same_dataset_as_training": match != "none", "dataset_match": match,
                               "metric": "relative L2 stress error per path over the whole trajectory",
@@ -477,7 +492,49 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
         report["uniaxial"] = _uniaxial(*uniaxial_setup, out_dir, plots)
     report["targets"] = _check_targets(report)
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    for name in previous - _listed_files(out_dir / "report.json"):
+        (out_dir / name).unlink(missing_ok=True)
     return report
+
+
+def _would_lose(report_path: Path, card: Dict[str, Any], ds: Dict[str, Any], options: Dict[str, Any]) -> str:
+    """What replacing the report at ``report_path`` by this run would lose ('' = nothing): the
+    evaluation of the same weights (reports that do not record them count as the same) on another
+    dataset, or checks it has that this run does not make.  Rerunning the command that made it,
+    or evaluating retrained weights, loses nothing."""
+    try:
+        old = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(old, dict) or old.get("weights_sha256") not in (None, card.get("weights_sha256")):
+        return ""
+    same_data = old.get("dataset_sha256") == ds["sha256"] or (
+        old.get("dataset_recipe_sha256") is not None and old.get("dataset_recipe_sha256") == ds.get("recipe_sha256"))
+    if not same_data:
+        return f"made on {Path(str(old.get('dataset', '?'))).name}"
+    groups_ = [g for g in (old.get("groups") or {}).values() if isinstance(g, dict)]
+    had = {"--uniaxial": "uniaxial" in old and not options["uniaxial"],
+           "--rve-probe": any("rve_tangent" in g for g in groups_) and options["rve_probe"] == 0,
+           "--rve-paths": any("same_path" in g for g in groups_) and options["rve_paths"] == 0,
+           "plots": bool(old.get("plots")) and not options["plots"]}
+    lost = [k for k, v in had.items() if v]
+    return f"with {', '.join(lost)}, which this run leaves out" if lost else ""
+
+
+def _listed_files(report_path: Path) -> set:
+    """Names of the files (plots) that an evaluation report lists beside it; empty if there is none."""
+    try:
+        rep = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(rep, dict):
+        return set()
+    names = list(rep.get("plots") or [])
+    uni = rep.get("uniaxial")
+    if isinstance(uni, dict) and uni.get("plot"):
+        names.append(uni["plot"])
+    # plain names only: a report never lists a path outside its directory
+    return {n for n in names if isinstance(n, str) and n and Path(n).name == n and n not in (".", "..")}
 
 
 def _uniaxial(surrogate, reference, rates, out_dir: Path, plots: bool):
@@ -577,7 +634,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = _Parser(prog="fe2nn evaluate", description="Evaluate a surrogate against an RVE dataset.")
     ap.add_argument("surrogate", help="surrogate directory (card.json + weights.safetensors) or its card.json")
     ap.add_argument("dataset", help="HDF5 dataset (README 'Dataset format')")
-    ap.add_argument("--out", default=None, help="output directory (default SURROGATE/evaluation)")
+    ap.add_argument("--out", default=None, help="output directory (default SURROGATE/evaluation, the surrogate's own "
+                                                "evaluation: see --overwrite)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="without --out: replace SURROGATE/evaluation/report.json also when it is an evaluation of "
+                         "these weights on another dataset, or has checks (--uniaxial, --rve-probe, --rve-paths, "
+                         "plots) that this run leaves out; otherwise that is refused")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ap.add_argument("--uniaxial", action="store_true",
                     help="also run uniaxial-stress tension-unloading-compression cycles through the surrogate and "
@@ -590,13 +652,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "the path the surrogate ran (coarsened or refined), and compare the surrogate with it")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = ap.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    for key, v in (("--rve-probe", args.rve_probe), ("--rve-paths", args.rve_paths)):
+    for key, v in (("--rve-probe", args.rve_probe), ("--rve-paths", args.rve_paths), ("--threads", args.threads)):
         if v < 0:
             raise UserError(f"fe2nn evaluate: {key} must be >= 0, got {v}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     report = evaluate(args.surrogate, args.dataset, args.out, plots=not args.no_plots, uniaxial=args.uniaxial,
-                      rve_probe=args.rve_probe, rve_paths=args.rve_paths)
+                      rve_probe=args.rve_probe, rve_paths=args.rve_paths, overwrite=args.overwrite)
     print(format_table(report))
     from fe2nn.surrogate.card import card_paths
 

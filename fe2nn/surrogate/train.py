@@ -793,6 +793,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if cfg.training.threads > 0:
         torch.set_num_threads(cfg.training.threads)
     fams = list(cfg.data.train_families)
+    for key, path in [("data.path", cfg.data.path), *((f"data.extra_paths[{i}]", q) for i, q in enumerate(cfg.data.extra_paths))]:
+        if not Path(path).is_file():
+            raise UserError(f"{args.config}: key '{key}' = '{path}': dataset file not found")
     ds = combine_datasets([read_dataset(p) for p in [cfg.data.path, *cfg.data.extra_paths]], fams,
                           f"{args.config}: data.extra_paths")
     split = split_parts(ds, fams, cfg.data.split, cfg.data.seed, cfg.data.max_samples,
