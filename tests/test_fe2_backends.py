@@ -164,6 +164,8 @@ def test_one_key_switch_accepts_every_key_of_the_other_backend():
     assert set(table) == rno_keys
     for model in ("rno", "rve"):
         assert parse_material({"model": model, **table}, "c.toml")[0] == model
+        with pytest.raises(UserError, match=r"c.toml: .*threads.*-1"):  # both check it alike
+            parse_material({"model": model, **table, "threads": -1}, "c.toml")
     # the keys each accepts only to ignore them: the other's own keys (the validation report drops them)
     from fe2nn.materials.rno import RVE_KEYS
     from fe2nn.materials.rve import RNO_KEYS
@@ -294,10 +296,13 @@ def test_validate_refine_reports_the_references_own_step_error(tmp_path):
     cfg = bar_config(tmp_path / "v.toml", rno_table(), strain=4e-3, times=(0.0, 2.0, 3.0), factors=(0.0, 1.0, 0.5),
                      steps=4, out=str(tmp_path / "val"),
                      extra=f"[validate]\nstress_steps = [2, 4]\nrefine = 2\n[validate.reference]\n{ref}\n")
-    proc = run_cli("validate", str(cfg), "-q", check=True)
+    proc = run_cli("validate", str(cfg), "-q", "--strict")
     assert "[4/4] reference solve at 2 x the steps" in proc.stdout and "its own step error" in proc.stdout
     out = tmp_path / "val"
     rep = json.loads((out / "report.json").read_text())
+    # a plastic surrogate against an elastic reference misses the 3 % target: --strict exits with 1,
+    # after writing the report
+    assert not rep["pass"] and "(FAIL, target 3%)" in proc.stdout and proc.returncode == 1, proc.stderr
     rf = rep["refinement"]
 
     R, rows = reactions(out / "reference" / "steps.csv")

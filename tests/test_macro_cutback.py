@@ -26,11 +26,19 @@ def test_cut_back_steps_equal_direct_steps():
                 reaction="top", progress=False, linear_solver="direct")
     assert any(s.cutbacks > 0 for s in cut.steps), "the big step must have been cut back"
     assert 3 <= len(cut.steps) <= 30
+    # each record's count of material updates (and its times) includes the failed attempts before it:
+    # a failed attempt makes at least 4 (divergence is declared after 3 iterations at the earliest)
+    for s in cut.steps:
+        assert s.evaluations >= s.iterations + 1 + 4 * s.cutbacks, (s.step, s.evaluations, s.iterations)
+    assert sum(s.evaluations for s in cut.steps) == cut.solver.evaluations
     times = np.concatenate([[0.0], cut.times])
     direct = solve(_problem(), times=times, factors=times, max_dt=1.0, max_iterations=25, rtol=1e-10,
                    reaction="top", progress=False, linear_solver="direct")
     np.testing.assert_allclose(direct.times, cut.times, rtol=0, atol=1e-14)
     assert all(s.cutbacks == 0 for s in direct.steps)
+    # one update per iterate (the first included), and one per line-search trial
+    assert all(s.evaluations >= s.iterations + 1 for s in direct.steps)
+    assert sum(s.evaluations for s in cut.steps) > sum(s.evaluations for s in direct.steps)
     scale = np.abs(direct.reactions).max()
     np.testing.assert_allclose(cut.reactions, direct.reactions, rtol=0, atol=1e-9 * scale)
     p_cut = cut.solver.state["p"].numpy()

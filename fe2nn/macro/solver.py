@@ -54,9 +54,10 @@ class StepRecord:
     iterations: int
     residuals: List[float]  # |R_free| per iteration [N]
     reference: float  # force scale max(|F_int|, lambda |F_ext|) of the converged state [N]
-    wall_time: float  # [s]
-    timings: Dict[str, float] = field(default_factory=dict)  # constitutive / assembly / solve [s]
+    wall_time: float  # [s], with the failed attempts (cut-backs) before it
+    timings: Dict[str, float] = field(default_factory=dict)  # constitutive / assembly / solve [s], the same
     cutbacks: int = 0
+    evaluations: int = 0  # material updates at all points, the failed attempts' included (0: not recorded)
 
 
 @dataclass
@@ -136,6 +137,7 @@ class NewtonSolver:
         self._increment: Optional[tuple[np.ndarray, float]] = None  # last converged (du, dfactor)
         self.f_int = np.zeros(self.n_owned)
         self.timings = {"constitutive": 0.0, "assembly": 0.0, "solve": 0.0}
+        self.evaluations = 0  # material updates (evaluate_material calls)
         self._tangent_pending: Optional[tuple] = None  # (strain, dt) of a tangent the material left for later
 
     # -- set-up ----------------------------------------------------------------------------
@@ -260,6 +262,7 @@ class NewtonSolver:
         if tangent is not None:
             self.qf.assign(self.qf.tangent, tangent.detach().cpu().numpy())
         self.timings["constitutive"] += time.perf_counter() - t0
+        self.evaluations += 1
 
     def evaluate_tangent(self) -> None:
         """The tangent field at the last evaluated strain, if the material left it for later
@@ -528,8 +531,9 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
             t_new = target if target - (t + dt_try) <= 1e-12 * span else t + dt_try
             dt_try = t_new - t
             lam = table(t_new)
-            before = dict(solver.timings)
-            w0 = time.perf_counter()
+            if cut == 0:  # a new step: its record counts the failed attempts (cut-backs) before it too
+                before, n0 = dict(solver.timings), solver.evaluations
+                w0 = time.perf_counter()
             try:
                 residuals = solver.step(lam, dt_try)
             except StepFailed as err:
@@ -552,7 +556,8 @@ def solve(problem: Problem, times=(0.0, 1.0), factors=(0.0, 1.0), steps: Optiona
                              displacement=solver.mean_displacement(), reaction=solver.reaction(),
                              iterations=len(residuals) - 1, residuals=residuals, reference=solver.reference,
                              wall_time=time.perf_counter() - w0,
-                             timings={k: solver.timings[k] - before[k] for k in before}, cutbacks=cut)
+                             timings={k: solver.timings[k] - before[k] for k in before}, cutbacks=cut,
+                             evaluations=solver.evaluations - n0)
             records.append(rec)
             if progress:
                 R = rec.reaction
