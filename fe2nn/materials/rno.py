@@ -45,7 +45,8 @@ class RnoParams:
         check=one_of("auto", "float32", "float64"),
         doc="precision of the consistent tangent (the stress is always float64); auto = float32 on a "
             "CPU (a separate, cheaper pass), float64 on a GPU (from the stress pass itself)"))
-    threads: int = field(default=1, metadata=dict(doc="torch threads per rank; 0 = cores / ranks (or OMP_NUM_THREADS)"))
+    threads: int = field(default=1, metadata=dict(
+        check=non_negative, doc="torch threads per rank; 0 = cores / ranks (or OMP_NUM_THREADS)"))
     # the RVE the surrogate stands for: used by model = "rve" (and fe2nn validate), ignored here
     solver: str = field(default="taylor", metadata=dict(check=one_of(*SOLVERS), doc="RVE solver (model 'rve')"))
     material: str = field(default="aluminium", metadata=dict(doc="crystal parameter set (model 'rve')"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fe2nn.config import non_negative
 from fe2nn.errors import UserError
 from fe2nn.materials.registry import register
 from fe2nn.micro.rve import RVEConfig, build_rve
@@ -55,7 +56,8 @@ class RveParams(RVEConfig):
     envelope_margin: float = field(default=0.05, metadata=dict(doc="model 'rno' only (ignored by 'rve')"))
     chunk: int = field(default=16384, metadata=dict(doc="model 'rno' only (ignored by 'rve')"))
     tangent_dtype: str = field(default="auto", metadata=dict(doc="model 'rno' only (ignored by 'rve')"))
-    threads: int = field(default=1, metadata=dict(doc="torch threads per rank; 0 = cores / ranks (or OMP_NUM_THREADS)"))
+    threads: int = field(default=1, metadata=dict(
+        check=non_negative, doc="torch threads per rank; 0 = cores / ranks (or OMP_NUM_THREADS)"))
 
 
 #: keys of model = "rno" that model = "rve" accepts and ignores
