@@ -11,13 +11,17 @@ from typing import Iterator
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it to ``path`` only on success.
 
-    A failure leaves neither a half-written ``path`` nor the temporary file.
+    A failure leaves neither a half-written ``path`` nor the temporary file.  A file gets the
+    permissions of any new file (0666 less the umask), also when its writer made it private
+    (safetensors writes 0600): shared results must be readable by the group that shares them.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -27,6 +31,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink()
+
+
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

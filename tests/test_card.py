@@ -188,6 +188,40 @@ def test_substep_setting_round_trip_and_bad_value(tmp_path):
         load_surrogate(d)
 
 
+def test_card_without_envelope_turns_the_monitor_off_and_says_so(tmp_path):
+    """A card without a training envelope loads, but the material then writes no out-of-distribution
+    fields, so the monitor reports itself off instead of 'all points inside'; inspect says so."""
+    from conftest import run_cli
+
+    from fe2nn.fe2 import OODMonitor, point_info_names
+
+    m, d = _export(tmp_path)
+    assert point_info_names(RNOMaterial(d)) == ("ood", "ood_strain", "ood_rate", "ood_path")
+    c = json.loads((d / "card.json").read_text())
+    del c["envelope"]
+    (d / "card.json").write_text(json.dumps(c))
+    assert point_info_names(RNOMaterial(d)) == ()
+    assert "not applicable (material has no training envelope)" in OODMonitor().line()
+    assert "training envelope: none in the card" in run_cli("inspect", str(d), check=True).stdout
+
+
+def test_card_with_inconsistent_k_and_exported_file_modes(tmp_path):
+    """The card's top-level k must agree with its architecture; exported files get the permissions
+    of any new file (0666 less the umask), also the weights that safetensors writes private."""
+    import os
+
+    m, d = _export(tmp_path)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("weights.safetensors", "card.json"):
+        assert (d / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+    c = json.loads((d / "card.json").read_text())
+    c["k"] = 8
+    (d / "card.json").write_text(json.dumps(c))
+    with pytest.raises(UserError, match=r"inconsistent surrogate card \(k = 8, architecture.k = 2\)"):
+        load_surrogate(d)
+
+
 def test_inspect_summarizes_a_surrogate_and_checks_its_weights(tmp_path):
     from conftest import run_cli
 

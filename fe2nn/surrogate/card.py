@@ -162,6 +162,8 @@ def load_surrogate(path: str | os.PathLike, device: str | torch.device = "cpu") 
         arch.validate()
     except (TypeError, ValueError) as err:
         raise UserError(f"{cpath}: incompatible surrogate architecture ({err})") from None
+    if "k" in card and card["k"] != arch.k:  # the card repeats k at its top level, for readers
+        raise UserError(f"{cpath}: inconsistent surrogate card (k = {card['k']!r}, architecture.k = {arch.k})")
     norm = _get(card, cpath, "normalization")
     wname = _get(card, cpath, "weights_file")
     if not isinstance(wname, str) or Path(wname).name != wname:

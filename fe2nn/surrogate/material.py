@@ -108,6 +108,8 @@ class RNOMaterial(Material):
             if env.get("strain_path_length_max") is not None:
                 self._env["strain_path_length_max"] = torch.as_tensor(
                     env["strain_path_length_max"], dtype=self.dtype, device=self.device)
+        else:  # no envelope to check against: no out-of-distribution fields, and the monitor says so
+            self.point_info = ()
 
     @staticmethod
     def auto_tangent_dtype(device: torch.device) -> str:

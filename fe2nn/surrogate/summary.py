@@ -99,6 +99,8 @@ def report(s: Dict[str, Any]) -> str:
     if env:
         lines.append("training envelope: " + ", ".join(names[k][0].format(names[k][1] * v) for k, v in env.items())
                      + " (per component: card.json)")
+    else:
+        lines.append("training envelope: none in the card (in a solve, the out-of-distribution monitor is off)")
     if tr["epochs_run"] is not None:
         lines.append(f"trained on: {' + '.join(ds['files'])} (sha256 {str(ds['sha256'])[:16]}), families "
                      f"{', '.join(ds['train_families'])}; {tr['epochs_run']} epochs, best {tr['best_epoch']}"
