@@ -19,21 +19,21 @@ from fe2nn.interrupt import Interrupted, graceful_stop
 COMMANDS = {
     "solve": ("fe2nn.macro.run", "run a macroscale structural simulation from a TOML config"),
     "generate": ("fe2nn.data.generate", "generate an RVE training dataset (MPI-parallel, resumable)"),
-    "inspect": ("fe2nn.data.inspect", "summarize a dataset (and plot it) or a trained surrogate"),
+    "inspect": ("fe2nn.data.inspect", "summarize a dataset (and plot it), a trained surrogate or a checkpoint"),
     "train": ("fe2nn.surrogate.train", "train a recurrent neural operator surrogate"),
     "evaluate": ("fe2nn.surrogate.evaluate", "evaluate a surrogate against a dataset"),
     "validate": ("fe2nn.validate", "run a problem with the surrogate and the full RVE and compare"),
 }
 
-#: commands whose long loops stop cleanly on SIGTERM after the load step or epoch in progress, with
-#: their checkpoint written (fe2nn.interrupt); the others end at once, as usual ("generate" is
-#: resumable from the chunks it has written)
-STOPPABLE = ("solve", "validate", "train")
+#: commands whose long loops stop cleanly on SIGTERM after the load step, epoch or chunk of samples in
+#: progress, with their checkpoint (or chunks) written (fe2nn.interrupt); the others end at once
+STOPPABLE = ("solve", "validate", "train", "generate")
 
 
 def _usage() -> str:
     lines = ["usage: fe2nn <command> [options]   (fe2nn <command> --help for details)", "", "commands:"]
     lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "  --version  print the version of fe2nn"]
     return "\n".join(lines)
 
 

@@ -152,6 +152,30 @@ def test_kill_and_resume_with_other_rank_count(reference, tmp_path):
     assert mtime > 0
 
 
+def test_sigterm_stops_after_the_chunk_in_progress_and_the_run_resumes(reference, tmp_path, monkeypatch):
+    """Under the command line's graceful stop, a SIGTERM ends fe2nn generate after the chunk in
+    progress is written, with one line saying how far it got and how to continue (exit 143); the
+    same command then completes the dataset as if never stopped."""
+    from fe2nn import interrupt
+    from fe2nn.cli import main as cli_main
+
+    cfg = write_config(tmp_path)
+    calls = [0]
+
+    def requested(comm=None):
+        calls[0] += 1
+        return "SIGTERM" if calls[0] == 2 else None  # the signal arrives during the second chunk
+
+    monkeypatch.setattr(interrupt, "requested", requested)
+    with pytest.raises(interrupt.Interrupted, match=r"stopped by SIGTERM with 6 of 11 samples written .*"
+                                                    r"run the same command again to continue"):
+        G.generate(G.load_config(cfg), str(cfg), progress=False)
+    assert len(list((tmp_path / "data.h5.parts").glob("chunk_*.h5"))) == 2 and not (tmp_path / "data.h5").exists()
+    monkeypatch.setattr(interrupt, "requested", lambda comm=None: None)
+    assert cli_main(["generate", str(cfg), "--no-progress"]) == 0
+    assert_same_data(reference, tmp_path / "data.h5")
+
+
 def interrupted(cfg: Path, chunks: int) -> None:
     """An in-process run stopped after ``chunks`` part files."""
     assert G.generate(G.load_config(cfg), str(cfg), progress=False, stop_after_chunks=chunks) is None

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 import fe2nn
+from fe2nn import interrupt
 from fe2nn.config import load_toml, non_negative, parse, positive, resolve_path
 from fe2nn.data import paths as P
 from fe2nn.data.dataset import FORMAT, FORMAT_VERSION, array_checksum, read_arrays
@@ -543,15 +544,23 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
                 os.kill(os.getpid(), signal.SIGKILL)
             if stop_after_chunks is not None and written >= stop_after_chunks:
                 break
+            stop[0] = interrupt.requested()  # SIGTERM (fe2nn.interrupt): after this chunk, on this rank
+            if stop[0]:
+                break
         if bar is not None:
             bar.n = parts.samples_done()
             bar.refresh()
         return bar
 
+    stop: List[Optional[str]] = [None]
     bar = _collective(comm, work)
     comm.Barrier()
     if bar is not None:
         bar.close()
+    stopped = [s for s in comm.allgather(stop[0]) if s]
+    if stopped:
+        raise interrupt.Interrupted(f"stopped by {stopped[0]} with {parts.samples_done()} of {N} samples written "
+                                    f"(in {parts.dir}): run the same command again to continue")
     if stop_after_chunks is not None and any(comm.allgather(stop_after_chunks < len(mine))):
         return None  # interrupted on purpose: some rank left chunks undone
 
@@ -584,7 +593,8 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="fe2nn generate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="fe2nn generate", description="RVE responses to random strain paths -> "
+                                 "HDF5 dataset (MPI-parallel under mpirun, resumable).")
     ap.add_argument("config", help="TOML config (see README, 'Training data')")
     ap.add_argument("--output", help="override the config's output file")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output and its parts")

@@ -104,7 +104,9 @@ def plot(arrays: Dict[str, np.ndarray], attrs: dict, out_dir: Path, per_family: 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="fe2nn inspect", description=__doc__)
+    ap = argparse.ArgumentParser(prog="fe2nn inspect", description="What a file or directory holds: a dataset's "
+                                 "counts, ranges, rejections and plots; what a surrogate is (and whether its weights "
+                                 "match its card); what a solve checkpoint holds and whether it can be resumed.")
     ap.add_argument("paths", nargs="+", metavar="PATH",
                     help="HDF5 dataset written by fe2nn generate, a surrogate directory (with card.json), or a "
                          "solve checkpoint (an output directory with checkpoint/, or that directory)")

@@ -121,9 +121,7 @@ def load_crystal(cfg: RVEConfig, config_file: str = "<config>"):
         name = str(resolve_path(config_file, name))
     try:
         return crystal.load_params(name)
-    except UserError:
-        raise
-    except (OSError, KeyError, ValueError) as err:
+    except (UserError, OSError, KeyError, ValueError) as err:
         raise UserError(f"{config_file}: key 'rve.material' = {cfg.material!r}: {err}") from None
 
 
