@@ -322,8 +322,9 @@ def markdown(report: Dict[str, Any]) -> str:
         f"(target ≤ {report['target_reaction_deviation']:.0%}: {ok}) |",
         f"| … on the first loading branch (steps 1–{c['first_branch_steps']}) | "
         f"{c['max_reaction_deviation_first_branch']:.3%} |",
-        f"| max relative L2 stress difference | {c['max_stress_relative_l2']:.3%} |",
-        f"| compared steps | {c['compared_steps']} |",
+        f"| max relative L2 stress difference (over {len(c['stress_relative_l2'])} compared stress fields) | "
+        f"{c['max_stress_relative_l2']:.3%} |",
+        f"| steps with compared reactions | {c['compared_steps']} |",
         f"| Newton iterations per step, surrogate (max / mean) | {max(report['iterations']['surrogate'], default=0)} / "
         f"{np.mean(report['iterations']['surrogate']):.2f} |",
         f"| Newton iterations per step, reference (max / mean) | {max(report['iterations']['reference'], default=0)} / "
