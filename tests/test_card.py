@@ -205,6 +205,22 @@ def test_card_without_envelope_turns_the_monitor_off_and_says_so(tmp_path):
     assert "training envelope: none in the card" in run_cli("inspect", str(d), check=True).stdout
 
 
+def test_inspect_warns_about_an_evaluation_of_other_weights(tmp_path):
+    """An evaluation report records the weights it evaluated; inspect flags one whose weights are
+    no longer the card's (retrained since), and not one that records none (written before)."""
+    from fe2nn.surrogate.summary import report, summarize
+
+    _, d = _export(tmp_path)
+    (d / "evaluation").mkdir()
+    base = {"dataset": "x.h5", "groups": {}, "targets": {}}
+    for sha, stale in ((None, False), (json.loads((d / "card.json").read_text())["weights_sha256"], False),
+                       ("0" * 64, True)):
+        (d / "evaluation" / "report.json").write_text(json.dumps(dict(base, weights_sha256=sha)))
+        s = summarize(d)
+        assert s["evaluation"]["stale"] is stale
+        assert ("report below is of other weights" in report(s)) is stale
+
+
 def test_card_with_inconsistent_k_and_exported_file_modes(tmp_path):
     """The card's top-level k must agree with its architecture; exported files get the permissions
     of any new file (0666 less the umask), also the weights that safetensors writes private."""

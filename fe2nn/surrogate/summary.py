@@ -66,6 +66,8 @@ def summarize(path: str | Path) -> Dict[str, Any]:
                                   "errors": {dt: g["errors"].get(dt) for dt in DT_KEYS}}
                            for name, g in ev["groups"].items()},
                 "targets": ev.get("targets", {}),
+                # reports record the weights they evaluated (older ones do not: None)
+                "stale": ev.get("weights_sha256") not in (None, card["weights_sha256"]),
             }
             if "uniaxial" in ev:
                 out["evaluation"]["uniaxial_max_deviation"] = ev["uniaxial"].get("max_deviation")
@@ -119,6 +121,9 @@ def report(s: Dict[str, Any]) -> str:
         lines.append("errors: not recorded in the card")
     ev = s.get("evaluation")
     if ev:
+        if ev.get("stale"):
+            lines.append("evaluation: WARNING the report below is of other weights (retrained since): "
+                         "rerun fe2nn evaluate")
         lines.append(f"evaluation ({ev['report']}, on {ev['dataset']}), mean at dt x 1/4 / x 1 / x 4:")
         for name, g in ev["groups"].items():
             means = " / ".join(_pct(None if g["errors"][dt] is None else g["errors"][dt]["mean"]) for dt in DT_KEYS)
