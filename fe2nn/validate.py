@@ -112,6 +112,9 @@ class _Fields(Mapping):
         self._spool: Optional[Spool] = None
 
     def add(self, t: float, stress: np.ndarray) -> None:
+        """Append the field at time ``t`` (each time once, so rows follow the order of the times)."""
+        if t in self._row:
+            raise ValueError(f"a stress field at t = {t} s is recorded already")
         if self._spool is None:
             self._spool = Spool(stress.shape, "fe2nn-validate-")
         self._row[t] = len(self._spool)
@@ -120,6 +123,10 @@ class _Fields(Mapping):
     def __getitem__(self, t: float) -> np.ndarray:
         i = self._row[t]
         return self._spool.read(i, i + 1)[0]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """The fields of the times [start, stop) in recording order, (stop - start, n_points, 6)."""
+        return self._spool.read(start, stop)
 
     def __iter__(self) -> Iterator[float]:
         return iter(self._row)
@@ -177,7 +184,7 @@ class _Recorder:
         times = list(self.stress)
         new = self._saved.new(len(times))
         if new is not None:
-            out.update(times=np.array(times[new]), stress=np.stack([self.stress[t] for t in times[new]]))
+            out.update(times=np.array(times[new]), stress=self.stress.rows(new.start, new.stop))
         return out
 
     def segment_written(self) -> None:

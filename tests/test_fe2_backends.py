@@ -272,6 +272,9 @@ def test_validate_keeps_the_compared_stress_fields_in_a_temporary_file(tmp_path)
     assert list(fields) == [0.5, 1.0, 1.5] and len(fields) == 3 and fields._spool._file.tell() == 3 * a.nbytes
     for t, k in ((1.5, 3), (0.5, 1), (1.0, 2)):  # in any order
         np.testing.assert_array_equal(fields[t], k * a)
+    np.testing.assert_array_equal(fields.rows(1, 3), np.stack([2 * a, 3 * a]))  # in recording order
+    with pytest.raises(ValueError, match="recorded already"):
+        fields.add(1.0, a)
     fields.close()
     spool = Spool((2, 6), directory=tmp_path)
     spool.append(np.ones((3, 2, 6)))

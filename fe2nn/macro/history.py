@@ -70,22 +70,14 @@ class StrainHistory:
         self._spool = Spool((self.n_points, 6), "fe2nn-strain-paths-", self.spool_dir)
         self.times = []
 
-    def _append(self, strain: np.ndarray) -> None:
-        """Append rows (rows, n_points, 6) or one row (n_points, 6)."""
-        self._spool.append(strain)
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """The recorded strains of rows [start, stop), (stop - start, n_points, 6) [-]."""
-        return self._spool.read(start, stop)
-
     def __call__(self, solver, rec) -> None:
         """Record the committed step ``rec`` (a :class:`~fe2nn.macro.solver.StepRecord`)."""
         if self.comm is None:
             self._setup(solver)
             self.times.append(self.t0)
-            self._append(np.zeros((self.n_points, 6)))
+            self._spool.append(np.zeros((self.n_points, 6)))
         self.times.append(float(rec.time))
-        self._append(solver.qf.strain())
+        self._spool.append(solver.qf.strain())
 
     def checkpoint_meta(self) -> dict:
         return {"started": self.comm is not None}
@@ -96,7 +88,7 @@ class StrainHistory:
         new = self._saved.new(len(self.times))
         if new is None:
             return {}
-        return {"time": np.asarray(self.times[new], dtype=np.float64), "strain": self.rows(new.start, new.stop)}
+        return {"time": np.asarray(self.times[new], dtype=np.float64), "strain": self._spool.read(new.start, new.stop)}
 
     def segment_written(self) -> None:
         self._saved.written()
@@ -108,7 +100,7 @@ class StrainHistory:
 
     def restore_segment(self, segment: dict) -> None:
         self.times.extend(float(t) for t in segment["time"])
-        self._append(segment["strain"])
+        self._spool.append(segment["strain"])
         self._saved.restored(len(self.times))
 
     def write(self, path: str | Path, attrs: dict | None = None) -> None:
@@ -144,7 +136,7 @@ class StrainHistory:
                     failed = err
             for start in range(0, n_rows, slab):  # every rank takes part, also after a failure on rank 0
                 stop = min(n_rows, start + slab)
-                local = self.rows(start, stop)  # (steps, n_points, 6)
+                local = self._spool.read(start, stop)  # (steps, n_points, 6)
                 recv = np.empty(n_total * (stop - start) * 6) if root else None
                 comm.Gatherv(local, [recv, [c * (stop - start) * 6 for c in counts]] if root else None, root=0)
                 del local

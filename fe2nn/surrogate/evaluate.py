@@ -431,12 +431,13 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
     out_dir = Path(out) if out else card_paths(surrogate)[0] / "evaluation"
     ds = read_dataset(dataset)
     options = {"plots": bool(plots), "uniaxial": bool(uniaxial), "rve_probe": int(rve_probe), "rve_paths": int(rve_paths)}
+    old = _read_report(out_dir / "report.json")
     if out is None and not overwrite:
-        lost = _would_lose(out_dir / "report.json", card, ds, options)
+        lost = _would_lose(old, card, ds, options)
         if lost:
             raise UserError(f"{out_dir / 'report.json'}: this run would replace the surrogate's own evaluation "
                             f"({lost}): pass --out DIR to write it elsewhere, or --overwrite")
-    previous = _listed_files(out_dir / "report.json")
+    previous = _listed_files(old)
     grp = groups(card, ds)
     if not grp:
         raise UserError(f"{dataset}: no accepted samples to evaluate")
@@ -492,21 +493,26 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
         report["uniaxial"] = _uniaxial(*uniaxial_setup, out_dir, plots)
     report["targets"] = _check_targets(report)
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    for name in previous - _listed_files(out_dir / "report.json"):
+    for name in previous - _listed_files(report):
         (out_dir / name).unlink(missing_ok=True)
     return report
 
 
-def _would_lose(report_path: Path, card: Dict[str, Any], ds: Dict[str, Any], options: Dict[str, Any]) -> str:
-    """What replacing the report at ``report_path`` by this run would lose ('' = nothing): the
-    evaluation of the same weights (reports that do not record them count as the same) on another
-    dataset, or checks it has that this run does not make.  Rerunning the command that made it,
-    or evaluating retrained weights, loses nothing."""
+def _read_report(path: Path) -> Dict[str, Any]:
+    """An existing evaluation report ({} if there is none or it cannot be read)."""
     try:
-        old = json.loads(report_path.read_text())
+        rep = json.loads(path.read_text())
     except (OSError, ValueError):
-        return ""
-    if not isinstance(old, dict) or old.get("weights_sha256") not in (None, card.get("weights_sha256")):
+        return {}
+    return rep if isinstance(rep, dict) else {}
+
+
+def _would_lose(old: Dict[str, Any], card: Dict[str, Any], ds: Dict[str, Any], options: Dict[str, Any]) -> str:
+    """What replacing the report ``old`` (:func:`_read_report`) by this run would lose ('' =
+    nothing): the evaluation of the same weights (reports that do not record them count as the
+    same) on another dataset, or checks it has that this run does not make.  Rerunning the command
+    that made it, or evaluating retrained weights, loses nothing."""
+    if not old or old.get("weights_sha256") not in (None, card.get("weights_sha256")):
         return ""
     same_data = old.get("dataset_sha256") == ds["sha256"] or (
         old.get("dataset_recipe_sha256") is not None and old.get("dataset_recipe_sha256") == ds.get("recipe_sha256"))
@@ -521,14 +527,8 @@ def _would_lose(report_path: Path, card: Dict[str, Any], ds: Dict[str, Any], opt
     return f"with {', '.join(lost)}, which this run leaves out" if lost else ""
 
 
-def _listed_files(report_path: Path) -> set:
-    """Names of the files (plots) that an evaluation report lists beside it; empty if there is none."""
-    try:
-        rep = json.loads(report_path.read_text())
-    except (OSError, ValueError):
-        return set()
-    if not isinstance(rep, dict):
-        return set()
+def _listed_files(rep: Dict[str, Any]) -> set:
+    """Names of the files (plots) that an evaluation report lists beside it."""
     names = list(rep.get("plots") or [])
     uni = rep.get("uniaxial")
     if isinstance(uni, dict) and uni.get("plot"):
