@@ -15,6 +15,7 @@ Example::
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -22,26 +23,74 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from fe2nn.errors import UserError
 
 
 # -- file loading ------------------------------------------------------------------------
-def load_toml(path: str | os.PathLike) -> dict:
-    """Read a TOML file; a missing/unreadable/invalid file is a UserError naming it."""
+def load_toml(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
+    """Read a TOML file; a missing/unreadable/invalid file is a UserError naming it.
+
+    ``overrides``: ``KEY=VALUE`` strings (the ``--set`` option of the commands), applied in order
+    with :func:`apply_overrides` after reading, as if the file said so."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: config file not found")
     try:
         with open(p, "rb") as fh:
-            return tomllib.load(fh)
+            data = tomllib.load(fh)
     except PermissionError:
         raise UserError(f"{p}: config file is not readable") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{p}: invalid TOML ({err})") from None
     except UnicodeDecodeError:
         raise UserError(f"{p}: config file is not UTF-8 text") from None
+    return apply_overrides(data, overrides, str(p))
+
+
+# -- command-line overrides --------------------------------------------------------------
+OVERRIDE_HELP = ("set a config key, as if the file said so (repeatable): a dotted key and a TOML value, "
+                 "e.g. --set material.model=rve --set load.steps=48; a value that is not TOML is taken as "
+                 "a string, and paths stay relative to the config file's directory")
+
+
+def add_override_argument(ap) -> None:
+    """Add ``--set KEY=VALUE`` (repeatable; ``args.overrides``) to an argparse parser."""
+    ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.c=VALUE"`` -> (["a", "b", "c"], value).  The value is read as a TOML value
+    (``48``, ``1e-3``, ``true``, ``[1, 2]``, ``{n = 1}``, ``"text"``); anything else is the string itself."""
+    key, sep, raw = text.partition("=")
+    parts = [k.strip() for k in key.split(".")]
+    if not sep or not all(parts):
+        raise UserError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. --set material.model=rve")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str], file: str = "<config>") -> dict:
+    """``data`` with each ``KEY=VALUE`` of ``overrides`` set (missing tables are created); the
+    input is not modified.  A key whose parent is not a table is a UserError naming it."""
+    if not overrides:
+        return data
+    out = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                where = ".".join(parts[:i + 1])
+                raise UserError(f"--set {text!r}: '{where}' in {file} is not a table "
+                                f"(it is {type(node).__name__}), so it has no key '{parts[i + 1]}'")
+        node[parts[-1]] = value
+    return out
 
 
 # -- reusable checks ---------------------------------------------------------------------

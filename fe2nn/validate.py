@@ -43,11 +43,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from fe2nn.config import load_toml, parse, resolve_path
+from fe2nn.config import add_override_argument, load_toml, parse, resolve_path
 from fe2nn.errors import UserError
 from fe2nn.io_utils import Spool, pyplot, rank0_print, save_figure, write_text_atomic
 from fe2nn.macro.checkpoint import Growing
@@ -68,12 +68,13 @@ class ValidateConfig:
             "and the surrogate against the reference with both refined")))
 
 
-def load(path: str | Path):
-    """(SolveConfig, ValidateConfig) of a validation config; one-line errors."""
+def load(path: str | Path, overrides: Sequence[str] = ()):
+    """(SolveConfig, ValidateConfig) of a validation config; one-line errors.  ``overrides``:
+    ``KEY=VALUE`` strings (``--set``)."""
     from fe2nn.macro.config import SolveConfig
 
     file = str(path)
-    data = load_toml(path)
+    data = load_toml(path, overrides)
     if "validate" not in data:
         raise UserError(f"{file}: missing table '[validate]' (e.g. [validate] stress_steps = [10, 20]; "
                         "the reference is [material] with model = 'rve' unless [validate.reference] is given)")
@@ -320,7 +321,8 @@ def markdown(report: Dict[str, Any]) -> str:
     c, t = report["comparison"], report["timing"]
     ok = "PASS" if report["pass"] else "FAIL"
     lines = [
-        f"# FE² validation: {report['config']}", "",
+        f"# FE² validation: {report['config']}"
+        + "".join(f" --set {o}" for o in report.get("overrides", [])), "",
         f"Surrogate `{material_summary(json.loads(report['surrogate_material']))}` vs reference "
         f"`{material_summary(json.loads(report['reference_material']))}` "
         f"on {t['reference']['n_points']} quadrature points, {report['ranks']} MPI rank(s).", "",
@@ -394,13 +396,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--strict", action="store_true",
                     help="exit with status 1 when the largest reaction deviation misses "
                          "validate.max_reaction_deviation (the report is written either way)")
+    add_override_argument(ap)
     return ap
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     file = args.config
-    cfg, vcfg = load(file)
+    cfg, vcfg = load(file, args.overrides)
     import fe2nn.materials.rno  # noqa: F401 - register the FE² backends (lists them in error hints)
     import fe2nn.materials.rve  # noqa: F401
     from fe2nn.materials.registry import build_material, parse_material
@@ -428,7 +431,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     checkpoint = None  # of the reference solve, the long one
     if cfg.output.checkpoint_every or args.resume:
         checkpoint = Checkpoint(out / "reference", cfg.output.checkpoint_every,
-                                fingerprint(load_toml(file), mesh_path), comm)
+                                fingerprint(load_toml(file, args.overrides), mesh_path), comm)
         if args.resume:
             checkpoint.load()  # one clear line now, not after the surrogate solve
     mesh = read_mesh(mesh_path, comm)
@@ -473,7 +476,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         tim["constitutive_time_per_point_evaluation_s"] = tim["constitutive_time_s"] / max(
             tim["material_evaluations"] * tim["n_points"], 1)
     report = {
-        "config": str(file), "ranks": comm.size,
+        "config": str(file), "overrides": list(args.overrides), "ranks": comm.size,
         "surrogate_material": json.dumps(cfg.material, sort_keys=True),
         "reference_material": json.dumps(vcfg.reference, sort_keys=True),
         "target_reaction_deviation": vcfg.max_reaction_deviation,

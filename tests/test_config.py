@@ -62,3 +62,51 @@ def test_cli_unknown_command_is_one_line():
     proc = run_cli("frobnicate")
     assert proc.returncode != 0
     assert proc.stderr.strip() == "fe2nn: error: unknown command 'frobnicate' (expected one of: solve, generate, inspect, train, evaluate, validate)"
+
+
+def test_set_overrides_parse_toml_values_and_fall_back_to_strings():
+    from fe2nn.config import parse_override
+
+    assert parse_override("material.model=rve") == (["material", "model"], "rve")
+    assert parse_override("load.steps=48") == (["load", "steps"], 48)
+    assert parse_override("training.lr = 1e-4") == (["training", "lr"], 1e-4)
+    assert parse_override("a.flag=true") == (["a", "flag"], True)
+    assert parse_override('a.s="48"') == (["a", "s"], "48")  # quoted: a string
+    assert parse_override("m.ms={n_grains = 12, seed = 3}") == (["m", "ms"], {"n_grains": 12, "seed": 3})
+    assert parse_override("output.dir=results/a=b") == (["output", "dir"], "results/a=b")  # split at the first =
+    for bad in ("steps", "=3", "a..b=1", ".a=1"):
+        with pytest.raises(UserError, match="expected KEY=VALUE") as err:
+            parse_override(bad)
+        assert str(err.value).startswith("--set ")
+
+
+def test_set_overrides_apply_as_if_the_file_said_so(tmp_path):
+    from fe2nn.config import apply_overrides
+
+    data = {"material": {"E": 1.0}, "steps": 3, "bc": [{"x": 0.0}]}
+    out = apply_overrides(data, ["material.E=2e9", "steps=5", "new.table.key=1"], "c.toml")
+    assert out == {"material": {"E": 2e9}, "steps": 5, "bc": [{"x": 0.0}], "new": {"table": {"key": 1}}}
+    assert data == {"material": {"E": 1.0}, "steps": 3, "bc": [{"x": 0.0}]}  # the input is kept
+    assert apply_overrides(data, ["steps=1", "steps=2"])["steps"] == 2  # in order: the last one wins
+    for bad, words in (["bc.x=1", ("'bc' in c.toml is not a table", "no key 'x'")],
+                       ["steps.x=1", ("'steps' in c.toml is not a table",)]):
+        with pytest.raises(UserError) as err:
+            apply_overrides(data, [bad], "c.toml")
+        assert all(w in str(err.value) for w in words), str(err.value)
+    # through load_toml, and the checks of parse see the result with its key
+    f = tmp_path / "c.toml"
+    f.write_text("steps = 3\n[material]\nE = 1.0\n")
+    assert parse(Cfg, load_toml(f, ["material.nu=0.25"]), str(f)).material.nu == 0.25
+    with pytest.raises(UserError, match=r"key 'material.nu' = 0.7 must lie in"):
+        parse(Cfg, load_toml(f, ["material.nu=0.7"]), str(f))
+
+
+def test_set_paths_stay_relative_to_the_config(tmp_path):
+    from fe2nn.surrogate.train import load_config
+
+    (tmp_path / "sub").mkdir()
+    f = tmp_path / "sub" / "train.toml"
+    f.write_text('[data]\npath = "a.h5"\n[output]\ndir = "out"\n')
+    cfg = load_config(f, ["data.path=../b.h5", "training.lr=1e-4"])
+    assert cfg.data.path == str(tmp_path / "b.h5") and cfg.training.lr == 1e-4
+    assert cfg.output.dir == str(tmp_path / "sub" / "out")

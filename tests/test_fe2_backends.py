@@ -294,15 +294,17 @@ def test_validate_refine_reports_the_references_own_step_error(tmp_path):
     so the reference's own step error is zero (to the solver's tolerance) at every step and in the
     stress fields; the rate-dependent surrogate does move.  The refined comparison is recomputed
     from the refined runs' steps.csv; each refined run has twice the steps."""
-    elastic = {"model": "elastic", "E": 70e9, "nu": 0.33}
+    elastic = {"model": "elastic", "E": 60e9, "nu": 0.33}  # E = 70e9 by --set (recorded in the report)
     ref = "\n".join(f"{k} = {json.dumps(v)}" for k, v in elastic.items())
     cfg = bar_config(tmp_path / "v.toml", rno_table(), strain=4e-3, times=(0.0, 2.0, 3.0), factors=(0.0, 1.0, 0.5),
                      steps=4, out=str(tmp_path / "val"),
                      extra=f"[validate]\nstress_steps = [2, 4]\nrefine = 2\n[validate.reference]\n{ref}\n")
-    proc = run_cli("validate", str(cfg), "-q", "--strict")
+    proc = run_cli("validate", str(cfg), "-q", "--strict", "--set", "validate.reference.E=70e9")
     assert "[4/4] reference solve at 2 x the steps" in proc.stdout and "its own step error" in proc.stdout
     out = tmp_path / "val"
     rep = json.loads((out / "report.json").read_text())
+    assert rep["overrides"] == ["validate.reference.E=70e9"] and json.loads(rep["reference_material"])["E"] == 70e9
+    assert (out / "report.md").read_text().splitlines()[0].endswith("v.toml --set validate.reference.E=70e9")
     # a plastic surrogate against an elastic reference misses the 3 % target: --strict exits with 1,
     # after writing the report
     assert not rep["pass"] and "(FAIL, target 3%)" in proc.stdout and proc.returncode == 1, proc.stderr

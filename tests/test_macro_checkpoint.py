@@ -118,6 +118,19 @@ def test_resume_with_the_surrogate_restores_its_internal_variables(tmp_path):
     assert "ood_points" in _rows(res)[0]
 
 
+def test_set_changes_a_key_as_an_edited_file_would_and_resume_needs_the_same_set(tmp_path):
+    """``--set material.E=210e9`` on the 200 GPa bar = the file with 210 GPa, through a kill and a
+    resume; resuming without the ``--set`` is another problem (the checkpoint sees the changed config)."""
+    ref, res = tmp_path / "ref", tmp_path / "res"
+    run_cli("solve", str(_j2_bar(tmp_path / "ref.toml", ref, E="210e9")), "-q", check=True)
+    cfg = _j2_bar(tmp_path / "res.toml", res)
+    _killed(tmp_path, cfg, after=3, extra=("--set", "material.E=210e9"))
+    proc = run_cli("solve", str(cfg), "--resume", "-q")
+    assert proc.returncode == 2 and "another problem" in proc.stderr and "material.E" in proc.stderr, proc.stderr
+    run_cli("solve", str(cfg), "--resume", "-q", "--set", "material.E=210e9", check=True)
+    _assert_same_results(ref, res)
+
+
 def test_resume_on_two_ranks_and_refusals(tmp_path):
     ref, res = tmp_path / "ref", tmp_path / "res"
     run_cli("solve", str(_j2_bar(tmp_path / "ref.toml", ref, every=2)), "-q", n=2, check=True)

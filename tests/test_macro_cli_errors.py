@@ -37,16 +37,21 @@ CASES = {
                    ["material.E", "'stiff'", "number"]),
     "bad load table": (dict(rest='[load]\ntimes = [0.0, 1.0, 1.0]\nfactors = [0.0, 1.0, 0.0]\n'),
                        ["load", "strictly increasing"]),
+    # --set KEY=VALUE: checked as the file's keys are, named as they are
+    "bad value by --set": ({}, ["material.E", "-1", "> 0"], ("--set", "material.E=-1")),
+    "misspelt key by --set": ({}, ["'material.sigma_yy'", "did you mean 'material.sigma_y'"],
+                              ("--set", "material.sigma_yy=1e6")),
+    "--set into a list": ({}, ["--set 'dirichlet.x=1'", "'dirichlet'", "not a table"], ("--set", "dirichlet.x=1")),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gives_one_clear_line(tmp_path, case):
-    replace, expected = CASES[case]
+    replace, expected, *args = CASES[case]
     (tmp_path / "junk.msh").write_text("this is not a mesh\n")
     cfg = tmp_path / "bad.toml"
     cfg.write_text(config(**replace))
-    proc = run_cli("solve", str(cfg), timeout=120)
+    proc = run_cli("solve", str(cfg), *(args[0] if args else ()), timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -36,14 +36,14 @@ import sys
 import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 import fe2nn
 from fe2nn import interrupt
-from fe2nn.config import load_toml, non_negative, parse, positive, resolve_path
+from fe2nn.config import add_override_argument, load_toml, non_negative, parse, positive, resolve_path
 from fe2nn.data import paths as P
 from fe2nn.data.dataset import FORMAT, FORMAT_VERSION, array_checksum, read_arrays
 from fe2nn.errors import UserError
@@ -91,8 +91,9 @@ class GenerateConfig:
         return sum(getattr(self.paths, f).count for f in P.FAMILY_NAMES)
 
 
-def load_config(path: str | os.PathLike) -> GenerateConfig:
-    cfg = parse(GenerateConfig, load_toml(path), str(path))
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> GenerateConfig:
+    """Parse and validate a generate config; ``overrides``: ``KEY=VALUE`` strings (``--set``)."""
+    cfg = parse(GenerateConfig, load_toml(path, overrides), str(path))
     rec = cfg.paths.recorded
     if rec.count > 0:  # read the recorded paths now: errors before any work, and their hash in the config
         file = resolve_path(path, rec.file)
@@ -600,9 +601,10 @@ def main(argv=None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output and its parts")
     ap.add_argument("--no-progress", action="store_true",
                     help="no progress bar: one line per chunk (of rank 0) with the time left instead")
+    add_override_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or torch.get_num_threads())
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     t0 = _time.perf_counter()
     summary = generate(cfg, args.config, output=Path(args.output) if args.output else None,
                        overwrite=args.overwrite, progress=not args.no_progress)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
-from fe2nn.config import load_toml, parse, resolve_path
+from fe2nn.config import add_override_argument, load_toml, parse, resolve_path
 from fe2nn.errors import UserError
 from fe2nn.macro.config import SolveConfig
 
@@ -24,13 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run from <output dir>/checkpoint/ (written with [output] "
                          "checkpoint_every = N), on any number of ranks")
+    add_override_argument(ap)
     return ap
 
 
-def load_config(path: str | Path) -> SolveConfig:
-    """Parse and validate a solve config (no DOLFINx needed)."""
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> SolveConfig:
+    """Parse and validate a solve config (no DOLFINx needed); ``overrides``: ``KEY=VALUE`` (``--set``)."""
     file = str(path)
-    return parse(SolveConfig, load_toml(path), file)
+    return parse(SolveConfig, load_toml(path, overrides), file)
 
 
 def check_boundaries(cfg: SolveConfig, file: str, info) -> None:
@@ -66,7 +67,7 @@ def build_problem(cfg: SolveConfig, mesh, material):
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     file = args.config
-    cfg = load_config(file)
+    cfg = load_config(file, args.overrides)
     from fe2nn.materials.registry import build_material, parse_material
 
     parse_material(cfg.material, file)
@@ -94,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from fe2nn.macro.checkpoint import Checkpoint, fingerprint
 
     checkpoint = Checkpoint(out_dir, cfg.output.checkpoint_every,
-                            fingerprint(load_toml(file), mesh_path), MPI.COMM_WORLD)
+                            fingerprint(load_toml(file, args.overrides), mesh_path), MPI.COMM_WORLD)
     monitor = OODMonitor()  # out-of-distribution points of a surrogate per step (no-op otherwise)
     callbacks = [monitor]
     history = None

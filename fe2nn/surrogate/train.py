@@ -41,13 +41,13 @@ import sys
 import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from fe2nn import interrupt
-from fe2nn.config import load_toml, non_negative, one_of, parse, positive, resolve_path
+from fe2nn.config import add_override_argument, load_toml, non_negative, one_of, parse, positive, resolve_path
 from fe2nn.errors import UserError
 from fe2nn.io_utils import atomic_path, time_left, write_text_atomic
 from fe2nn.surrogate.rno import (RNO, ACTIVATIONS, RNOArch, grow, relative_l2, rollout_at_dt_factor, shrink,
@@ -301,8 +301,9 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    cfg = parse(TrainConfig, load_toml(path), str(path))
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Parse a training config, paths resolved; ``overrides``: ``KEY=VALUE`` strings (``--set``)."""
+    cfg = parse(TrainConfig, load_toml(path, overrides), str(path))
     cfg.data.path = str(resolve_path(path, cfg.data.path))
     cfg.data.extra_paths = [str(resolve_path(path, p)) for p in cfg.data.extra_paths]
     cfg.output.dir = str(resolve_path(path, cfg.output.dir))
@@ -788,8 +789,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "print the validation error per k (models in output.dir/k<k>)")
     ap.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after N epochs of this run")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar: one log line per epoch instead")
+    add_override_argument(ap)
     args = ap.parse_args(argv)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     if cfg.training.threads > 0:
         torch.set_num_threads(cfg.training.threads)
     fams = list(cfg.data.train_families)
