@@ -23,6 +23,20 @@ Points whose Newton iteration fails (``max_iter``, default 16, or a failed line
 search) continue with adaptive substeps (halved on failure, doubled after
 success) down to 1/``max_substeps`` of the increment; only then is
 MaterialConvergenceError raised, with the mask of the failed points.
+
+Sticky substeps: which substeps fail depends on the strain increment, so the
+stress would jump where a small change of the increment changes the partition
+(measured on copper: jumps of 20x the smooth change for 1e-7 strain), and a
+macro Newton iteration stalls on them.  For large increments the backward-Euler
+problem can also have more than one root (copper, first step: two roots 1 % apart
+in a grain's stress), and which one the local Newton finds depends on its start.
+So the partition of each point's last successful update is kept with the solution
+at each substep end, and a later call from the same old state and time step (the
+next macro Newton iteration) uses the partition or refines it, never coarsens it,
+and starts each kept substep's Newton iteration from the kept solution; the stress
+is then a smooth function of the increment within a load step.  A first call from
+a state integrates as described above, so sequences of steps (datasets) do not
+depend on this.
 The consistent tangent follows from implicit differentiation of R = 0:
 ``d(sigma, xi)/d eps = J^-1 [C; 0]`` with the converged Jacobian J, chained
 exactly through the substeps.
@@ -244,6 +258,7 @@ class SingleCrystal(Material):
         self.CP = self.P @ self.C  # (m,12,6): row a = (C P_a)^T  (C symmetric)
         self.H = params.interaction_matrix(self.dtype, self.device)
         self.m = q.shape[0]
+        self._partition: dict | None = None  # sticky substeps: the last successful update's (module doc)
 
     @classmethod
     def from_euler(cls, params: CrystalParams, euler, device="cpu", **kw) -> "SingleCrystal":
@@ -282,7 +297,7 @@ class SingleCrystal(Material):
         sig_old = torch.einsum("nij,nj->ni", C, state["strain"] - eps_p_old)
         dsig = torch.einsum("nij,nj->ni", C, strain - state["strain"])
 
-        out = self._integrate(sig_old, state["xi"], dsig, dtv, C, P, CP)
+        out = self._integrate(sig_old, state["xi"], dsig, dtv, C, P, CP, self._kept_partition(state, dtv))
         if not bool(out["ok"].all()):
             failed = (~out["ok"]).cpu()
             raise MaterialConvergenceError(
@@ -292,6 +307,8 @@ class SingleCrystal(Material):
         sig, xi, tangent = out["sig"], out["xi"], out["tangent"]
         deps_p, dgam_abs, dp = out["deps_p"], out["dgam_abs"], out["dp"]
         iters, substeps = out["iterations"], out["substeps"]
+        self._partition = {"old_strain": state["strain"].clone(), "old_eps_p": eps_p_old.clone(),
+                           "old_xi": state["xi"].clone(), "dt": dtv.clone(), **out["partition"]}
         new_state = {
             "strain": strain.clone(),
             "eps_p": eps_p_old + deps_p,
@@ -302,13 +319,32 @@ class SingleCrystal(Material):
         self.info = {"iterations": iters, "substeps": substeps}
         return sig, tangent, new_state
 
-    def _integrate(self, sig0, xi0, dsig, dt, C, P, CP) -> dict:
+    def _kept_partition(self, state: State, dt: torch.Tensor) -> dict | None:
+        """The last successful update's substeps (sticky substeps, module doc), as
+        :meth:`_integrate` returned them, with "kept" (n,) marking the points whose old state
+        and time step are the same as then.  None when no point matches."""
+        last = self._partition
+        if last is None or last["dt"].shape != dt.shape:
+            return None
+        same = (last["dt"] == dt) & (last["old_strain"] == state["strain"]).all(-1) \
+            & (last["old_eps_p"] == state["eps_p"]).all(-1) & (last["old_xi"] == state["xi"]).all(-1)
+        if not bool(same.any()):
+            return None
+        return dict(last, kept=same)
+
+    def _integrate(self, sig0, xi0, dsig, dt, C, P, CP, kept: dict | None = None) -> dict:
         """Integrate k points over the increment with adaptive backward-Euler substeps.
 
         Every point first tries the whole increment (fraction h = 1).  A substep whose
         Newton iteration fails is halved; a converged one advances the point by h and
         the next substep is doubled again (h stays a power of 1/2, so the fractions add
         up to exactly 1).  Below h = 1/max_substeps the point is reported as failed.
+        ``kept`` (:meth:`_kept_partition`): substep ends that a substep must not step over
+        (sticky substeps, module doc), and the solutions there, the start of the Newton
+        iteration of a substep that is one of them.  The partition used is returned as
+        "partition": "sig" (k, 6) and "xi" (k, 12) at the end of the increment, and for the
+        m points with more than one substep (rows "row" (k,) of the others: -1) "ends"
+        (m, L) (fractions, padded with 1), "sig_sub" (m, L, 6) and "xi_sub" (m, L, 12).
         With sigma_trial_j = sigma_{j-1} + h_j C deps, R_j depends on the previous
         substep through -I (sigma and xi), so the sensitivities chain exactly:
         A_j = J_j^-1 (A_{j-1} + h_j [C; 0]), A_0 = 0, tangent = A_last[:6].
@@ -328,13 +364,33 @@ class SingleCrystal(Material):
         t = torch.zeros(k, dtype=self.dtype, device=dev)  # completed fraction of the increment
         h = torch.ones(k, dtype=self.dtype, device=dev)  # current substep fraction
         h_min = 1.0 / self.max_substeps
+        ends: List[tuple] = []  # (points, their substep number, end of that substep, sigma and xi there)
         live = torch.arange(k, device=dev)
         while live.numel() > 0:
+            guess = None
+            if kept is not None:  # do not step over an end of the kept partition (fractions are dyadic: exact)
+                tl = t[live]
+                r = torch.where(kept["kept"][live], kept["row"][live], -1)
+                multi = r >= 0
+                b = torch.ones(live.numel(), kept["ends"].shape[1], dtype=self.dtype, device=dev)
+                b[multi] = kept["ends"][r[multi]]
+                nxt = torch.where(b > tl[:, None], b, torch.ones_like(b)).amin(-1)
+                h[live] = torch.minimum(h[live], nxt - tl)
+                # a substep of the kept partition starts from the kept solution at its end
+                at = b == (tl + h[live])[:, None]
+                j = torch.argmax(at.to(torch.int8), dim=1)
+                start = torch.where(j > 0, b.gather(1, (j - 1).clamp(min=0)[:, None])[:, 0], torch.zeros_like(tl))
+                use = kept["kept"][live] & at.any(-1) & (start == tl)
+                if bool(use.any()):
+                    g_sig, g_xi = kept["sig"][live], kept["xi"][live]  # one substep: the end of the increment
+                    g_sig[multi] = kept["sig_sub"][r[multi], j[multi]]
+                    g_xi[multi] = kept["xi_sub"][r[multi], j[multi]]
+                    guess = (use, g_sig, g_xi)
             hl = h[live]
             s_prev, x_prev = sig[live], xi[live]
             s_tr = s_prev + dsig[live] * hl[:, None]
             dts = dt[live] * hl
-            s_new, x_new, it, conv = self._newton(s_tr, s_prev, x_prev, dts, P[live], CP[live])
+            s_new, x_new, it, conv = self._newton(s_tr, s_prev, x_prev, dts, P[live], CP[live], guess)
             iters[live] += it
             if bool(conv.any()):
                 c = live[conv]
@@ -349,14 +405,29 @@ class SingleCrystal(Material):
                 dp[c] += math.sqrt(2.0 / 3.0) * torch.linalg.norm(de, dim=-1)
                 t[c] += hc
                 nsub[c] += 1
+                ends.append((c, nsub[c] - 1, t[c].clone(), s_new[conv], x_new[conv]))
                 h[c] = torch.minimum(2.0 * hc, 1.0 - t[c])
             if not bool(conv.all()):
                 f = live[~conv]
                 h[f] = 0.5 * h[f]
                 ok[f[h[f] < h_min]] = False
             live = live[(t[live] < 1.0) & ok[live]]
+        multi = (nsub > 1).nonzero().flatten()  # the points whose substeps are kept beyond the end state
+        m, L = multi.numel(), int(nsub.max()) if multi.numel() else 1
+        row = torch.full((k,), -1, dtype=torch.int64, device=dev)
+        row[multi] = torch.arange(m, device=dev)
+        part = {"sig": sig.clone(), "xi": xi.clone(), "row": row,
+                "ends": torch.ones(m, L, dtype=self.dtype, device=dev),
+                "sig_sub": torch.zeros(m, L, 6, dtype=self.dtype, device=dev),
+                "xi_sub": torch.zeros(m, L, self.n_slip, dtype=self.dtype, device=dev)}
+        for c, j, tc, sc, xc in ends:
+            r = row[c]
+            sel = r >= 0
+            if bool(sel.any()):
+                r, j = r[sel], j[sel]
+                part["ends"][r, j], part["sig_sub"][r, j], part["xi_sub"][r, j] = tc[sel], sc[sel], xc[sel]
         return dict(ok=ok, sig=sig, xi=xi, tangent=A[:, :6, :], deps_p=deps_p, dgam_abs=dgam_abs, dp=dp,
-                    iterations=iters, substeps=nsub)
+                    iterations=iters, substeps=nsub, partition=part)
 
     # -- local problem -----------------------------------------------------------------
     def _slip(self, tau, xi, dt):
@@ -420,8 +491,13 @@ class SingleCrystal(Material):
         first = torch.argmax(okc.to(torch.int8), dim=1)  # largest admissible lambda
         return cand[torch.arange(cand.shape[0], device=self.device), first]
 
-    def _newton(self, sig_trial, sig_old, xi_old, dt, P, CP):
+    def _newton(self, sig_trial, sig_old, xi_old, dt, P, CP, guess=None):
         """Backward-Euler local problem for k points: (sigma, xi, iterations, converged).
+
+        ``guess``: (mask (k,), sigma (k, 6), xi (k, 12)): where the mask is set, the iteration
+        starts there instead of at the predictor (sticky substeps, module doc), and takes at
+        least one step: a guess within the tolerance would otherwise be returned as it is, and
+        the stress would not follow changes of the strain below the tolerance.
 
         Newton with a backtracking (Armijo) line search on f = |R|^2 / 2; the residual
         and Jacobian of a full step are evaluated together and reused by the next
@@ -432,6 +508,11 @@ class SingleCrystal(Material):
         tol = self.rtol * self.params.xi0 + 1e-14 * sig_trial.abs().amax(-1)  # + round-off floor
         sig = self._initial_guess(dt, sig_trial, sig_old, xi_old, P)
         xi = xi_old.clone()
+        warm = torch.zeros(n, dtype=torch.bool, device=self.device)
+        if guess is not None:
+            warm, g_sig, g_xi = guess
+            sig = torch.where(warm[:, None], g_sig, sig)
+            xi = torch.where(warm[:, None], g_xi, xi)
         iters = torch.zeros(n, dtype=torch.int64, device=self.device)
         ok = torch.zeros(n, dtype=torch.bool, device=self.device)
         act = torch.arange(n, device=self.device)
@@ -439,6 +520,8 @@ class SingleCrystal(Material):
         for it in range(self.max_iter + 1):
             rmax = R.abs().amax(-1)
             conv = torch.isfinite(rmax) & (rmax <= tol[act])
+            if it == 0:
+                conv &= ~warm
             ok[act[conv]] = True
             keep = ~conv & torch.isfinite(rmax)  # non-finite residuals cannot recover
             if it == self.max_iter or not bool(keep.any()):
@@ -457,6 +540,8 @@ class SingleCrystal(Material):
             Rt, Jt, _ = self._residual(s_t, x_t, st_a, xo_a, dt_a, CP_a, P_a, jacobian=True)
             ft = 0.5 * (Rt * Rt).sum(-1)
             good = good_dx & torch.isfinite(ft) & (x_t > 0).all(-1) & (ft <= (1.0 - 1e-4) * f0)
+            if it == 0 and bool(warm.any()):  # a warm start already within the tolerance: its step need not descend
+                good |= warm[act] & good_dx & (x_t > 0).all(-1) & (Rt.abs().amax(-1) <= tol[act])
             bad = ~good
             if bool(bad.any()):  # keep the old residual/Jacobian only where the full step is rejected
                 Rt[bad], Jt[bad] = R[bad], J[bad]
