@@ -314,6 +314,9 @@ def test_sticky_substeps_only_refine_and_first_calls_do_not_depend_on_them():
         b = SingleCrystal(mat.params, mat.orientations).update(*args)
         for x, y in zip(a[:2], b[:2]):
             assert torch.equal(x, y)
+    mat.update(strain, dt, st)
+    mat.forget_last_update()  # the next call from the same state and step is a first one again
+    assert torch.equal(mat.update(small, dt, st)[0], first)
 
 
 def test_batching_rules_and_state_immutability():

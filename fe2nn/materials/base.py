@@ -30,6 +30,12 @@ where a material computes it in a separate pass (the RNO surrogate); then
 ``material.tangent(strain, dt, state)`` gives it, for the same arguments, only when the
 solver needs it.  Both default to ``update``, so a new law implements ``update`` alone.
 
+A material may remember its last successful ``update`` to continue from it when it is
+called again from the same state and step (the next Newton iteration): the single crystal
+keeps its substeps and local roots, so that its stress is smooth within a step (its module
+doc).  A call from another state or step must not depend on it.  ``forget_last_update()``
+drops what is kept (e.g. to time a first call); the default keeps nothing.
+
 After each ``update`` a material may publish diagnostics in ``material.info``
 (a dict of tensors with leading dimension n, e.g. ``"hill_mandel"`` or
 ``"iterations"``).  A law with plasticity keeps the accumulated equivalent
@@ -76,6 +82,10 @@ class Material(abc.ABC):
     @abc.abstractmethod
     def update(self, strain: torch.Tensor, dt: float, state: State) -> Response:
         """Stress (n,6), tangent (n,6,6) and new state at total strain ``strain``."""
+
+    def forget_last_update(self) -> None:
+        """Drop what is kept of the last update (module docstring); the next call integrates
+        afresh.  Default: nothing is kept."""
 
     def stress_update(self, strain: torch.Tensor, dt, state: State) -> Tuple[torch.Tensor, State, Optional[torch.Tensor]]:
         """(stress (n,6), new state, tangent (n,6,6) or None): the tangent only where it comes

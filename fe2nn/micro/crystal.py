@@ -319,6 +319,10 @@ class SingleCrystal(Material):
         self.info = {"iterations": iters, "substeps": substeps}
         return sig, tangent, new_state
 
+    def forget_last_update(self) -> None:
+        """Drop the kept substeps (sticky substeps, module doc)."""
+        self._partition = None
+
     def _kept_partition(self, state: State, dt: torch.Tensor) -> dict | None:
         """The last successful update's substeps (sticky substeps, module doc), as
         :meth:`_integrate` returned them, with "kept" (n,) marking the points whose old state

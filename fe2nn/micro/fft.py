@@ -510,6 +510,9 @@ class FFTRVE(Material):
         b = field.shape[0]
         return field.reshape(b, 6, self.n_voxels).transpose(1, 2).contiguous()
 
+    def forget_last_update(self) -> None:
+        self.voxel.forget_last_update()
+
     def initial_tangent(self) -> torch.Tensor:
         """Homogenised tangent (6, 6) of the virgin RVE at zero strain (cached)."""
         if self._C_initial is None:

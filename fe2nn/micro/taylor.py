@@ -53,6 +53,9 @@ class TaylorRVE(Material):
         keep = w > 0
         return cls(params, microstructure.orientations[keep], weights=w[keep], device=device, **crystal_options)
 
+    def forget_last_update(self) -> None:
+        self.crystal.forget_last_update()
+
     def initial_state(self, n: int) -> State:
         G = self.n_grains
         cs = self.crystal.initial_state(n * G)
