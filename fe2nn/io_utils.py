@@ -34,7 +34,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _umask() -> int:
-    """The process's file-creation mask (read by setting it and setting it back)."""
+    """The process's file-creation mask: from /proc/self/status where there is one (reading
+    it changes nothing), else by setting it and setting it back (not safe against other
+    threads creating files in between)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
