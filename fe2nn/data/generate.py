@@ -520,7 +520,7 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
                        file=sys.stderr)
             bar.update(parts.samples_done())
         abort_after = int(os.environ.get("FE2NN_GENERATE_ABORT_AFTER", "0") or 0)
-        written = 0
+        written, stop = 0, None
         last = [0.0]
         log = not progress and comm.rank == 0  # unattended: one line per chunk of rank 0 instead of the bar
         start, before = _time.monotonic(), parts.samples_done()
@@ -545,20 +545,19 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
                 os.kill(os.getpid(), signal.SIGKILL)
             if stop_after_chunks is not None and written >= stop_after_chunks:
                 break
-            stop[0] = interrupt.requested()  # SIGTERM (fe2nn.interrupt): after this chunk, on this rank
-            if stop[0]:
+            stop = interrupt.requested()  # SIGTERM (fe2nn.interrupt): after this chunk, on this rank
+            if stop:
                 break
         if bar is not None:
             bar.n = parts.samples_done()
             bar.refresh()
-        return bar
+        return bar, stop
 
-    stop: List[Optional[str]] = [None]
-    bar = _collective(comm, work)
+    bar, stop = _collective(comm, work)
     comm.Barrier()
     if bar is not None:
         bar.close()
-    stopped = [s for s in comm.allgather(stop[0]) if s]
+    stopped = [s for s in comm.allgather(stop) if s]
     if stopped:
         raise interrupt.Interrupted(f"stopped by {stopped[0]} with {parts.samples_done()} of {N} samples written "
                                     f"(in {parts.dir}): run the same command again to continue")
