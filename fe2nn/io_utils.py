@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 
 @contextlib.contextmanager
@@ -47,6 +48,16 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def git_commit() -> Optional[str]:
+    """The commit of the fe2nn checkout in use (for the records of a run), or None outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -100,6 +100,8 @@ def test_a_failed_run_resumes_with_other_solver_settings(tmp_path):
     line = proc.stderr.strip()
     assert proc.returncode == 3 and "\n" not in line and "Traceback" not in line, proc.stderr
     assert "min_dt = 0.4" in line and "the checkpoint of step 2 is in" in line and "--resume" in line
+    rec = json.loads((res / "run.json").read_text())  # the record says how the run ended
+    assert not rec["finished"] and "min_dt = 0.4" in rec["stopped"] and rec["config"]["solver"]["min_dt"] == 0.4
     run_cli("solve", str(_j2_bar(tmp_path / "res.toml", res)), "--resume", "-q", check=True)
     _assert_same_results(ref, res)
 
@@ -129,6 +131,10 @@ def test_set_changes_a_key_as_an_edited_file_would_and_resume_needs_the_same_set
     assert proc.returncode == 2 and "another problem" in proc.stderr and "material.E" in proc.stderr, proc.stderr
     run_cli("solve", str(cfg), "--resume", "-q", "--set", "material.E=210e9", check=True)
     _assert_same_results(ref, res)
+    rec = json.loads((res / "run.json").read_text())  # what was run, --set included
+    assert rec["overrides"] == ["material.E=210e9"] and rec["config"]["material"]["E"] == 210e9
+    assert rec["command"].endswith("--resume -q --set material.E=210e9") and rec["resumed"] and rec["finished"]
+    assert rec["steps"] == len(_rows(res)) and len(rec["mesh_sha256"]) == 64 and rec["fe2nn_version"]
 
 
 def test_resume_on_two_ranks_and_refusals(tmp_path):

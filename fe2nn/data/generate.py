@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time as _time
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from fe2nn.config import add_override_argument, load_toml, non_negative, parse, 
 from fe2nn.data import paths as P
 from fe2nn.data.dataset import FORMAT, FORMAT_VERSION, array_checksum, read_arrays
 from fe2nn.errors import UserError
-from fe2nn.io_utils import format_duration, time_left
+from fe2nn.io_utils import format_duration, git_commit, time_left
 from fe2nn.materials.base import Material, MaterialConvergenceError, put_state, take_state
 from fe2nn.micro.rve import RVEConfig, build_rve, describe
 
@@ -133,15 +132,6 @@ def config_hash(cfg: GenerateConfig, rve_meta: dict) -> str:
     key["part_format"] = PART_FORMAT
     key["fe2nn_version"] = fe2nn.__version__  # parts of another release are not mixed in
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=repr).encode()).hexdigest()
-
-
-def git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(fe2nn.__file__).parent, capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # -- simulation of one batch ----------------------------------------------------------------

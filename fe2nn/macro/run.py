@@ -7,12 +7,18 @@ under ``mpirun -n N``.  See fe2nn/macro/config.py for the schema.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from fe2nn.config import add_override_argument, load_toml, parse, resolve_path
-from fe2nn.errors import UserError
+from fe2nn.errors import SolverError, UserError
+from fe2nn.interrupt import Interrupted
 from fe2nn.macro.config import SolveConfig
+
+
+#: the record of a run in its output directory (:func:`write_run_record`)
+RUN_RECORD = "run.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +70,27 @@ def build_problem(cfg: SolveConfig, mesh, material):
     return problem
 
 
+def write_run_record(out_dir: Path, argv: Sequence[str], args, settings: dict, mesh_path, mesh_sha256: str, comm,
+                     outcome: dict) -> None:
+    """``run.json`` in the output directory (rank 0, atomically): what was run -- the command, the
+    config with its ``--set`` changes applied, the mesh and its SHA-256, fe2nn's version and commit,
+    the ranks -- and how it ended (``finished``, ``steps``, or the line that ``stopped`` it)."""
+    if comm.rank != 0:
+        return
+    import json
+    import shlex
+
+    import fe2nn
+    from fe2nn.io_utils import git_commit, write_text_atomic
+
+    record = {"command": "fe2nn solve " + shlex.join(argv), "config_file": str(Path(args.config).resolve()),
+              "overrides": list(args.overrides), "config": json.loads(json.dumps(settings, default=str)),
+              "mesh_file": str(Path(mesh_path).resolve()), "mesh_sha256": mesh_sha256,
+              "fe2nn_version": fe2nn.__version__, "git_commit": git_commit(), "ranks": comm.size,
+              "resumed": bool(args.resume), **outcome}
+    write_text_atomic(out_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     file = args.config
@@ -94,8 +121,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from fe2nn.macro.checkpoint import Checkpoint, fingerprint
 
-    checkpoint = Checkpoint(out_dir, cfg.output.checkpoint_every,
-                            fingerprint(load_toml(file, args.overrides), mesh_path), MPI.COMM_WORLD)
+    settings = load_toml(file, args.overrides)
+    problem_id = fingerprint(settings, mesh_path)
+    checkpoint = Checkpoint(out_dir, cfg.output.checkpoint_every, problem_id, MPI.COMM_WORLD)
     monitor = OODMonitor()  # out-of-distribution points of a surrogate per step (no-op otherwise)
     callbacks = [monitor]
     history = None
@@ -104,17 +132,25 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         history = StrainHistory(t0=cfg.load.times[0])
         callbacks.append(history)
+    outcome: Optional[dict] = {"finished": False}
     try:
         result = solve(problem, cfg.load.times, cfg.load.factors, steps=cfg.load.steps, max_dt=cfg.load.max_dt,
                        reaction=cfg.output.reaction, output=out_dir, **cfg.solver.solve_kwargs(),
                        vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=not args.quiet,
                        callback=callbacks, checkpoint=checkpoint, resume=args.resume)
+        outcome = {"finished": True, "steps": len(result.steps)}
     except UserError:  # a checkpoint that does not fit this run, refused before any step: no results
-        history = None
+        history, outcome = None, None
+        raise
+    except (SolverError, Interrupted) as err:
+        outcome = {"finished": False, "stopped": str(err)}
         raise
     finally:  # the converged steps, also when a later step fails
         if history is not None:
             history.write(out_dir / FILE_NAME, attrs={"config": Path(file).name, "mesh": Path(mesh_path).name})
+        if outcome is not None:
+            write_run_record(out_dir, argv if argv is not None else sys.argv[2:], args, settings, mesh_path,
+                             problem_id["mesh_sha256"], MPI.COMM_WORLD, outcome)
     from fe2nn.io_utils import rank0_print
 
     sv = result.solver
@@ -130,5 +166,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         rank0_print(f"  open in ParaView: {out_dir / 'displacement.bp'}, {out_dir / 'fields.bp'} (VTX/ADIOS2)")
     if history is not None:
         rank0_print(f"  strain paths at the quadrature points: {out_dir / FILE_NAME}")
-    rank0_print(f"  steps table: {out_dir / 'steps.csv'}" + (f"; plot: {out_dir / 'force_displacement.png'}" if cfg.output.plot else ""))
+    rank0_print(f"  steps table: {out_dir / 'steps.csv'}" + (f"; plot: {out_dir / 'force_displacement.png'}" if cfg.output.plot else "")
+                + f"; what was run: {out_dir / RUN_RECORD}")
     return 0
