@@ -135,6 +135,17 @@ def test_set_changes_a_key_as_an_edited_file_would_and_resume_needs_the_same_set
     assert rec["overrides"] == ["material.E=210e9"] and rec["config"]["material"]["E"] == 210e9
     assert rec["command"].endswith("--resume -q --set material.E=210e9") and rec["resumed"] and rec["finished"]
     assert rec["steps"] == len(_rows(res)) and len(rec["mesh_sha256"]) == 64 and rec["fe2nn_version"]
+    # fe2nn inspect <output dir>: the record and a digest of steps.csv
+    text = run_cli("inspect", str(res), check=True).stdout
+    assert text.startswith(f"solve results {res}") and "--set material.E=210e9" in text and "(finished, " in text
+    s = json.loads(run_cli("inspect", str(res), "--json", check=True).stdout)
+    R = np.array([[float(r[f"reaction_{c}"]) for c in "xyz"] for r in _rows(res)])
+    assert s["steps"] == len(R) and s["largest_reaction"]["norm"] == pytest.approx(np.linalg.norm(R, axis=1).max())
+    assert s["newton_iterations"]["total"] == sum(int(r["iterations"]) for r in _rows(res))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "steps.csv").write_text("not,a\ntable,1\n")
+    proc = run_cli("inspect", str(tmp_path / "junk"))
+    assert proc.returncode == 2 and "steps.csv: not a steps table" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_resume_on_two_ranks_and_refusals(tmp_path):

@@ -1,6 +1,7 @@
 """``fe2nn inspect PATH [...]``: counts, ranges, rejections and plots of a dataset; for a
 surrogate directory, what the surrogate is (:mod:`fe2nn.surrogate.summary`); for a solve
-checkpoint, what it holds and whether it can be resumed (:func:`fe2nn.macro.checkpoint.summarize`)."""
+checkpoint, what it holds and whether it can be resumed (:func:`fe2nn.macro.checkpoint.summarize`); for a
+solve's output directory, what was run and a digest of its steps (:func:`fe2nn.macro.run.summarize_results`)."""
 from __future__ import annotations
 
 import argparse
@@ -106,10 +107,12 @@ def plot(arrays: Dict[str, np.ndarray], attrs: dict, out_dir: Path, per_family: 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="fe2nn inspect", description="What a file or directory holds: a dataset's "
                                  "counts, ranges, rejections and plots; what a surrogate is (and whether its weights "
-                                 "match its card); what a solve checkpoint holds and whether it can be resumed.")
+                                 "match its card); what a solve checkpoint holds and whether it can be resumed; what "
+                                 "a solve's output directory holds and what was run.")
     ap.add_argument("paths", nargs="+", metavar="PATH",
-                    help="HDF5 dataset written by fe2nn generate, a surrogate directory (with card.json), or a "
-                         "solve checkpoint (an output directory with checkpoint/, or that directory)")
+                    help="HDF5 dataset written by fe2nn generate, a surrogate directory (with card.json), a "
+                         "solve checkpoint (an output directory with checkpoint/, or that directory), or a solve's "
+                         "output directory (with steps.csv and run.json)")
     ap.add_argument("--plots", metavar="DIR", help="datasets: write strain.png and stress.png into DIR")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--table", action="store_true",
@@ -124,20 +127,24 @@ def main(argv=None) -> int:
                         f"card.json), not datasets")
     if args.plots and (any(surrogates) or len(args.paths) > 1):
         raise UserError("--plots: give one dataset (HDF5 written by fe2nn generate)")
-    from fe2nn.macro import checkpoint
+    from fe2nn.macro import checkpoint, run
 
     results, texts = [], []
     for path, is_surrogate in zip(args.paths, surrogates):
         if checkpoint.is_checkpoint(path) and not args.table and not args.plots:
             s = checkpoint.summarize(path)
             text = checkpoint.report(s)
+        elif run.is_results(path) and not args.table and not args.plots:
+            s = run.summarize_results(path)
+            text = run.results_report(s)
         elif is_surrogate:
             s = summary.summarize(path)
             text = summary.report(s)
         else:
             if Path(path).is_dir():
-                raise UserError(f"{path}: a directory without card.json or checkpoint/; expected an HDF5 dataset "
-                                f"written by fe2nn generate, a surrogate directory or a solve checkpoint")
+                raise UserError(f"{path}: a directory without card.json, checkpoint/ or steps.csv; expected an HDF5 "
+                                f"dataset written by fe2nn generate, a surrogate directory, a solve checkpoint or a "
+                                f"solve's output directory")
             arrays, attrs = read_arrays(Path(path))
             s = summarize(arrays, attrs)
             text = report(Path(path), s, attrs)

@@ -91,6 +91,73 @@ def write_run_record(out_dir: Path, argv: Sequence[str], args, settings: dict, m
     write_text_atomic(out_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
 
 
+def is_results(path) -> bool:
+    """Whether ``path`` is the output directory of a solve (it has steps.csv)."""
+    return (Path(path) / "steps.csv").is_file()
+
+
+def summarize_results(path) -> dict:
+    """What a solve's output directory holds (``fe2nn inspect DIR``): its run record (``run.json``,
+    when the run wrote one) and a digest of its steps table."""
+    import csv
+    import json
+
+    import numpy as np
+
+    from fe2nn.errors import UserError
+
+    d = Path(path)
+    try:
+        with open(d / "steps.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        R = np.array([[float(r[f"reaction_{c}"]) for c in "xyz"] for r in rows]).reshape(-1, 3)
+        its = [int(r["iterations"]) for r in rows]
+        wall = sum(float(r["wall_time"]) for r in rows)
+    except (OSError, KeyError, ValueError) as err:
+        raise UserError(f"{d / 'steps.csv'}: not a steps table written by fe2nn solve ({err})") from None
+    record = None
+    if (d / RUN_RECORD).is_file():
+        try:
+            record = json.loads((d / RUN_RECORD).read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"{d / RUN_RECORD}: unreadable run record ({err})") from None
+    norms = np.linalg.norm(R, axis=1)
+    k = int(np.argmax(norms)) if len(rows) else None
+    return {"path": str(d), "record": record, "steps": len(rows),
+            "end": {"time": float(rows[-1]["time"]), "load_factor": float(rows[-1]["load_factor"])} if rows else None,
+            "largest_reaction": {"step": int(rows[k]["step"]), "norm": float(norms[k]), "vector": R[k].tolist()}
+            if rows else None,
+            "newton_iterations": {"total": sum(its), "max": max(its, default=0)}, "step_wall_time_s": wall,
+            "files": sorted(p.name for p in d.iterdir() if not p.name.startswith("."))}
+
+
+def results_report(s: dict) -> str:
+    """The text of ``fe2nn inspect DIR`` for a solve's output directory."""
+    lines = [f"solve results {s['path']}"]
+    rec = s["record"]
+    if rec is None:
+        lines.append(f"  no {RUN_RECORD} (a run of fe2nn before it wrote one): what was run is not recorded")
+    else:
+        end = (f"finished, {rec.get('steps')} steps" if rec.get("finished")
+               else f"did not finish: {rec.get('stopped', 'ended by an error')}")
+        lines += [f"  {rec.get('command', '?')}  ({end}; {rec.get('ranks', '?')} rank(s)"
+                  + (", resumed" if rec.get("resumed") else "") + ")",
+                  f"  material {rec.get('config', {}).get('material', {}).get('model', '?')!r}, mesh "
+                  f"{Path(rec.get('mesh_file', '?')).name} (sha256 {str(rec.get('mesh_sha256', ''))[:12]}…), "
+                  f"fe2nn {rec.get('fe2nn_version', '?')}"
+                  + (f" at {rec['git_commit'][:12]}" if rec.get("git_commit") else "")]
+    if s["steps"]:
+        r = s["largest_reaction"]
+        lines += [f"  {s['steps']} steps to t = {s['end']['time']:.6g} s (load factor {s['end']['load_factor']:.6g}); "
+                  f"Newton iterations {s['newton_iterations']['total']} (at most {s['newton_iterations']['max']} "
+                  f"per step); {s['step_wall_time_s']:.3g} s in the steps",
+                  f"  largest reaction |R| = {r['norm']:.6g} N at step {r['step']}"]
+    else:
+        lines.append("  no converged step")
+    lines.append("  files: " + ", ".join(s["files"]))
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     file = args.config
