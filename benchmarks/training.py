@@ -1,7 +1,7 @@
 """Training throughput of the RNO: seconds per epoch and paths per second, CPU against CUDA.
 
     python benchmarks/training.py [--device cpu|cuda] [--batch-sizes 16,256] [--paths 1024]
-                                  [--out results/training.json] [--quick]
+                                  [--recipe default|odd] [--out results/training.json] [--quick]
 
 One ``Trainer.train_epoch`` (forward, backward and optimizer step over every training path, at
 a step-size factor drawn per batch from {1/2, 1, 2, 4}, as ``fe2nn train`` does) of a model with
@@ -10,6 +10,12 @@ from scratch (no sub-steps) on synthetic J2 random walks of 120 increments.  Val
 timed.  Each case: one warm-up epoch (on a CUDA device it records the CUDA graphs), then the best
 of ``--repeat`` epochs.  On a CUDA device each batch size runs with CUDA graphs
 (``training.cuda_graphs``, the default) and without, eagerly.
+
+``--recipe odd`` times the shipped most accurate model's recipe instead
+(``surrogates/aluminium_taylor_odd_65k``): the odd model (twice the evaluations per step), sub-steps
+of at most the largest increment at the data's step size (so Δt x 2 and x 4 batches sub-step), the
+increment term (weight 3) and the rate-stability term (weight 50, margin 2e-3).  Its batches always
+run eagerly (``Trainer.eager_reason``).
 """
 from __future__ import annotations
 
@@ -26,7 +32,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _trainer(tmp: Path, data: Path, batch: int, device: str, graphs: bool, threads: int):
+#: what ``--recipe odd`` adds to the default's [model] and [training] tables
+ODD_RECIPE = {"model": {"odd": True},
+              "training": {"increment_weight": 3.0, "rate_stability_weight": 50.0, "rate_stability_margin": 2e-3}}
+
+
+def _trainer(tmp: Path, data: Path, batch: int, device: str, graphs: bool, threads: int, recipe: str = "default"):
+    import numpy as np
+
     from fe2nn.config import parse
     from fe2nn.surrogate import train as tr
 
@@ -36,10 +49,16 @@ def _trainer(tmp: Path, data: Path, batch: int, device: str, graphs: bool, threa
              "training": {"epochs": 100, "batch_size": batch, "lr": 1e-3, "dt_factors": [0.5, 1, 2, 4],
                           "dtype": "float32", "device": device, "threads": threads, "cuda_graphs": graphs},
              "output": {"dir": str(tmp / "out")}}
+    if recipe == "odd":
+        for key, extra in ODD_RECIPE.items():
+            table[key].update(extra)
     c = parse(tr.TrainConfig, table, "benchmarks/training.py")
     ds = tr.combine_datasets([tr.read_dataset(c.data.path)], ["random_walk"], "benchmarks/training.py")
     split = tr.split_parts(ds, ["random_walk"], c.data.split, 0, 0, "benchmarks/training.py")
-    return tr.Trainer(c, ds, split, tmp / "out", torch.device(device), progress=False)
+    trainer = tr.Trainer(c, ds, split, tmp / "out", torch.device(device), progress=False)
+    if recipe == "odd":  # sub-steps as the shipped odd model trains with them (fine-tuned from a sub-stepped one)
+        trainer.model.max_substep_strain = float(np.linalg.norm(np.diff(ds["strain"], axis=1), axis=-1).max())
+    return trainer
 
 
 def _time_epochs(trainer, repeat: int) -> float:
@@ -63,6 +82,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="timed epochs per case (best is reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="64 paths of 24 increments, batch size 16 (smoke run)")
+    ap.add_argument("--recipe", default="default", choices=["default", "odd"],
+                    help="the shipped default's training (default) or the odd model's (sub-steps, rate-stability term)")
     ap.add_argument("--out", help="JSON file")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -80,15 +101,15 @@ def main() -> int:
         tmp = Path(tmp)
         data = make_dataset(tmp / "walks.h5", {"random_walk": n}, T=T, seed=1)
         for b in batches:
-            for graphs in ([True, False] if args.device == "cuda" else [False]):
-                trainer = _trainer(tmp, data, b, args.device, graphs, args.threads)
+            for graphs in ([True, False] if args.device == "cuda" and args.recipe == "default" else [False]):
+                trainer = _trainer(tmp, data, b, args.device, graphs, args.threads, args.recipe)
                 assert trainer.uses_cuda_graphs() == graphs
                 s = _time_epochs(trainer, 1 if args.quick else args.repeat)
-                rows.append({"device": args.device, "batch_size": b, "cuda_graphs": graphs, "paths": n,
-                             "increments": T, "epoch_s": s, "paths_per_s": n / s})
-    print(f"{'device':<7}{'batch':>6}{'graphs':>8}{'paths':>7}{'epoch [s]':>11}{'paths/s':>10}")
+                rows.append({"device": args.device, "recipe": args.recipe, "batch_size": b, "cuda_graphs": graphs,
+                             "paths": n, "increments": T, "epoch_s": s, "paths_per_s": n / s})
+    print(f"{'device':<7}{'recipe':<8}{'batch':>6}{'graphs':>8}{'paths':>7}{'epoch [s]':>11}{'paths/s':>10}")
     for r in rows:
-        print(f"{r['device']:<7}{r['batch_size']:>6}{('yes' if r['cuda_graphs'] else 'no'):>8}{r['paths']:>7}"
+        print(f"{r['device']:<7}{r['recipe']:<8}{r['batch_size']:>6}{('yes' if r['cuda_graphs'] else 'no'):>8}{r['paths']:>7}"
               f"{r['epoch_s']:>11.3f}{r['paths_per_s']:>10.1f}")
     if args.out:
         meta = {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
