@@ -12,8 +12,8 @@ The config is a ``fe2nn solve`` config whose ``[material]`` is the surrogate
 
 Both solves run in the same process on the same mesh partition (so the quadrature
 points match one to one), under ``mpirun`` too.  Written to ``[output].dir``:
-``surrogate/`` and ``reference/`` (each a full ``fe2nn solve`` output),
-``force_displacement.png`` (overlay), ``report.json`` and ``report.md`` (atomic).
+``surrogate/`` and ``reference/`` (each a full ``fe2nn solve`` output, its ``run.json`` naming the run
+and its material), ``force_displacement.png`` (overlay), ``report.json`` and ``report.md`` (atomic).
 With ``[output] checkpoint_every = N`` the reference solve writes checkpoints
 (``reference/checkpoint/``); ``--resume`` runs the surrogate again and continues the reference.
 
@@ -39,16 +39,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from fe2nn.config import add_override_argument, load_toml, parse, resolve_path
-from fe2nn.errors import UserError
+from fe2nn.errors import SolverError, UserError
+from fe2nn.interrupt import Interrupted
 from fe2nn.io_utils import Spool, pyplot, rank0_print, save_figure, write_text_atomic
 from fe2nn.macro.checkpoint import Growing
 
@@ -209,9 +211,11 @@ class _Recorder:
 
 
 def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint=None, resume: bool = False,
-         times: Optional[set] = None, substeps: int = 1):
+         times: Optional[set] = None, substeps: int = 1, record: Optional[Callable[[Path, dict], None]] = None):
     """One solve, each load step split into ``substeps``; the stress fields are recorded at the step
-    numbers ``steps`` (None: all), or at the times ``times`` [s] (rounded to 1e-12) where given."""
+    numbers ``steps`` (None: all), or at the times ``times`` [s] (rounded to 1e-12) where given.
+    ``record(out, outcome)`` writes the run's ``run.json`` when the solve ends or stops (not when a
+    checkpoint is refused before any step)."""
     from fe2nn.macro.run import build_problem
     from fe2nn.macro.solver import solve
 
@@ -223,10 +227,22 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint
         callbacks.append(StrainHistory(t0=cfg.load.times[0]))
     comm.barrier()
     t0 = time.perf_counter()
-    result = solve(build_problem(cfg, mesh, material), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
-                   max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, output=out, **cfg.solver.solve_kwargs(),
-                   vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=progress,
-                   callback=callbacks, checkpoint=checkpoint, resume=resume, substeps=substeps)
+    outcome: Optional[dict] = {"finished": False}
+    try:
+        result = solve(build_problem(cfg, mesh, material), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
+                       max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, output=out, **cfg.solver.solve_kwargs(),
+                       vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=progress,
+                       callback=callbacks, checkpoint=checkpoint, resume=resume, substeps=substeps)
+        outcome = {"finished": True, "steps": len(result.steps)}
+    except UserError:  # a checkpoint that does not fit this run, refused before any step: no results
+        outcome = None
+        raise
+    except (SolverError, Interrupted) as err:
+        outcome = {"finished": False, "stopped": str(err)}
+        raise
+    finally:
+        if record is not None and outcome is not None:
+            record(out, outcome)
     wall = comm.allreduce(time.perf_counter() - t0, op=__import__("mpi4py").MPI.MAX)
     resumed = checkpoint.resumed_step if resume else 0
     # a resumed run: the steps of the checkpoint by their own wall times (output writing excluded)
@@ -428,23 +444,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     ref_mat = build_material(vcfg.reference, file, key="validate.reference")
     from fe2nn.macro.checkpoint import Checkpoint, fingerprint
 
+    settings = load_toml(file, args.overrides)
+    problem_id = fingerprint(settings, mesh_path)
     checkpoint = None  # of the reference solve, the long one
     if cfg.output.checkpoint_every or args.resume:
-        checkpoint = Checkpoint(out / "reference", cfg.output.checkpoint_every,
-                                fingerprint(load_toml(file, args.overrides), mesh_path), comm)
+        checkpoint = Checkpoint(out / "reference", cfg.output.checkpoint_every, problem_id, comm)
         if args.resume:
             checkpoint.load()  # one clear line now, not after the surrogate solve
+
+    def recorder(run: str, material: dict, substeps: int = 1) -> Callable[[Path, dict], None]:
+        """Writes a run's run.json: fe2nn solve's record, plus which run of validate it is."""
+        from fe2nn.macro.run import write_run_record
+
+        extra = {"validate_run": run, "material": json.loads(json.dumps(material, default=str)),
+                 "steps_per_config_step": substeps}
+        return lambda out_dir, outcome: write_run_record(
+            out_dir, argv if argv is not None else sys.argv[2:], args, settings, mesh_path,
+            problem_id["mesh_sha256"], comm, outcome, command="validate", extra=extra)
     mesh = read_mesh(mesh_path, comm)
     steps = set(vcfg.stress_steps) or None
 
     n_runs = 4 if vcfg.refine > 1 else 2
     rank0_print(f"[1/{n_runs}] surrogate ({cfg.material.get('model')}) solve", comm=comm)
-    sur, rec_s, tim_s = _run(cfg, mesh, sur_mat, out / "surrogate", steps, not args.quiet, comm)
+    sur, rec_s, tim_s = _run(cfg, mesh, sur_mat, out / "surrogate", steps, not args.quiet, comm,
+                             record=recorder("surrogate", cfg.material))
     rank0_print(f"      {tim_s['wall_time_s']:.2f} s; {rec_s.ood.line()}", comm=comm)
     rank0_print(f"[2/{n_runs}] reference ({vcfg.reference.get('model')}, {vcfg.reference.get('solver', '')}) solve",
                 comm=comm)
     ref, rec_r, tim_r = _run(cfg, mesh, ref_mat, out / "reference", steps, not args.quiet, comm,
-                             checkpoint=checkpoint, resume=args.resume)
+                             checkpoint=checkpoint, resume=args.resume, record=recorder("reference", vcfg.reference))
     rank0_print(f"      {tim_r['wall_time_s']:.2f} s", comm=comm)
 
     cmp_ = compare(sur, ref, rec_s, rec_r, comm)
@@ -454,11 +482,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         times = set(rec_r.stress)
         rank0_print(f"[3/4] surrogate solve at {n} x the steps", comm=comm)
         sur_f, rec_sf, tim_sf = _run(fine, mesh, build_material(cfg.material, file), out / "surrogate_refined",
-                                     None, not args.quiet, comm, times=times, substeps=n)
+                                     None, not args.quiet, comm, times=times, substeps=n,
+                                     record=recorder("surrogate_refined", cfg.material, n))
         rank0_print(f"      {tim_sf['wall_time_s']:.2f} s", comm=comm)
         rank0_print(f"[4/4] reference solve at {n} x the steps", comm=comm)
         ref_f, rec_rf, tim_rf = _run(fine, mesh, build_material(vcfg.reference, file, key="validate.reference"),
-                                     out / "reference_refined", None, not args.quiet, comm, times=times, substeps=n)
+                                     out / "reference_refined", None, not args.quiet, comm, times=times, substeps=n,
+                                     record=recorder("reference_refined", vcfg.reference, n))
         rank0_print(f"      {tim_rf['wall_time_s']:.2f} s", comm=comm)
         refinement = {
             "factor": n, "steps": len(ref_f.steps),

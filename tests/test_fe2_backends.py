@@ -324,6 +324,17 @@ def test_validate_refine_reports_the_references_own_step_error(tmp_path):
     assert rf["comparison"]["compared_steps"] == len(tf)
     assert rf["comparison"]["max_reaction_deviation"] == pytest.approx(dev, rel=1e-9)
     assert "Step-size check" in (out / "report.md").read_text()
+    # each of the four runs says what it was (fe2nn inspect reads it)
+    for run, model, n_steps, per in (("surrogate", "rno", 5, 1), ("reference", "elastic", 5, 1),
+                                     ("surrogate_refined", "rno", 10, 2), ("reference_refined", "elastic", 10, 2)):
+        rec = json.loads((out / run / "run.json").read_text())
+        assert rec["command"] == f"fe2nn validate {cfg} -q --strict --set validate.reference.E=70e9"
+        assert rec["validate_run"] == run and rec["material"]["model"] == model, rec
+        assert rec["finished"] and rec["steps"] == n_steps and rec["steps_per_config_step"] == per
+        assert rec["overrides"] == ["validate.reference.E=70e9"] and len(rec["mesh_sha256"]) == 64
+    assert json.loads((out / "reference" / "run.json").read_text())["material"]["E"] == 70e9
+    proc = run_cli("inspect", str(out / "reference_refined"), check=True)
+    assert "fe2nn validate" in proc.stdout and "10" in proc.stdout
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -114,8 +114,14 @@ def test_validate_stops_in_its_reference_solve_and_resumes(tmp_path):
     line = _one_line(_signalled(tmp_path, cfg, step=3, command="validate", solve=2))
     assert "after step 3" in line and f"the checkpoint of step 3 is in {tmp_path / 'b' / 'reference' / 'checkpoint'}" in line
     assert not (tmp_path / "b" / "report.json").exists()
+    stopped = json.loads((tmp_path / "b" / "reference" / "run.json").read_text())
+    assert stopped["validate_run"] == "reference" and not stopped["finished"] and "after step 3" in stopped["stopped"]
+    assert json.loads((tmp_path / "b" / "surrogate" / "run.json").read_text())["finished"]
     proc = run_cli("validate", str(cfg), "--resume", check=True)
     assert "resuming after step 3" in proc.stdout
+    resumed = json.loads((tmp_path / "b" / "reference" / "run.json").read_text())
+    whole = json.loads((tmp_path / "a" / "reference" / "run.json").read_text())
+    assert resumed["finished"] and resumed["resumed"] and not whole["resumed"] and resumed["steps"] == whole["steps"]
     a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("a", "b"))
     assert b["comparison"] == a["comparison"] and b["iterations"] == a["iterations"]
     # in the surrogate's solve (the first), which writes no checkpoint: nothing to resume from

@@ -71,10 +71,11 @@ def build_problem(cfg: SolveConfig, mesh, material):
 
 
 def write_run_record(out_dir: Path, argv: Sequence[str], args, settings: dict, mesh_path, mesh_sha256: str, comm,
-                     outcome: dict) -> None:
-    """``run.json`` in the output directory (rank 0, atomically): what was run -- the command, the
-    config with its ``--set`` changes applied, the mesh and its SHA-256, fe2nn's version and commit,
-    the ranks -- and how it ended (``finished``, ``steps``, or the line that ``stopped`` it)."""
+                     outcome: dict, command: str = "solve", extra: Optional[dict] = None) -> None:
+    """``run.json`` in the output directory (rank 0, atomically): what was run -- the command
+    (``fe2nn COMMAND ARGV``), the config with its ``--set`` changes applied, the mesh and its SHA-256,
+    fe2nn's version and commit, the ranks, and ``extra`` (validate: which of its runs this is) --
+    and how it ended (``finished``, ``steps``, or the line that ``stopped`` it)."""
     if comm.rank != 0:
         return
     import json
@@ -83,11 +84,12 @@ def write_run_record(out_dir: Path, argv: Sequence[str], args, settings: dict, m
     import fe2nn
     from fe2nn.io_utils import git_commit, write_text_atomic
 
-    record = {"command": "fe2nn solve " + shlex.join(argv), "config_file": str(Path(args.config).resolve()),
+    record = {"command": f"fe2nn {command} " + shlex.join(argv), "config_file": str(Path(args.config).resolve()),
               "overrides": list(args.overrides), "config": json.loads(json.dumps(settings, default=str)),
               "mesh_file": str(Path(mesh_path).resolve()), "mesh_sha256": mesh_sha256,
               "fe2nn_version": fe2nn.__version__, "git_commit": git_commit(), "ranks": comm.size,
-              "resumed": bool(args.resume), **outcome}
+              "resumed": bool(args.resume), **(extra or {}), **outcome}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
 
 
