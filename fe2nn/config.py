@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 import types
 import typing
@@ -51,8 +52,12 @@ def load_toml(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
 
 # -- command-line overrides --------------------------------------------------------------
 OVERRIDE_HELP = ("set a config key, as if the file said so (repeatable): a dotted key and a TOML value, "
-                 "e.g. --set material.model=rve --set load.steps=48; a value that is not TOML is taken as "
+                 "e.g. --set material.model=rve --set load.steps=48; an entry of an array (of tables) by its "
+                 "index from 0, e.g. --set 'dirichlet[1].x=1e-4'; a value that is not TOML is taken as "
                  "a string, and paths stay relative to the config file's directory")
+
+#: one part of a --set key: a name with optional indices, ``dirichlet[1]``, ``a[0][2]``
+_KEY_PART = re.compile(r"^([^.\[\]]+)((?:\[\d+\])*)$")
 
 
 def add_override_argument(ap) -> None:
@@ -60,13 +65,20 @@ def add_override_argument(ap) -> None:
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE", help=OVERRIDE_HELP)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"a.b.c=VALUE"`` -> (["a", "b", "c"], value).  The value is read as a TOML value
-    (``48``, ``1e-3``, ``true``, ``[1, 2]``, ``{n = 1}``, ``"text"``); anything else is the string itself."""
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """``"a.b[1].c=VALUE"`` -> (["a", "b", 1, "c"], value): names, and indices (from 0) into arrays.
+    The value is read as a TOML value (``48``, ``1e-3``, ``true``, ``[1, 2]``, ``{n = 1}``,
+    ``"text"``); anything else is the string itself."""
     key, sep, raw = text.partition("=")
-    parts = [k.strip() for k in key.split(".")]
-    if not sep or not all(parts):
-        raise UserError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. --set material.model=rve")
+    names = [k.strip() for k in key.split(".")]
+    matches = [_KEY_PART.match(k) for k in names]
+    if not sep or not all(names) or not all(matches):
+        raise UserError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. --set material.model=rve "
+                        "or --set 'dirichlet[0].x=0'")
+    parts: list[str | int] = []
+    for m in matches:
+        parts.append(m.group(1).strip())
+        parts += [int(i) for i in re.findall(r"\d+", m.group(2))]
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -74,22 +86,41 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def _key_text(parts: Sequence[str | int]) -> str:
+    """["a", "b", 1, "c"] -> "a.b[1].c"."""
+    return "".join(f"[{p}]" if isinstance(p, int) else ("." if i else "") + p for i, p in enumerate(parts))
+
+
 def apply_overrides(data: dict, overrides: Sequence[str], file: str = "<config>") -> dict:
-    """``data`` with each ``KEY=VALUE`` of ``overrides`` set (missing tables are created); the
-    input is not modified.  A key whose parent is not a table is a UserError naming it."""
+    """``data`` with each ``KEY=VALUE`` of ``overrides`` set (missing tables are created, array
+    entries must exist); the input is not modified.  A key whose parent is not a table, or an
+    index beyond its array, is a UserError naming it."""
     if not overrides:
         return data
     out = copy.deepcopy(data)
     for text in overrides:
         parts, value = parse_override(text)
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                where = ".".join(parts[:i + 1])
-                raise UserError(f"--set {text!r}: '{where}' in {file} is not a table "
-                                f"(it is {type(node).__name__}), so it has no key '{parts[i + 1]}'")
-        node[parts[-1]] = value
+        node: Any = out
+        for i, part in enumerate(parts):
+            where, last = _key_text(parts[:i]), i == len(parts) - 1
+            if isinstance(part, int):
+                if not isinstance(node, list):
+                    raise UserError(f"--set {text!r}: '{where}' in {file} is not an array "
+                                    f"(it is {type(node).__name__}), so it has no entry [{part}]")
+                if part >= len(node):
+                    has = f"has {len(node)} entries (indices 0 to {len(node) - 1})" if node else "has no entries"
+                    raise UserError(f"--set {text!r}: '{where}' in {file} {has}, not [{part}]")
+            elif not isinstance(node, dict):
+                kind = "an array: give an index, e.g. " + f"'{where}[0].{part}'" if isinstance(node, list) \
+                    else f"it is {type(node).__name__}"
+                raise UserError(f"--set {text!r}: '{where}' in {file} is not a table ({kind}), "
+                                f"so it has no key '{part}'")
+            if last:
+                node[part] = value
+            elif isinstance(part, int):
+                node = node[part]
+            else:
+                node = node.setdefault(part, {} if isinstance(parts[i + 1], str) else [])
     return out
 
 

@@ -74,7 +74,10 @@ def test_set_overrides_parse_toml_values_and_fall_back_to_strings():
     assert parse_override('a.s="48"') == (["a", "s"], "48")  # quoted: a string
     assert parse_override("m.ms={n_grains = 12, seed = 3}") == (["m", "ms"], {"n_grains": 12, "seed": 3})
     assert parse_override("output.dir=results/a=b") == (["output", "dir"], "results/a=b")  # split at the first =
-    for bad in ("steps", "=3", "a..b=1", ".a=1"):
+    assert parse_override("dirichlet[1].x=1e-4") == (["dirichlet", 1, "x"], 1e-4)  # an entry of an array
+    assert parse_override("load.factors[2]=0.5") == (["load", "factors", 2], 0.5)
+    assert parse_override("a[0][1]=2") == (["a", 0, 1], 2)
+    for bad in ("steps", "=3", "a..b=1", ".a=1", "a[x]=1", "a[-1]=1", "a[1=1", "a]1[=1"):
         with pytest.raises(UserError, match="expected KEY=VALUE") as err:
             parse_override(bad)
         assert str(err.value).startswith("--set ")
@@ -92,6 +95,17 @@ def test_set_overrides_apply_as_if_the_file_said_so(tmp_path):
                        ["steps.x=1", ("'steps' in c.toml is not a table",)]):
         with pytest.raises(UserError) as err:
             apply_overrides(data, [bad], "c.toml")
+        assert all(w in str(err.value) for w in words), str(err.value)
+    # entries of arrays (of tables) by their index from 0
+    arr = {"bc": [{"x": 0.0}, {"y": 0.0}], "load": {"f": [0.0, 1.0]}}
+    assert apply_overrides(arr, ["bc[1].x=2", "load.f[0]=0.5", "bc[0].x=[1, 2]"]) == \
+        {"bc": [{"x": [1, 2]}, {"y": 0.0, "x": 2}], "load": {"f": [0.5, 1.0]}}
+    for bad, words in (["bc[2].x=1", ("'bc' in c.toml has 2 entries (indices 0 to 1), not [2]",)],
+                       ["load[0]=1", ("'load' in c.toml is not an array", "entry [0]")],
+                       ["load.f[1].a=1", ("'load.f[1]' in c.toml is not a table",)],
+                       ["new[0]=1", ("'new' in c.toml has no entries",)]):
+        with pytest.raises(UserError) as err:
+            apply_overrides(arr, [bad], "c.toml")
         assert all(w in str(err.value) for w in words), str(err.value)
     # through load_toml, and the checks of parse see the result with its key
     f = tmp_path / "c.toml"

@@ -41,7 +41,10 @@ CASES = {
     "bad value by --set": ({}, ["material.E", "-1", "> 0"], ("--set", "material.E=-1")),
     "misspelt key by --set": ({}, ["'material.sigma_yy'", "did you mean 'material.sigma_y'"],
                               ("--set", "material.sigma_yy=1e6")),
-    "--set into a list": ({}, ["--set 'dirichlet.x=1'", "'dirichlet'", "not a table"], ("--set", "dirichlet.x=1")),
+    "--set into a list": ({}, ["--set 'dirichlet.x=1'", "'dirichlet'", "not a table", "'dirichlet[0].x'"],
+                          ("--set", "dirichlet.x=1")),
+    "--set past the array": ({}, ["'dirichlet'", "2 entries", "not [2]"], ("--set", "dirichlet[2].x=1")),
+    "bad entry by --set": ({}, ["'dirichlet[1].boundary'", "'left'", "xmin"], ("--set", "dirichlet[1].boundary=left")),
 }
 
 
