@@ -195,6 +195,10 @@ def test_rve_backend_config_errors_name_the_key(tmp_path):
         build_material({"model": "rve", "solver": "fem"}, cfg)
     with pytest.raises(UserError, match=r"material.microstructure.n_grain"):
         build_material({"model": "rve", "microstructure": {"n_grain": 3}}, cfg)
+    taylor = {"model": "rve", "solver": "taylor", "microstructure": {"n_grains": 2}}
+    assert build_material(dict(taylor, options={"substep_tol": 1e-3}), cfg).crystal.substep_tol == 1e-3
+    with pytest.raises(UserError, match=r"substep_tol must be >= 0 and < 1.*got -0.1"):
+        build_material(dict(taylor, options={"substep_tol": -0.1}), cfg)
 
 
 # -- out-of-distribution monitor -----------------------------------------------------------
