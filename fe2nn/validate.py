@@ -49,8 +49,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from fe2nn.config import add_override_argument, load_toml, parse, resolve_path
-from fe2nn.errors import SolverError, UserError
-from fe2nn.interrupt import Interrupted
+from fe2nn.errors import UserError
 from fe2nn.io_utils import Spool, pyplot, rank0_print, save_figure, write_text_atomic
 from fe2nn.macro.checkpoint import Growing
 
@@ -216,7 +215,7 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint
     numbers ``steps`` (None: all), or at the times ``times`` [s] (rounded to 1e-12) where given.
     ``record(out, outcome)`` writes the run's ``run.json`` when the solve ends or stops (not when a
     checkpoint is refused before any step)."""
-    from fe2nn.macro.run import build_problem
+    from fe2nn.macro.run import RunOutcome, build_problem
     from fe2nn.macro.solver import solve
 
     rec = _Recorder(steps, times)
@@ -227,22 +226,12 @@ def _run(cfg, mesh, material, out: Path, steps, progress: bool, comm, checkpoint
         callbacks.append(StrainHistory(t0=cfg.load.times[0]))
     comm.barrier()
     t0 = time.perf_counter()
-    outcome: Optional[dict] = {"finished": False}
-    try:
+    with RunOutcome(None if record is None else lambda outcome: record(out, outcome)) as outcome:
         result = solve(build_problem(cfg, mesh, material), cfg.load.times, cfg.load.factors, steps=cfg.load.steps,
                        max_dt=cfg.load.max_dt, reaction=cfg.output.reaction, output=out, **cfg.solver.solve_kwargs(),
                        vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=progress,
                        callback=callbacks, checkpoint=checkpoint, resume=resume, substeps=substeps)
-        outcome = {"finished": True, "steps": len(result.steps)}
-    except UserError:  # a checkpoint that does not fit this run, refused before any step: no results
-        outcome = None
-        raise
-    except (SolverError, Interrupted) as err:
-        outcome = {"finished": False, "stopped": str(err)}
-        raise
-    finally:
-        if record is not None and outcome is not None:
-            record(out, outcome)
+        outcome.finish(len(result.steps))
     wall = comm.allreduce(time.perf_counter() - t0, op=__import__("mpi4py").MPI.MAX)
     resumed = checkpoint.resumed_step if resume else 0
     # a resumed run: the steps of the checkpoint by their own wall times (output writing excluded)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from fe2nn.config import add_override_argument, load_toml, parse, resolve_path
 from fe2nn.errors import SolverError, UserError
@@ -91,6 +91,32 @@ def write_run_record(out_dir: Path, argv: Sequence[str], args, settings: dict, m
               "resumed": bool(args.resume), **(extra or {}), **outcome}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
+
+
+class RunOutcome:
+    """How a solve ended, for its ``run.json``: ``with RunOutcome(write) as outcome: ...;
+    outcome.finish(n_steps)``.  On leaving the block ``write(outcome)`` is called with
+    ``{"finished": True, "steps": n}``, with ``{"finished": False, "stopped": line}`` after a
+    SolverError or Interrupted, or with ``{"finished": False}`` after anything else -- except a
+    UserError (a checkpoint that does not fit the run, refused before any step): no results, no
+    record.  ``write`` None records nothing."""
+
+    def __init__(self, write: Optional[Callable[[dict], None]]):
+        self.write, self.value = write, {"finished": False}
+
+    def finish(self, steps: int) -> None:
+        self.value = {"finished": True, "steps": steps}
+
+    def __enter__(self) -> "RunOutcome":
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if self.write is None or (kind is not None and issubclass(kind, UserError)):
+            return False
+        if kind is not None and issubclass(kind, (SolverError, Interrupted)):
+            self.value = {"finished": False, "stopped": str(err)}
+        self.write(self.value)
+        return False
 
 
 def is_results(path) -> bool:
@@ -201,25 +227,22 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         history = StrainHistory(t0=cfg.load.times[0])
         callbacks.append(history)
-    outcome: Optional[dict] = {"finished": False}
-    try:
-        result = solve(problem, cfg.load.times, cfg.load.factors, steps=cfg.load.steps, max_dt=cfg.load.max_dt,
-                       reaction=cfg.output.reaction, output=out_dir, **cfg.solver.solve_kwargs(),
-                       vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=not args.quiet,
-                       callback=callbacks, checkpoint=checkpoint, resume=args.resume)
-        outcome = {"finished": True, "steps": len(result.steps)}
-    except UserError:  # a checkpoint that does not fit this run, refused before any step: no results
-        history, outcome = None, None
-        raise
-    except (SolverError, Interrupted) as err:
-        outcome = {"finished": False, "stopped": str(err)}
-        raise
-    finally:  # the converged steps, also when a later step fails
-        if history is not None:
-            history.write(out_dir / FILE_NAME, attrs={"config": Path(file).name, "mesh": Path(mesh_path).name})
-        if outcome is not None:
-            write_run_record(out_dir, argv if argv is not None else sys.argv[2:], args, settings, mesh_path,
-                             problem_id["mesh_sha256"], MPI.COMM_WORLD, outcome)
+    record = lambda outcome: write_run_record(  # noqa: E731
+        out_dir, argv if argv is not None else sys.argv[2:], args, settings, mesh_path, problem_id["mesh_sha256"],
+        MPI.COMM_WORLD, outcome)
+    with RunOutcome(record) as outcome:  # run.json, written after the strain paths
+        try:
+            result = solve(problem, cfg.load.times, cfg.load.factors, steps=cfg.load.steps, max_dt=cfg.load.max_dt,
+                           reaction=cfg.output.reaction, output=out_dir, **cfg.solver.solve_kwargs(),
+                           vtx=cfg.output.vtx, every=cfg.output.every, plot=cfg.output.plot, progress=not args.quiet,
+                           callback=callbacks, checkpoint=checkpoint, resume=args.resume)
+        except UserError:  # a checkpoint that does not fit this run, refused before any step: no results
+            history = None
+            raise
+        finally:  # the converged steps, also when a later step fails
+            if history is not None:
+                history.write(out_dir / FILE_NAME, attrs={"config": Path(file).name, "mesh": Path(mesh_path).name})
+        outcome.finish(len(result.steps))
     from fe2nn.io_utils import rank0_print
 
     sv = result.solver
