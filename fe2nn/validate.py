@@ -450,6 +450,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return lambda out_dir, outcome: write_run_record(
             out_dir, argv if argv is not None else sys.argv[2:], args, settings, mesh_path,
             problem_id["mesh_sha256"], comm, outcome, command="validate", extra=extra)
+
     mesh = read_mesh(mesh_path, comm)
     steps = set(vcfg.stress_steps) or None
 

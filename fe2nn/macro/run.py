@@ -132,8 +132,6 @@ def summarize_results(path) -> dict:
 
     import numpy as np
 
-    from fe2nn.errors import UserError
-
     d = Path(path)
     try:
         with open(d / "steps.csv", newline="") as fh:
