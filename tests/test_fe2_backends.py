@@ -199,6 +199,10 @@ def test_rve_backend_config_errors_name_the_key(tmp_path):
     assert build_material(dict(taylor, options={"substep_tol": 1e-3}), cfg).crystal.substep_tol == 1e-3
     with pytest.raises(UserError, match=r"substep_tol must be >= 0 and < 1.*got -0.1"):
         build_material(dict(taylor, options={"substep_tol": -0.1}), cfg)
+    fft = dict(taylor, solver="fft", microstructure={"n_grains": 2, "grid": 2})
+    assert build_material(dict(fft, options={"substep_tol": 1e-3}), cfg).voxel.substep_tol == 1e-3
+    with pytest.raises(UserError, match=r"substep_tol must be >= 0 and < 1.*got 1.5"):
+        build_material(dict(fft, options={"substep_tol": 1.5}), cfg)
 
 
 # -- out-of-distribution monitor -----------------------------------------------------------

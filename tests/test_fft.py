@@ -224,6 +224,31 @@ def test_batch_equals_one_by_one():
         assert int(itb[b]) == int(rve.info["newton_iterations"][0])
 
 
+def test_batch_equals_one_by_one_with_kept_substeps():
+    """A voxel law that keeps its last update (the crystal's sticky substeps) is evaluated on every
+    cell of the batch in each Newton iteration, so that what it keeps stays matched to its points
+    while the cells converge at different iterations. Copper under error control (substeps, so the
+    kept partition matters): each cell of a batch of three gives its answer alone, to round-off
+    (evaluated on the unconverged cells only, they differed by 2e-4 in stress and 1e-3 in tangent,
+    with more Newton iterations). ``forget_last_update`` between the single cells: cells from the
+    same virgin state and step would otherwise take over one another's substeps."""
+    rve = FFTRVE(load_params("copper"), Microstructure.voronoi(4, 4, seed=1), tol=1e-10, substep_tol=1e-3)
+    d = torch.tensor([[1.0, -0.35, -0.35, 0, 0, 0], [0.14, 0.7, -0.42, 0.35, 0, 0], [-0.2, 0, 0.2, 0, 0, 0.5]],
+                     dtype=torch.float64)
+    E, dt = 5e-4 / 6 * d, 0.25 / 6  # a sixth of the copper bar's first step
+    sb, Cb, stb = rve.update(E, dt, rve.initial_state(3))
+    itb = rve.info["newton_iterations"].clone()
+    assert len(set(itb.tolist())) > 1  # the cells converge at different iterations
+    assert rve.voxel._partition["dt"].shape == (3 * rve.n_voxels,)  # kept for the whole batch
+    assert int(rve.voxel.info["substeps"].max()) > 8
+    for b in range(3):
+        rve.forget_last_update()
+        s1, C1, st1 = rve.update(E[b:b + 1], dt, rve.initial_state(1))
+        assert torch.allclose(sb[b], s1[0], rtol=0, atol=1e-12 * s1.abs().max())
+        assert torch.allclose(Cb[b], C1[0], rtol=0, atol=1e-12 * C1.abs().max())
+        assert int(itb[b]) == int(rve.info["newton_iterations"][0])
+
+
 def test_bad_input():
     mat = VoxelElastic(mandel.isotropic_stiffness(1e9, 0.3).expand(8, 6, 6))
     with pytest.raises(ValueError, match="grid"):
@@ -238,11 +263,40 @@ def test_bad_input():
         FFTRVE(mat, (2, 2, 2), max_newton=0)
     with pytest.raises(ValueError, match="voxels"):
         FFTRVE(mat, (2, 2, 3))
+    with pytest.raises(ValueError, match="substep_tol.*voxel material"):
+        FFTRVE(mat, (2, 2, 2), substep_tol=1e-3)
     rve = FFTRVE(mat, (2, 2, 2))
     with pytest.raises(ValueError, match="shape"):
         rve.update(torch.zeros(1, 3), 1.0, rve.initial_state(1))
     with pytest.raises(ValueError, match="RVEs"):
         rve.update(torch.zeros(2, 6), 1.0, rve.initial_state(1))
+
+
+def test_crystal_error_control_reaches_the_voxels():
+    """``substep_tol`` of an RVE built from crystal parameters is its voxels' error control. A cell of
+    one copper grain under a uniform strain is that grain: on the copper bar's first step (the grain
+    whose one-step backward Euler lands on the spurious root, 2.6 % from the step-converged stress)
+    the cell gives the single crystal's stress and tangent with the same setting, so error control
+    rejects that root here too."""
+    from test_crystal import _copper_grains, _step_converged
+
+    mat, strain, dt, st, _ = _copper_grains()
+    ref = _step_converged(mat, strain, dt, st)
+    worst = int(((SingleCrystal(mat.params, mat.orientations).update(strain, dt, st)[0] - ref).norm(dim=1)
+                 / ref.norm(dim=1)).argmax())
+    q, E, ref = mat.orientations[worst:worst + 1], strain[worst:worst + 1], ref[worst]
+    one_grain = Microstructure(torch.zeros((2, 2, 2), dtype=torch.int64), q)
+    err = {}
+    for tol in (0.0, 1e-2, 1e-3):
+        rve = FFTRVE(mat.params, one_grain, tol=1e-10, substep_tol=tol)
+        assert rve.voxel.substep_tol == tol
+        s, C, _ = rve.update(E, dt, rve.initial_state(1))
+        crystal = SingleCrystal(mat.params, q, substep_tol=tol)
+        sc, Cc, _ = crystal.update(E, dt, crystal.initial_state(1))
+        assert torch.allclose(s, sc, rtol=0, atol=1e-12 * float(sc.abs().max()))
+        assert torch.allclose(C[0], Cc[0], rtol=0, atol=1e-12 * float(Cc.abs().max()))
+        err[tol] = float((s[0] - ref).norm() / ref.norm())
+    assert err[0.0] > 2e-2 and err[1e-2] < 1e-2 and err[1e-3] < 0.5 * err[1e-2], err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

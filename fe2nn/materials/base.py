@@ -34,7 +34,10 @@ A material may remember its last successful ``update`` to continue from it when 
 called again from the same state and step (the next Newton iteration): the single crystal
 keeps its substeps and local roots, so that its stress is smooth within a step (its module
 doc).  A call from another state or step must not depend on it.  ``forget_last_update()``
-drops what is kept (e.g. to time a first call); the default keeps nothing.
+drops what is kept (e.g. to time a first call); the default keeps nothing.  Such a material
+sets ``keeps_last_update = True``: what it keeps is matched point by point for the same
+batch, so a caller that iterates on part of the points (the FFT RVE on its unconverged
+cells) still calls it on the whole batch.
 
 After each ``update`` a material may publish diagnostics in ``material.info``
 (a dict of tensors with leading dimension n, e.g. ``"hill_mandel"`` or
@@ -71,6 +74,9 @@ class Material(abc.ABC):
     #: torch dtype and device the material computes in
     dtype: torch.dtype = torch.float64
     device: torch.device = torch.device("cpu")
+    #: the material continues from its last update when called again from the same state and
+    #: step, for the same batch of points (module docstring)
+    keeps_last_update: bool = False
 
     def __init__(self) -> None:
         self.info: Dict[str, torch.Tensor] = {}

@@ -243,6 +243,7 @@ class SingleCrystal(Material):
     """
 
     n_slip = 12
+    keeps_last_update = True  # sticky substeps (module doc)
 
     def __init__(self, params: CrystalParams, orientations, device: str | torch.device = "cpu",
                  rtol: float = 1e-10, max_iter: int = 16, max_substeps: int = 1024, substep_tol: float = 0.0):

@@ -82,6 +82,10 @@ class FFTRVE(Material):
         Relative PCG residual reduction for the six homogenised-tangent solves (in (0, 1)).
     max_backtrack
         Step halvings allowed per Newton correction (line search on the residual, >= 0).
+    substep_tol
+        Error control of the voxels' crystal integration (step doubling, relative; 0 = off): the
+        ``substep_tol`` of the :class:`fe2nn.micro.crystal.SingleCrystal` built from crystal
+        parameters.  With a voxel material given instead, set it on that material.
     device
         torch device ("cpu", "cuda").
 
@@ -94,7 +98,7 @@ class FFTRVE(Material):
 
     def __init__(self, params, microstructure, tol: float = 1e-8,
                  max_newton: int = 25, cg_tol: float = 1e-3, max_cg: int = 2000,
-                 tangent_tol: float = 1e-8, max_backtrack: int = 8,
+                 tangent_tol: float = 1e-8, max_backtrack: int = 8, substep_tol: float = 0.0,
                  device: str | torch.device = "cpu"):
         super().__init__()
         self.device = torch.device(device)
@@ -113,6 +117,9 @@ class FFTRVE(Material):
         self.microstructure = microstructure
 
         if isinstance(params, Material):
+            if substep_tol:
+                raise ValueError("FFTRVE substep_tol applies to the crystal built from parameters; "
+                                 "set it on the voxel material given instead")
             self.voxel = params
         else:
             from fe2nn.micro.crystal import SingleCrystal, load_params
@@ -122,7 +129,8 @@ class FFTRVE(Material):
             if not hasattr(microstructure, "voxel_orientations"):
                 raise ValueError("FFTRVE with crystal parameters needs a Microstructure "
                                  "(with voxel_orientations()), not a bare grid")
-            self.voxel = SingleCrystal(params, microstructure.voxel_orientations(), self.device)
+            self.voxel = SingleCrystal(params, microstructure.voxel_orientations(), self.device,
+                                       substep_tol=substep_tol)
         nv = getattr(self.voxel, "n_voxels", None)
         if nv is None and hasattr(self.voxel, "orientations"):
             nv = int(self.voxel.orientations.shape[0])
@@ -133,6 +141,8 @@ class FFTRVE(Material):
         self._has_p = "p" in self._voxel_names
         self._build_fourier()
         self._C_initial: Optional[torch.Tensor] = None
+        #: (B, 6, *grid) field at which each cell was last evaluated, during :meth:`_solve`
+        self._fields: Optional[torch.Tensor] = None
         self._chi_initial: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ Fourier set-up
@@ -341,12 +351,30 @@ class FFTRVE(Material):
         return sig, K, new
 
     # ------------------------------------------------------------------ nonlinear solve
-    def _trial(self, idx: torch.Tensor, eps: torch.Tensor, dt_pts: torch.Tensor, vstate: State):
+    def _trial(self, idx: torch.Tensor, eps: torch.Tensor, dt_pts: torch.Tensor, vstate: State,
+               whole: bool = True):
         """Evaluate RVEs ``idx`` at fields eps (len(idx), 6, *grid).
 
         Returns sigma, K, state, stress spectrum and residual; RVEs whose voxel material failed
-        get residual +inf (their other outputs are meaningless).
+        get residual +inf (their other outputs are meaningless).  A voxel material that keeps its
+        last update (``keeps_last_update``: the crystal's sticky substeps) is called on every RVE
+        of the increment, the others at the fields they were last evaluated at (``_fields``,
+        set by :meth:`_solve`), so that what it keeps stays matched point by point: its kept
+        substeps and roots then carry through the Newton iterations of the cells and on to the
+        next macro iteration, and the converged cells cost a kept (one-residual) evaluation.
         """
+        fields = self._fields
+        if whole and fields is not None:
+            fields[idx] = eps
+            if idx.shape[0] < fields.shape[0]:
+                try:
+                    sig, K, new = self._evaluate(fields, dt_pts, vstate)
+                except _Failed:
+                    pass  # sort the failed cells out below, on the RVEs asked for alone
+                else:
+                    sig, K = sig[idx], K[idx]
+                    s_hat = self._rfft(sig)
+                    return sig, K, {k: v[idx] for k, v in new.items()}, s_hat, self.equilibrium_residual(s_hat)
         nv = self.n_voxels
         sub = {k: v[idx] for k, v in vstate.items()}
         dsub = dt_pts.reshape(-1, nv)[idx].reshape(-1)
@@ -362,7 +390,7 @@ class FFTRVE(Material):
                                 dtype=torch.complex128, device=self.device)
             new = {k: v.clone() for k, v in sub.items()}
             if bool(ok.any()):
-                s2, K2, n2, h2, r2 = self._trial(idx[ok], eps[ok], dt_pts, vstate)
+                s2, K2, n2, h2, r2 = self._trial(idx[ok], eps[ok], dt_pts, vstate, whole=False)
                 sig[ok], K[ok], s_hat[ok], res[ok] = s2, K2, h2, r2
                 for k in new:
                     new[k][ok] = n2[k]
@@ -372,6 +400,15 @@ class FFTRVE(Material):
 
     def _solve(self, E: torch.Tensor, dt: torch.Tensor, vstate: State, guess: torch.Tensor,
                u: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None):
+        """:meth:`_solve_cells`, with the fields each cell was last evaluated at kept for
+        :meth:`_trial` while it runs."""
+        try:
+            return self._solve_cells(E, dt, vstate, guess, u, target)
+        finally:
+            self._fields = None
+
+    def _solve_cells(self, E: torch.Tensor, dt: torch.Tensor, vstate: State, guess: torch.Tensor,
+                     u: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None):
         """Newton on the strain field with macro strain E (B, 6), from the field ``guess``.
 
         Mixed control: the macro strain components ``u`` (indices) are unknown and their mean
@@ -390,6 +427,7 @@ class FFTRVE(Material):
         nv = self.n_voxels
         mixed = u is not None and u.numel() > 0
         eps = guess - guess.mean(_DIMS, keepdim=True) + E[:, :, None, None, None]
+        self._fields = eps.clone() if self.voxel.keeps_last_update else None
         out_sig = torch.empty_like(eps)
         out_K = torch.empty((B, 6, 6) + self.grid, dtype=self.dtype, device=self.device)
         out_state: State = {}
@@ -509,6 +547,10 @@ class FFTRVE(Material):
     def _flat(self, field: torch.Tensor) -> torch.Tensor:
         b = field.shape[0]
         return field.reshape(b, 6, self.n_voxels).transpose(1, 2).contiguous()
+
+    @property
+    def keeps_last_update(self) -> bool:  # type: ignore[override]
+        return self.voxel.keeps_last_update
 
     def forget_last_update(self) -> None:
         self.voxel.forget_last_update()

@@ -53,6 +53,8 @@ class TaylorRVE(Material):
         keep = w > 0
         return cls(params, microstructure.orientations[keep], weights=w[keep], device=device, **crystal_options)
 
+    keeps_last_update = True  # its grains' sticky substeps
+
     def forget_last_update(self) -> None:
         self.crystal.forget_last_update()
 
