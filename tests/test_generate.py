@@ -234,6 +234,28 @@ class Poisoned(Material):
         return out
 
 
+def test_a_retried_point_does_not_take_over_the_substeps_of_the_one_before():
+    """Point-by-point retries integrate each point afresh: two virgin copper Taylor cells with the
+    same step match what the crystal keeps of the last update (same old state, same step), and the
+    second took over the first's substeps (4e-4 off its own answer) until they were dropped."""
+    from fe2nn.materials.registry import build_material
+
+    def cell():
+        return build_material({"model": "rve", "solver": "taylor", "material": "copper",
+                               "microstructure": {"n_grains": 12, "grid": 16, "seed": 3}}, "c.toml")
+
+    z = torch.zeros(1, 6, dtype=torch.float64)
+    a = 5e-4 * torch.tensor([[1.0, -0.35, -0.35, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    b = 5e-4 * torch.tensor([[0.2, 1.0, -0.6, 0.5, 0.0, 0.0]], dtype=torch.float64)
+    dt = torch.tensor([0.25], dtype=torch.float64)  # large for copper: its grains substep
+    m = cell()
+    G._substepped(m, z, a, dt, m.initial_state(1), 8)
+    after_a = G._substepped(m, z, b, dt, m.initial_state(1), 8)
+    alone = cell()
+    b_alone = G._substepped(alone, z, b, dt, alone.initial_state(1), 8)
+    assert torch.equal(after_a[0], b_alone[0])
+
+
 def test_screening_rejects_failing_and_hill_mandel_samples(tmp_path):
     cfg_file = write_config(tmp_path)
     cfg = G.load_config(cfg_file)

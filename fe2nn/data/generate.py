@@ -153,7 +153,12 @@ def _update(material: Material, strain, dt, state):
 
 
 def _substepped(material, eps0, eps1, dt, state, max_substeps: int):
-    """Advance one point (batch of 1) from eps0 to eps1 in 1, 2, 4 ... sub-increments; None if all fail."""
+    """Advance one point (batch of 1) from eps0 to eps1 in 1, 2, 4 ... sub-increments; None if all fail.
+
+    What the material keeps of its last update is dropped first: the point retried before may have
+    started from the same state with the same step (two virgin samples), and its substeps are not
+    this point's (a copper Taylor cell took them over, 4e-4 off its own answer)."""
+    material.forget_last_update()
     m = 1
     while m <= max_substeps:
         try:

@@ -37,7 +37,8 @@ doc).  A call from another state or step must not depend on it.  ``forget_last_u
 drops what is kept (e.g. to time a first call); the default keeps nothing.  Such a material
 sets ``keeps_last_update = True``: what it keeps is matched point by point for the same
 batch, so a caller that iterates on part of the points (the FFT RVE on its unconverged
-cells) still calls it on the whole batch.
+cells) still calls it on the whole batch, and one that integrates other points from states that
+may coincide (two virgin points retried one at a time) drops it in between.
 
 After each ``update`` a material may publish diagnostics in ``material.info``
 (a dict of tensors with leading dimension n, e.g. ``"hill_mandel"`` or
