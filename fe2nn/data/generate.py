@@ -527,7 +527,8 @@ def generate(cfg: GenerateConfig, config_file: str = "<config>", output: Optiona
             def tick(t, a=a, b=b):
                 if bar is not None and _time.monotonic() - last[0] > 0.5:
                     last[0] = _time.monotonic()
-                    bar.n = min(int(parts.samples_done() + (b - a) * t / cfg.n_steps), N)
+                    # fractions of a sample (two decimals): a chunk of slow samples moves from the start
+                    bar.n = min(round(parts.samples_done() + (b - a) * t / cfg.n_steps, 2), N)
                     bar.refresh()
 
             res = simulate(mat, strain, time, cfg.max_substeps, progress=tick)
