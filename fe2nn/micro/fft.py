@@ -141,8 +141,6 @@ class FFTRVE(Material):
         self._has_p = "p" in self._voxel_names
         self._build_fourier()
         self._C_initial: Optional[torch.Tensor] = None
-        #: (B, 6, *grid) field at which each cell was last evaluated, during :meth:`_solve`
-        self._fields: Optional[torch.Tensor] = None
         self._chi_initial: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ Fourier set-up
@@ -352,19 +350,19 @@ class FFTRVE(Material):
 
     # ------------------------------------------------------------------ nonlinear solve
     def _trial(self, idx: torch.Tensor, eps: torch.Tensor, dt_pts: torch.Tensor, vstate: State,
-               whole: bool = True):
+               fields: Optional[torch.Tensor] = None):
         """Evaluate RVEs ``idx`` at fields eps (len(idx), 6, *grid).
 
         Returns sigma, K, state, stress spectrum and residual; RVEs whose voxel material failed
         get residual +inf (their other outputs are meaningless).  A voxel material that keeps its
         last update (``keeps_last_update``: the crystal's sticky substeps) is called on every RVE
-        of the increment, the others at the fields they were last evaluated at (``_fields``,
-        set by :meth:`_solve`), so that what it keeps stays matched point by point: its kept
-        substeps and roots then carry through the Newton iterations of the cells and on to the
-        next macro iteration, and the converged cells cost a kept (one-residual) evaluation.
+        of the increment, the others at the fields they were last evaluated at (``fields``
+        (B, 6, *grid), kept by :meth:`_solve`; None: RVEs ``idx`` alone), so that what it keeps
+        stays matched point by point: its kept substeps and roots then carry through the Newton
+        iterations of the cells and on to the next macro iteration, and the converged cells cost
+        a kept (one-residual) evaluation.
         """
-        fields = self._fields
-        if whole and fields is not None:
+        if fields is not None:
             fields[idx] = eps
             if idx.shape[0] < fields.shape[0]:
                 try:
@@ -390,7 +388,7 @@ class FFTRVE(Material):
                                 dtype=torch.complex128, device=self.device)
             new = {k: v.clone() for k, v in sub.items()}
             if bool(ok.any()):
-                s2, K2, n2, h2, r2 = self._trial(idx[ok], eps[ok], dt_pts, vstate, whole=False)
+                s2, K2, n2, h2, r2 = self._trial(idx[ok], eps[ok], dt_pts, vstate)
                 sig[ok], K[ok], s_hat[ok], res[ok] = s2, K2, h2, r2
                 for k in new:
                     new[k][ok] = n2[k]
@@ -400,15 +398,6 @@ class FFTRVE(Material):
 
     def _solve(self, E: torch.Tensor, dt: torch.Tensor, vstate: State, guess: torch.Tensor,
                u: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None):
-        """:meth:`_solve_cells`, with the fields each cell was last evaluated at kept for
-        :meth:`_trial` while it runs."""
-        try:
-            return self._solve_cells(E, dt, vstate, guess, u, target)
-        finally:
-            self._fields = None
-
-    def _solve_cells(self, E: torch.Tensor, dt: torch.Tensor, vstate: State, guess: torch.Tensor,
-                     u: Optional[torch.Tensor] = None, target: Optional[torch.Tensor] = None):
         """Newton on the strain field with macro strain E (B, 6), from the field ``guess``.
 
         Mixed control: the macro strain components ``u`` (indices) are unknown and their mean
@@ -427,7 +416,7 @@ class FFTRVE(Material):
         nv = self.n_voxels
         mixed = u is not None and u.numel() > 0
         eps = guess - guess.mean(_DIMS, keepdim=True) + E[:, :, None, None, None]
-        self._fields = eps.clone() if self.voxel.keeps_last_update else None
+        fields = eps.clone() if self.voxel.keeps_last_update else None  # where each cell was last evaluated
         out_sig = torch.empty_like(eps)
         out_K = torch.empty((B, 6, 6) + self.grid, dtype=self.dtype, device=self.device)
         out_state: State = {}
@@ -449,7 +438,7 @@ class FFTRVE(Material):
             rms = torch.sqrt((sig * sig).sum(1).mean(_DIMS))  # >= |<sigma>|, > 0 unless sigma = 0
             return torch.where(err > 0, err / rms.clamp(min=1e-300), torch.zeros_like(err))
 
-        sig, K, new, s_hat, res = self._trial(active, eps, dt_pts, vstate)
+        sig, K, new, s_hat, res = self._trial(active, eps, dt_pts, vstate, fields)
         if not bool(torch.isfinite(res).all()):
             raise fail(~torch.isfinite(res), "voxel material failed at the initial guess")
         serr = stress_error(sig, active)
@@ -500,7 +489,7 @@ class FFTRVE(Material):
             merit = res + serr
             step = torch.ones(active.shape[0], dtype=self.dtype, device=self.device)
             trial = base + dx
-            sig, K, new, s_hat, res = self._trial(active, trial, dt_pts, vstate)
+            sig, K, new, s_hat, res = self._trial(active, trial, dt_pts, vstate, fields)
             serr = stress_error(sig, active)
             for _ in range(self.max_backtrack):
                 worse = ~(res + serr < (1.0 - 1e-4 * step) * merit)
@@ -509,7 +498,7 @@ class FFTRVE(Material):
                 step[worse] *= 0.5
                 w = worse.nonzero().flatten()
                 trial[w] = base[w] + step[w, None, None, None, None] * dx[w]
-                s2, K2, n2, h2, r2 = self._trial(active[w], trial[w], dt_pts, vstate)
+                s2, K2, n2, h2, r2 = self._trial(active[w], trial[w], dt_pts, vstate, fields)
                 sig[w], K[w], s_hat[w], res[w] = s2, K2, h2, r2
                 serr[w] = stress_error(s2, active[w])
                 for k in new:
