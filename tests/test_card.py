@@ -65,6 +65,31 @@ def test_round_trip_elastic_split(tmp_path):
         torch.testing.assert_close(m2.rollout(s, t), m.rollout(s, t), rtol=0, atol=0)
 
 
+def test_round_trip_residual_blocks_and_a_card_that_drops_them(tmp_path):
+    """Residual blocks are part of the architecture on the card; a card that claims fewer blocks
+    than its weights hold is refused (names the tensor), not loaded as another function."""
+    torch.manual_seed(0)
+    m = RNO(RNOArch(k=3, f_hidden=[12, 12], g_hidden=[8], g_increment=True, f_blocks=2, g_blocks=1),
+            2e-3, 1e-3, 5e7).double()
+    d = tmp_path / "sur"
+    save_surrogate(m, d, {"envelope": ENV})
+    m2, card = load_surrogate(d)
+    assert (card["architecture"]["f_blocks"], card["architecture"]["g_blocks"]) == (2, 1)
+    s, t = _paths()
+    with torch.no_grad():
+        torch.testing.assert_close(m2.rollout(s, t), m.rollout(s, t), rtol=0, atol=0)
+    c = d / "card.json"
+    bad = json.loads(c.read_text())
+    bad["architecture"]["f_blocks"] = 1
+    c.write_text(json.dumps(bad))
+    with pytest.raises(UserError, match=r"tensors do not match the card's architecture .*unexpected: .*F\.6\.weight"):
+        load_surrogate(d)
+    bad["architecture"]["f_blocks"] = -1
+    c.write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="f_blocks .residual blocks. must be >= 0"):
+        load_surrogate(d)
+
+
 def test_tampered_weights_hash_mismatch(tmp_path):
     _, d = _export(tmp_path)
     w = d / "weights.safetensors"

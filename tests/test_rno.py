@@ -446,6 +446,52 @@ def test_grow_keeps_the_function_and_lets_new_capacity_learn(flags):
         grow(m, RNOArch(**{**m.arch.__dict__, "activation": "tanh"}))
 
 
+@pytest.mark.parametrize("flags", [dict(g_increment=True, xi_bound=2.0), dict(odd=True, g_increment=True), dict()])
+def test_residual_blocks_deepen_exactly_and_keep_the_tangent_exact(flags):
+    """rno.grow adds residual blocks (f_blocks, g_blocks) with zero outputs: the same stresses,
+    internal variables and tangent, bit for bit; the loss has a gradient on each new block's output
+    weights.  With the blocks trained (random outputs) the forward-mode tangent, rate term and
+    sub-steps included, still matches central differences.  Blocks are never dropped, never
+    widened, and a model with blocks is not pruned."""
+    m = _model(k=3, **{k: v for k, v in flags.items() if k != "odd"})
+    if flags.get("odd"):
+        m = symmetrized(m)
+    deep_arch = RNOArch(**{**m.arch.__dict__, "f_blocks": 2, "g_blocks": 1})
+    torch.manual_seed(5)
+    deep = grow(m, deep_arch)
+    assert sum(isinstance(l, type(deep.F[-2])) for l in deep.F) == 2 and type(deep.F[-2]).__name__ == "Residual"
+    g = torch.Generator().manual_seed(3)
+    strain = torch.cumsum(2e-3 * torch.randn(4, 9, 6, generator=g, dtype=torch.float64), dim=1)
+    strain[:, 0] = 0.0
+    time = torch.cumsum(0.5 + torch.rand(4, 9, generator=g, dtype=torch.float64), dim=1)
+    eps, prev, dt, xi0 = _inputs(k=m.n_state)
+    with torch.no_grad():
+        assert torch.equal(deep.rollout(strain, time), m.rollout(strain, time))
+        for a, b in zip(deep.step_with_tangent(eps, prev, dt, xi0), m.step_with_tangent(eps, prev, dt, xi0)):
+            assert torch.equal(a, b)
+    deep.train()
+    (deep.rollout(strain, time) / deep.stress_scale).pow(2).sum().backward()
+    for net in (deep.F, deep.G):
+        assert float(net[-2].inner[-1].weight.grad.abs().max()) > 0
+    deep.eval()
+    with torch.no_grad():
+        for net in (deep.F, deep.G):
+            for blk in net:
+                if hasattr(blk, "inner"):
+                    blk.inner[-1].weight.normal_(0.0, 0.5, generator=g)
+    _check_step_with_tangent(deep, eps, prev, dt, xi0)
+    deep.max_substep_strain = 1e-3  # increments of ~5e-3: several sub-steps, blends included
+    _check_step_with_tangent(deep, eps, prev, dt, xi0, tol=1e-5)
+    with pytest.raises(ValueError, match="can only grow"):
+        grow(deep, m.arch)
+    with pytest.raises(ValueError, match="residual blocks keep their width"):
+        grow(deep, RNOArch(**{**deep_arch.__dict__, "f_hidden": [24, 30]}))
+    with pytest.raises(ValueError, match="without residual blocks"):
+        shrink(deep, deep.arch, strain, time)
+    with pytest.raises(ValueError, match="f_blocks .residual blocks. must be >= 0"):
+        RNOArch(f_blocks=-1).validate()
+
+
 @pytest.mark.parametrize("flags", [dict(g_increment=True, xi_bound=2.0), dict(g_rate=True), dict()])
 def test_shrink_undoes_grow_and_keeps_a_model_at_its_own_widths(flags):
     """rno.shrink (prune + least-squares refit): cutting a grown model back to the widths it was grown

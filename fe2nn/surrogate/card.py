@@ -158,7 +158,8 @@ def load_surrogate(path: str | os.PathLike, device: str | torch.device = "cpu") 
                        strain_dim=int(arch_d.get("strain_dim", 6)), g_rate=bool(arch_d.get("g_rate", False)),
                        xi_bound=float(arch_d.get("xi_bound", 0.0)),
                        elastic_split=bool(arch_d.get("elastic_split", False)),
-                       g_increment=bool(arch_d.get("g_increment", False)), odd=bool(arch_d.get("odd", False)))
+                       g_increment=bool(arch_d.get("g_increment", False)), odd=bool(arch_d.get("odd", False)),
+                       f_blocks=int(arch_d.get("f_blocks", 0)), g_blocks=int(arch_d.get("g_blocks", 0)))
         arch.validate()
     except (TypeError, ValueError) as err:
         raise UserError(f"{cpath}: incompatible surrogate architecture ({err})") from None

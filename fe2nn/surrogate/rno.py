@@ -73,6 +73,11 @@ class RNOArch:
     #: preferred sign of loading, like crystal plasticity with symmetric slip or J2; the Taylor RVE is
     #: odd to the last bit.  False: off
     odd: bool = False
+    #: residual blocks after F's (G's) last hidden layer, h <- h + W_b act(W_a h + b_a), both of that
+    #: layer's width: depth at a fixed width.  Their output weights may start at zero, so that a model
+    #: can be deepened without changing what it computes (:func:`grow`).  0: a plain MLP
+    f_blocks: int = 0
+    g_blocks: int = 0
 
     def validate(self) -> None:
         if self.k < 0:
@@ -89,6 +94,11 @@ class RNOArch:
             raise ValueError(f"strain dimension must be 6 (Mandel), got {self.strain_dim}")
         if any(w <= 0 for w in list(self.f_hidden) + list(self.g_hidden)):
             raise ValueError("hidden layer widths must be > 0")
+        for name in ("f_blocks", "g_blocks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} (residual blocks) must be >= 0, got {getattr(self, name)}")
+            if getattr(self, name) and not getattr(self, name[0] + "_hidden"):
+                raise ValueError(f"{name} needs a hidden layer ({name[0]}_hidden) for its blocks to act on")
 
     def f_sizes(self) -> List[int]:
         """Layer sizes of F: [2*6 + k, hidden..., 6]."""
@@ -107,9 +117,24 @@ class RNOArch:
         return d
 
 
-def _mlp(sizes: List[int], activation: str) -> nn.Sequential:
+class Residual(nn.Module):
+    """A residual block of width w: h (..., w) -> h + W_b act(W_a h + b_a) (+ b_b)."""
+
+    def __init__(self, width: int, activation: str):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(width, width), ACTIVATIONS[activation](), nn.Linear(width, width))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.inner(h)
+
+
+def _mlp(sizes: List[int], activation: str, blocks: int = 0) -> nn.Sequential:
+    """Linear layers of ``sizes`` with ``activation`` between them, and ``blocks`` residual blocks
+    (:class:`Residual`) after the last hidden layer's activation."""
     layers: List[nn.Module] = []
     for i in range(len(sizes) - 1):
+        if i == len(sizes) - 2:
+            layers += [Residual(sizes[i], activation) for _ in range(blocks)]
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())
@@ -142,6 +167,9 @@ def _mlp_jvp(mlp: nn.Sequential, x: torch.Tensor, dx: torch.Tensor, inplace: boo
         if isinstance(layer, nn.Linear):
             x = layer(x)
             dx = dx @ layer.weight.T
+        elif isinstance(layer, Residual):  # the block's first product makes new tensors: no aliasing
+            y, dy = _mlp_jvp(layer.inner, x, dx, inplace)
+            x, dx = x + y, dx + dy
         else:
             a = _activation_derivative(layer, x)
             dx = dx.mul_(a) if inplace else dx * a
@@ -170,11 +198,11 @@ class RNO(nn.Module):
         self.k = arch.k
         #: width of the state xi: k, or 2k for an odd model (the path's and its negative's)
         self.n_state = arch.k * (2 if arch.odd else 1)
-        self.F = _mlp(arch.f_sizes(), arch.activation)
+        self.F = _mlp(arch.f_sizes(), arch.activation, arch.f_blocks)
         #: linear skip of F (no bias): F(x) = MLP(x) + L x -- carries the elastic-like part
         self.F_linear = nn.Linear(arch.f_sizes()[0], arch.strain_dim, bias=False)
         nn.init.zeros_(self.F_linear.weight)
-        self.G = _mlp(arch.g_sizes(), arch.activation) if arch.k > 0 else None
+        self.G = _mlp(arch.g_sizes(), arch.activation, arch.g_blocks) if arch.k > 0 else None
         #: elastic stiffness of the elastic split (normalized units), sigma += C_el (e - xi[:6])
         self.C_el = nn.Parameter(torch.zeros(arch.strain_dim, arch.strain_dim)) if arch.elastic_split else None
         self.register_buffer("scales", torch.tensor([strain_scale, rate_scale, stress_scale], dtype=torch.float64))
@@ -548,24 +576,32 @@ def _copy_linear(new: nn.Linear, old: nn.Linear, rows: torch.Tensor, last: bool,
 
 
 def grow(model: "RNO", arch: RNOArch) -> "RNO":
-    """A larger RNO that computes exactly what ``model`` computes: more internal variables (k) and/or
-    wider hidden layers (same depth, activation and flags).
+    """A larger RNO that computes exactly what ``model`` computes: more internal variables (k), wider
+    hidden layers and/or more residual blocks (same hidden layers, activation and flags).
 
     Used to continue training with more capacity (``training.init_from`` a smaller surrogate).  New
     internal variables start at 0 and stay there until training moves G's new outputs (zero rows);
     F and G see them through fresh random input weights, so that the loss has a gradient towards them.
-    New hidden units have fresh random inputs and zero weights to the next layer.  The normalization
+    New hidden units have fresh random inputs and zero weights to the next layer; new residual blocks
+    have fresh random inputs and zero output weights (existing ones keep their width).  The normalization
     and the integration setting are kept.  Raises ValueError when ``arch`` is not a superset.
     """
     old = model.arch
-    grown = ("k", "f_hidden", "g_hidden")
+    grown = ("k", "f_hidden", "g_hidden", "f_blocks", "g_blocks")
     diff = [f.name for f in fields(RNOArch) if f.name not in grown and getattr(old, f.name) != getattr(arch, f.name)]
     if diff:
-        raise ValueError(f"can only grow k and hidden widths; {', '.join(diff)} differ")
+        raise ValueError(f"can only grow k, hidden widths and residual blocks; {', '.join(diff)} differ")
     if arch.k < old.k or len(arch.f_hidden) != len(old.f_hidden) or len(arch.g_hidden) != len(old.g_hidden) \
-            or any(a < b for a, b in zip(list(arch.f_hidden) + list(arch.g_hidden), list(old.f_hidden) + list(old.g_hidden))):
+            or any(a < b for a, b in zip(list(arch.f_hidden) + list(arch.g_hidden), list(old.f_hidden) + list(old.g_hidden))) \
+            or arch.f_blocks < old.f_blocks or arch.g_blocks < old.g_blocks:
         raise ValueError(f"can only grow: k {old.k} -> {arch.k}, F {old.f_hidden} -> {arch.f_hidden}, "
-                         f"G {old.g_hidden} -> {arch.g_hidden} (same depth, nothing smaller)")
+                         f"G {old.g_hidden} -> {arch.g_hidden}, residual blocks {old.f_blocks}/{old.g_blocks} -> "
+                         f"{arch.f_blocks}/{arch.g_blocks} (same hidden layers, nothing smaller)")
+    for side in ("f", "g"):
+        hid_old, hid_new = getattr(old, side + "_hidden"), getattr(arch, side + "_hidden")
+        if getattr(old, side + "_blocks") and hid_old and hid_new[-1] != hid_old[-1]:
+            raise ValueError(f"can only grow: {side.upper()}'s residual blocks keep their width "
+                             f"{hid_old[-1]} ({side}_hidden {hid_old} -> {hid_new})")
     ref = next(model.parameters())
     new = RNO(arch, model.strain_scale, model.rate_scale, model.stress_scale).to(ref)
     new.max_substep_strain = model.max_substep_strain
@@ -577,6 +613,15 @@ def grow(model: "RNO", arch: RNOArch) -> "RNO":
             last = i == len(lin_s) - 1
             rows = out_rows if last else torch.arange(s.out_features)
             _copy_linear(d, s, rows, last, keep_new_cols=(i == 0))
+        blk_d = [m for m in dst if isinstance(m, Residual)]
+        blk_s = [m for m in src if isinstance(m, Residual)]
+        with torch.no_grad():
+            for i, d in enumerate(blk_d):
+                if i < len(blk_s):  # an existing block (same width): copied
+                    d.load_state_dict(blk_s[i].state_dict())
+                else:  # a new block: fresh inputs, zero outputs (adds 0 until trained)
+                    d.inner[-1].weight.zero_()
+                    d.inner[-1].bias.zero_()
 
     embed(new.F, model.F, torch.arange(old.strain_dim))
     if model.G is not None:
@@ -664,6 +709,8 @@ def shrink(model: "RNO", arch: RNOArch, strain: torch.Tensor, time: torch.Tensor
             and getattr(old, f.name) != getattr(arch, f.name)]
     if diff:
         raise ValueError(f"can only narrow hidden layers; {', '.join(diff)} differ")
+    if old.f_blocks or old.g_blocks:
+        raise ValueError("can only narrow a model without residual blocks (f_blocks, g_blocks)")
     if len(arch.f_hidden) != len(old.f_hidden) or len(arch.g_hidden) != len(old.g_hidden) \
             or any(a > b for a, b in zip(list(arch.f_hidden) + list(arch.g_hidden), list(old.f_hidden) + list(old.g_hidden))):
         raise ValueError(f"can only narrow: F {old.f_hidden} -> {arch.f_hidden}, G {old.g_hidden} -> {arch.g_hidden} "

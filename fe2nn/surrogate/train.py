@@ -218,12 +218,17 @@ class ModelConfig:
     odd: bool = field(default=False, metadata=dict(
         doc="odd in the strain path, sigma(-eps) = -sigma(eps) exactly (materials without a preferred sign of "
             "loading, e.g. crystal plasticity); twice the cost"))
+    f_blocks: int = field(default=0, metadata=dict(check=non_negative, doc=(
+        "residual blocks after F's last hidden layer (depth at its width); training.init_from a model with "
+        "fewer adds them with zero outputs (the same function at the start)")))
+    g_blocks: int = field(default=0, metadata=dict(check=non_negative, doc="the same for G"))
 
     def arch(self) -> RNOArch:
         """The model architecture these keys describe."""
         return RNOArch(k=self.k, f_hidden=list(self.f_hidden), g_hidden=list(self.g_hidden),
                        activation=self.activation, g_rate=self.g_rate, xi_bound=self.xi_bound,
-                       elastic_split=self.elastic_split, g_increment=self.g_increment, odd=self.odd)
+                       elastic_split=self.elastic_split, g_increment=self.g_increment, odd=self.odd,
+                       f_blocks=self.f_blocks, g_blocks=self.g_blocks)
 
     def validate(self):
         if not self.f_hidden:
@@ -442,8 +447,9 @@ class Trainer:
             except ValueError as err:
                 raise UserError(f"training.init_from = {path}: its architecture {old.to_dict()} cannot "
                                 f"become [model] {arch.to_dict()}: {err}") from None
-            print(f"training.init_from = {path}: k = {old.k}, F {old.f_hidden}, G {old.g_hidden} -> k = {arch.k}, "
-                  f"F {arch.f_hidden}, G {arch.g_hidden} ({how})", flush=True)
+            blocks = lambda a: f" + {a.f_blocks}/{a.g_blocks} residual blocks" if a.f_blocks or a.g_blocks else ""  # noqa: E731
+            print(f"training.init_from = {path}: k = {old.k}, F {old.f_hidden}, G {old.g_hidden}{blocks(old)} -> "
+                  f"k = {arch.k}, F {arch.f_hidden}, G {arch.g_hidden}{blocks(arch)} ({how})", flush=True)
         return model.to(device=self.device, dtype=self.dtype).train()
 
     def _init_linear_skip(self, strain: np.ndarray, stress: np.ndarray) -> None:
