@@ -78,6 +78,10 @@ def test_round_trip_residual_blocks_and_a_card_that_drops_them(tmp_path):
     s, t = _paths()
     with torch.no_grad():
         torch.testing.assert_close(m2.rollout(s, t), m.rollout(s, t), rtol=0, atol=0)
+    from fe2nn.surrogate.summary import report, summarize, table
+    text, row = report(summarize(d)), table([summarize(d)])
+    assert "F 15-12-12-6 + 2 residual blocks, G 15-8-21 + 1 residual block" in text
+    assert "| 12×12 + 2 residual blocks / 8 + 1 residual block |" in row
     c = d / "card.json"
     bad = json.loads(c.read_text())
     bad["architecture"]["f_blocks"] = 1

@@ -39,6 +39,7 @@ def summarize(path: str | Path) -> Dict[str, Any]:
         "surrogate": str(directory),
         "k": int(arch["k"]),
         "f_layers": model.arch.f_sizes(), "g_layers": model.arch.g_sizes(),
+        "f_blocks": model.arch.f_blocks, "g_blocks": model.arch.g_blocks,
         "activation": arch.get("activation"), "g_increment": bool(arch.get("g_increment", False)),
         "xi_bound": float(arch.get("xi_bound", 0.0)), "odd": bool(arch.get("odd", False)),
         "parameters": int(sum(p.numel() for p in model.parameters())),
@@ -80,11 +81,18 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f} %"
 
 
+def _net(s: Dict[str, Any], side: str, sep: str = "-", hidden_only: bool = False) -> str:
+    """F's or G's layer sizes ("28-128-128-6"), with its residual blocks ("+ 1 residual block")."""
+    sizes = s[side + "_layers"][1:-1] if hidden_only else s[side + "_layers"]
+    nb = s.get(side + "_blocks", 0)
+    return sep.join(map(str, sizes)) + (f" + {nb} residual block{'s' if nb > 1 else ''}" if nb else "")
+
+
 def report(s: Dict[str, Any]) -> str:
     """The summary as text (errors in percent)."""
     n, env, tr, ds = s["normalization"], s["envelope"], s["training"], s["dataset"]
     lines = [f"{s['surrogate']}: recurrent neural operator, k = {s['k']} internal variables, "
-             f"F {'-'.join(map(str, s['f_layers']))}, G {'-'.join(map(str, s['g_layers']))} ({s['activation']}"
+             f"F {_net(s, 'f')}, G {_net(s, 'g')} ({s['activation']}"
              + (", increment form" if s["g_increment"] else "")
              + (f", xi bound {s['xi_bound']:g}" if s["xi_bound"] else "")
              + (", odd: the path and its negative side by side, state 2k" if s.get("odd") else "")
@@ -152,7 +160,7 @@ def table(summaries: List[Dict[str, Any]]) -> str:
             e = ev.get(name, {}).get("errors", {}).get("dt x 1")
             return None if e is None else e["mean"]
 
-        hidden = f"{'×'.join(map(str, s['f_layers'][1:-1]))} / {'×'.join(map(str, s['g_layers'][1:-1]))}"
+        hidden = f"{_net(s, 'f', '×', True)} / {_net(s, 'g', '×', True)}"
         init = s["training"]["init_from"]
         evaluation = f"{_pct(mean('random_walk'))} / {_pct(mean('cyclic'))}" if ev else "–"
         rows.append(f"| `{Path(s['surrogate']).name}` | {s['k']}{' (odd)' if s.get('odd') else ''} | {hidden} | {s['parameters']:,} "
