@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -445,11 +444,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         """Writes a run's run.json: fe2nn solve's record, plus which run of validate it is."""
         from fe2nn.macro.run import write_run_record
 
-        extra = {"validate_run": run, "material": json.loads(json.dumps(material, default=str)),
-                 "steps_per_config_step": substeps}
+        extra = {"validate_run": run, "material": material, "steps_per_config_step": substeps}
         return lambda out_dir, outcome: write_run_record(
-            out_dir, argv if argv is not None else sys.argv[2:], args, settings, mesh_path,
-            problem_id["mesh_sha256"], comm, outcome, command="validate", extra=extra)
+            out_dir, argv, args, settings, mesh_path, problem_id["mesh_sha256"], comm, outcome,
+            command="validate", extra=extra)
 
     mesh = read_mesh(mesh_path, comm)
     steps = set(vcfg.stress_steps) or None

@@ -70,12 +70,13 @@ def build_problem(cfg: SolveConfig, mesh, material):
     return problem
 
 
-def write_run_record(out_dir: Path, argv: Sequence[str], args, settings: dict, mesh_path, mesh_sha256: str, comm,
-                     outcome: dict, command: str = "solve", extra: Optional[dict] = None) -> None:
+def write_run_record(out_dir: Path, argv: Optional[Sequence[str]], args, settings: dict, mesh_path, mesh_sha256: str,
+                     comm, outcome: dict, command: str = "solve", extra: Optional[dict] = None) -> None:
     """``run.json`` in the output directory (rank 0, atomically): what was run -- the command
-    (``fe2nn COMMAND ARGV``), the config with its ``--set`` changes applied, the mesh and its SHA-256,
-    fe2nn's version and commit, the ranks, and ``extra`` (validate: which of its runs this is) --
-    and how it ended (``finished``, ``steps``, or the line that ``stopped`` it)."""
+    (``fe2nn COMMAND ARGV``; ARGV None: this process's own, ``sys.argv[2:]``), the config with its
+    ``--set`` changes applied, the mesh and its SHA-256, fe2nn's version and commit, the ranks, and
+    ``extra`` (validate: which of its runs this is) -- and how it ended (``finished``, ``steps``, or
+    the line that ``stopped`` it).  Values that JSON has no type for (paths) are written as text."""
     if comm.rank != 0:
         return
     import json
@@ -84,13 +85,14 @@ def write_run_record(out_dir: Path, argv: Sequence[str], args, settings: dict, m
     import fe2nn
     from fe2nn.io_utils import git_commit, write_text_atomic
 
+    argv = sys.argv[2:] if argv is None else argv
     record = {"command": f"fe2nn {command} " + shlex.join(argv), "config_file": str(Path(args.config).resolve()),
-              "overrides": list(args.overrides), "config": json.loads(json.dumps(settings, default=str)),
+              "overrides": list(args.overrides), "config": settings,
               "mesh_file": str(Path(mesh_path).resolve()), "mesh_sha256": mesh_sha256,
               "fe2nn_version": fe2nn.__version__, "git_commit": git_commit(), "ranks": comm.size,
               "resumed": bool(args.resume), **(extra or {}), **outcome}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(out_dir / RUN_RECORD, json.dumps(record, indent=2, default=str) + "\n")
 
 
 class RunOutcome:
@@ -226,8 +228,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         history = StrainHistory(t0=cfg.load.times[0])
         callbacks.append(history)
     record = lambda outcome: write_run_record(  # noqa: E731
-        out_dir, argv if argv is not None else sys.argv[2:], args, settings, mesh_path, problem_id["mesh_sha256"],
-        MPI.COMM_WORLD, outcome)
+        out_dir, argv, args, settings, mesh_path, problem_id["mesh_sha256"], MPI.COMM_WORLD, outcome)
     with RunOutcome(record) as outcome:  # run.json, written after the strain paths
         try:
             result = solve(problem, cfg.load.times, cfg.load.factors, steps=cfg.load.steps, max_dt=cfg.load.max_dt,
