@@ -465,10 +465,14 @@ def test_residual_blocks_deepen_exactly_and_keep_the_tangent_exact(flags):
     strain[:, 0] = 0.0
     time = torch.cumsum(0.5 + torch.rand(4, 9, generator=g, dtype=torch.float64), dim=1)
     eps, prev, dt, xi0 = _inputs(k=m.n_state)
+    # blocks, wider layers and more internal variables at once: the same function again (to round-off)
+    wide = grow(m, RNOArch(**{**deep_arch.__dict__, "k": 4, "f_hidden": [24, 30], "g_hidden": [20]}))
     with torch.no_grad():
         assert torch.equal(deep.rollout(strain, time), m.rollout(strain, time))
         for a, b in zip(deep.step_with_tangent(eps, prev, dt, xi0), m.step_with_tangent(eps, prev, dt, xi0)):
             assert torch.equal(a, b)
+        ref = m.rollout(strain, time)
+        torch.testing.assert_close(wide.rollout(strain, time), ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
     deep.train()
     (deep.rollout(strain, time) / deep.stress_scale).pow(2).sum().backward()
     for net in (deep.F, deep.G):
