@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -142,6 +143,19 @@ def _get(card: dict, cpath: Path, *keys):
     return cur
 
 
+def _arch(arch_d: Dict[str, Any]) -> RNOArch:
+    """The architecture of a card's ``architecture`` table: each field of :class:`RNOArch` it has, as the
+    type of that field's default (lists of int widths); the others at their defaults.  TypeError or
+    ValueError for a value of the wrong kind."""
+    default = RNOArch()
+    kw: Dict[str, Any] = {}
+    for f in fields(RNOArch):
+        if f.name in arch_d:
+            kind, v = type(getattr(default, f.name)), arch_d[f.name]
+            kw[f.name] = [int(w) for w in v] if kind is list else kind(v)
+    return RNOArch(**kw)
+
+
 def load_surrogate(path: str | os.PathLike, device: str | torch.device = "cpu") -> Tuple[RNO, Dict[str, Any]]:
     """Load (model in float64 eval mode on ``device``, card) from a directory or card path."""
     from safetensors import SafetensorError
@@ -150,16 +164,10 @@ def load_surrogate(path: str | os.PathLike, device: str | torch.device = "cpu") 
     directory, cpath = card_paths(path)
     card = read_card(cpath)
     arch_d = _get(card, cpath, "architecture")
+    for key in ("k", "f_hidden", "g_hidden", "activation"):  # the rest has defaults (older cards lack them)
+        _get(card, cpath, "architecture", key)
     try:
-        arch = RNOArch(k=int(_get(card, cpath, "architecture", "k")),
-                       f_hidden=[int(w) for w in _get(card, cpath, "architecture", "f_hidden")],
-                       g_hidden=[int(w) for w in _get(card, cpath, "architecture", "g_hidden")],
-                       activation=str(_get(card, cpath, "architecture", "activation")),
-                       strain_dim=int(arch_d.get("strain_dim", 6)), g_rate=bool(arch_d.get("g_rate", False)),
-                       xi_bound=float(arch_d.get("xi_bound", 0.0)),
-                       elastic_split=bool(arch_d.get("elastic_split", False)),
-                       g_increment=bool(arch_d.get("g_increment", False)), odd=bool(arch_d.get("odd", False)),
-                       f_blocks=int(arch_d.get("f_blocks", 0)), g_blocks=int(arch_d.get("g_blocks", 0)))
+        arch = _arch(arch_d)
         arch.validate()
     except (TypeError, ValueError) as err:
         raise UserError(f"{cpath}: incompatible surrogate architecture ({err})") from None

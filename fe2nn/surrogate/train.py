@@ -39,7 +39,7 @@ import math
 import os
 import sys
 import time as _time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -225,10 +225,7 @@ class ModelConfig:
 
     def arch(self) -> RNOArch:
         """The model architecture these keys describe."""
-        return RNOArch(k=self.k, f_hidden=list(self.f_hidden), g_hidden=list(self.g_hidden),
-                       activation=self.activation, g_rate=self.g_rate, xi_bound=self.xi_bound,
-                       elastic_split=self.elastic_split, g_increment=self.g_increment, odd=self.odd,
-                       f_blocks=self.f_blocks, g_blocks=self.g_blocks)
+        return RNOArch(**{f.name: copy.copy(getattr(self, f.name)) for f in fields(RNOArch) if hasattr(self, f.name)})
 
     def validate(self):
         if not self.f_hidden:
