@@ -678,6 +678,31 @@ def test_extra_datasets_keep_each_files_split(tmp_path, dataset):
         assert str(bad) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_error_growth_by_turn_of_the_strain_path():
+    """A hand-made path: straight on, a reversal, straight, two holds, a 90 degree turn, with a known
+    error e_n at each increment: the growth e_n - e_{n-1} lands in the right group, and the groups'
+    growth adds up to e_T - e_1.  A negated second path (the same turns) changes nothing."""
+    import numpy as np
+
+    x, y = np.eye(6)[0], np.eye(6)[1]
+    inc = np.array([x, x, x, -x, -x, 0 * x, 0 * x, y]) * 1e-3  # increments 1..8
+    strain = np.concatenate([np.zeros((1, 6)), np.cumsum(inc, axis=0)])[None]
+    strain = np.concatenate([strain, -strain])
+    a = np.array([0.01, 0.02, 0.03, 0.07, 0.08, 0.08, 0.09, 0.12])
+    target = np.zeros((2, 8, 6))
+    target[..., 0] = 1.0  # RMS stress 1
+    pred = target.copy()
+    pred[..., 1] = a  # |error| = a_n
+    g = ev.error_growth(pred, target, strain)
+    # increments 2..8: straight, straight, reversal, straight, hold, hold, turn
+    expect = {"straight": (3, 0.03), "turn": (1, 0.03), "reversal": (1, 0.04), "hold": (2, 0.01)}
+    for name, (count, growth) in expect.items():
+        assert g[name]["share_of_increments"] == pytest.approx(count / 7)
+        assert g[name]["mean_growth"] == pytest.approx(growth / count)
+        assert g[name]["share_of_growth"] == pytest.approx(growth / (a[-1] - a[0]))
+    assert sum(v["share_of_growth"] for v in g.values()) == pytest.approx(1.0)
+
+
 def test_error_along_path_splits_direction_and_magnitude():
     """Closed form: a uniform 2 % magnitude error is flat along the path with no direction share;
     a rotation by a growing angle phi has error 2 sin(phi/2), of which sin(phi) is perpendicular."""

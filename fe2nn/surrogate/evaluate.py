@@ -27,7 +27,9 @@ largest stress deviation along each loop, at three strain rates of the card's en
 At dt x 1 the report also says where along the paths the error sits (its mean over the
 paths at each increment, relative to the path's RMS stress) and which share of it comes
 from a wrong direction of the stress rather than a wrong magnitude (:func:`error_along_path`): an
-error that grows along the path is drift of the internal variables.
+error that grows along the path is drift of the internal variables.  It also says in which increments
+the error grows: straight on, at turns and reversals of the strain path, or in holds
+(:func:`error_growth`).
 Every group also gets a stability probe (:func:`stability`): is the consistent tangent positive
 definite when the step to the next data point is shortened (as Newton cut-backs do)?  With
 ``--rve-probe N`` the same probe runs through the dataset's RVE on N paths per group, and the
@@ -125,6 +127,46 @@ def error_along_path(pred: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
     total = float((diff ** 2).sum())
     perp = total - float((along ** 2).sum())
     return {"mean_error": e.mean(axis=0).tolist(), "direction_share": perp / total if total > 0 else 0.0}
+
+
+#: increments of a path by the turn of the strain path (:func:`error_growth`): the cosine between an
+#: increment and the last one before it that moved, and a hold (an increment that does not move)
+TURNS = (("straight", 0.95, 1.01), ("turn", 0.0, 0.95), ("reversal", -1.01, 0.0))
+#: an increment shorter than this fraction of the median moving increment is a hold
+HOLD_FRACTION = 1e-3
+
+
+def error_growth(pred: np.ndarray, target: np.ndarray, strain: np.ndarray) -> Dict[str, Any]:
+    """Which increments the error grows in: straight on, at turns, at reversals, in holds.
+
+    pred, target (B, T, 6) [Pa] at the increments 1..T of the paths strain (B, T+1, 6).  With e_n
+    as in :func:`error_along_path`, the growth of increment n >= 2 is e_n - e_{n-1}; the increments
+    are grouped by the cosine between their strain increment and the last one before it that
+    moved (:data:`TURNS`; the first moving increment of a path has none and counts as straight),
+    or as holds (shorter than :data:`HOLD_FRACTION` of the median moving increment).  For each
+    group: its share of the increments, the mean growth per increment and its share of the total
+    growth (which is the mean of e_T - e_1 over the paths times their number)."""
+    rms = np.sqrt((target ** 2).sum(axis=2).mean(axis=1, keepdims=True))
+    e = np.linalg.norm(pred - target, axis=2) / np.maximum(rms, 1e-30)  # (B, T)
+    d = np.diff(strain, axis=1)  # (B, T, 6)
+    n = np.linalg.norm(d, axis=2)
+    moving_n = n[n > 0]
+    hold = n <= HOLD_FRACTION * (np.median(moving_n) if moving_n.size else 0.0)
+    T = n.shape[1]
+    # index of the last moving increment up to and including each one (-1: none yet)
+    last = np.maximum.accumulate(np.where(hold, -1, np.arange(T)[None, :]), axis=1)
+    prev = np.concatenate([np.full((n.shape[0], 1), -1), last[:, :-1]], axis=1)  # ... before each one
+    d_prev = np.take_along_axis(d, np.maximum(prev, 0)[..., None], axis=1)
+    n_prev = np.take_along_axis(n, np.maximum(prev, 0), axis=1)
+    cos = np.where(prev >= 0, (d * d_prev).sum(axis=2) / np.maximum(n * n_prev, 1e-300), 1.0)
+    growth, total = np.diff(e, axis=1), float(np.diff(e, axis=1).sum())  # increments 2..T
+    hold, cos = hold[:, 1:], cos[:, 1:]
+    kinds = {name: ~hold & (cos >= lo) & (cos < hi) for name, lo, hi in TURNS}
+    kinds["hold"] = hold
+    return {name: {"share_of_increments": float(m.mean()) if m.size else 0.0,
+                   "mean_growth": float(growth[m].mean()) if m.any() else 0.0,
+                   "share_of_growth": float(growth[m].sum()) / total if total != 0 else 0.0}
+            for name, m in kinds.items()}
 
 
 #: sub-steps per increment of the RVE's finer reference in :func:`same_path_errors`
@@ -466,6 +508,7 @@ def evaluate(surrogate: str, dataset: str, out: Optional[str] = None, factors=FA
         if 1.0 in preds:
             p, ti = preds[1.0]
             res["along_path"] = error_along_path(p, sig[:, 1:][:, ti])
+            res["along_path"]["growth"] = error_growth(p, sig[:, 1:][:, ti], s)
             res["odd_symmetry"] = odd_symmetry(model, s, sig, t, p, rve, min(rve_probe, idx.size))
         res["stability"] = stability(model, s, t)
         if rve_paths > 0:
@@ -582,6 +625,12 @@ def format_table(report: Dict[str, Any]) -> str:
             lines.append(f"{name}: error at 1/4, 1/2 and the end of the path {at} (dt x 1; |error| / RMS stress), "
                          f"{g['along_path']['direction_share']:.0%} of its square from a wrong stress direction, the rest "
                          "from a wrong magnitude")
+            if "growth" in g["along_path"]:
+                lines.append(f"{name}: the error grows " + ", ".join(
+                    f"{v['share_of_growth']:.0%} {k if k != 'hold' else 'in holds'} ({v['share_of_increments']:.1%} of the "
+                    f"increments, {v['mean_growth']:+.3%} each)" for k, v in g["along_path"]["growth"].items()
+                    if v["share_of_increments"] > 0) + " (straight: within 18 deg of the last strain increment; turn: "
+                    "18-90 deg; reversal: beyond)")
     for name, g in report["groups"].items():
         if "odd_symmetry" in g:
             o = g["odd_symmetry"]
