@@ -147,6 +147,10 @@ def test_evaluate_cli_writes_report_and_plots(tmp_path, dataset):
             assert 0 <= s["mean"] <= s["p95"] + 1e-15 <= s["max"] + 2e-15
     for g in rep["groups"].values():
         assert len(g["along_path"]["mean_error"]) == 16 and 0 <= g["along_path"]["direction_share"] <= 1
+        growth = g["along_path"]["growth"]
+        assert set(growth) == {"straight", "turn", "reversal", "hold"}
+        assert sum(v["share_of_increments"] for v in growth.values()) == pytest.approx(1.0)
+    assert "random_walk: the error grows" in p.stdout
     assert "error_along_path.png" in rep["plots"]
     for name in rep["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
