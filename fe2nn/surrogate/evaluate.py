@@ -110,6 +110,12 @@ def odd_symmetry(model: RNO, strain: np.ndarray, stress: np.ndarray, time: np.nd
     return out
 
 
+def _relative_error(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """e_n = |sigma_pred,n - sigma_n| / rms_m |sigma_m| per path (B, T), from pred, target (B, T, 6)."""
+    rms = np.sqrt((target ** 2).sum(axis=2).mean(axis=1, keepdims=True))  # (B, 1)
+    return np.linalg.norm(pred - target, axis=2) / np.maximum(rms, 1e-30)
+
+
 def error_along_path(pred: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
     """Where along the paths the error sits, and of which kind.
 
@@ -120,8 +126,7 @@ def error_along_path(pred: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
     magnitude is wrong, 1 = only the direction), over all paths and increments.
     """
     diff = pred - target
-    rms = np.sqrt((target ** 2).sum(axis=2).mean(axis=1, keepdims=True))  # (B, 1)
-    e = np.linalg.norm(diff, axis=2) / np.maximum(rms, 1e-30)
+    e = _relative_error(pred, target)
     unit = target / np.maximum(np.linalg.norm(target, axis=2, keepdims=True), 1e-30)
     along = (diff * unit).sum(axis=2)
     total = float((diff ** 2).sum())
@@ -146,8 +151,7 @@ def error_growth(pred: np.ndarray, target: np.ndarray, strain: np.ndarray) -> Di
     or as holds (shorter than :data:`HOLD_FRACTION` of the median moving increment).  For each
     group: its share of the increments, the mean growth per increment and its share of the total
     growth (which is the mean of e_T - e_1 over the paths times their number)."""
-    rms = np.sqrt((target ** 2).sum(axis=2).mean(axis=1, keepdims=True))
-    e = np.linalg.norm(pred - target, axis=2) / np.maximum(rms, 1e-30)  # (B, T)
+    e = _relative_error(pred, target)  # (B, T)
     d = np.diff(strain, axis=1)  # (B, T, 6)
     n = np.linalg.norm(d, axis=2)
     moving_n = n[n > 0]
@@ -159,7 +163,8 @@ def error_growth(pred: np.ndarray, target: np.ndarray, strain: np.ndarray) -> Di
     d_prev = np.take_along_axis(d, np.maximum(prev, 0)[..., None], axis=1)
     n_prev = np.take_along_axis(n, np.maximum(prev, 0), axis=1)
     cos = np.where(prev >= 0, (d * d_prev).sum(axis=2) / np.maximum(n * n_prev, 1e-300), 1.0)
-    growth, total = np.diff(e, axis=1), float(np.diff(e, axis=1).sum())  # increments 2..T
+    growth = np.diff(e, axis=1)  # increments 2..T
+    total = float(growth.sum())
     hold, cos = hold[:, 1:], cos[:, 1:]
     kinds = {name: ~hold & (cos >= lo) & (cos < hi) for name, lo, hi in TURNS}
     kinds["hold"] = hold
