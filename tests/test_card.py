@@ -66,21 +66,23 @@ def test_round_trip_elastic_split(tmp_path):
 
 
 def test_round_trip_residual_blocks_and_a_card_that_drops_them(tmp_path):
-    """Residual blocks are part of the architecture on the card; a card that claims fewer blocks
-    than its weights hold is refused (names the tensor), not loaded as another function."""
+    """Residual blocks and G's trial-stress input are part of the architecture on the card; a card
+    that claims fewer blocks than its weights hold is refused (names the tensor), not loaded as
+    another function."""
     torch.manual_seed(0)
-    m = RNO(RNOArch(k=3, f_hidden=[12, 12], g_hidden=[8], g_increment=True, f_blocks=2, g_blocks=1),
+    m = RNO(RNOArch(k=3, f_hidden=[12, 12], g_hidden=[8], g_increment=True, f_blocks=2, g_blocks=1, g_trial=True),
             2e-3, 1e-3, 5e7).double()
     d = tmp_path / "sur"
     save_surrogate(m, d, {"envelope": ENV})
     m2, card = load_surrogate(d)
-    assert (card["architecture"]["f_blocks"], card["architecture"]["g_blocks"]) == (2, 1)
+    assert (card["architecture"]["f_blocks"], card["architecture"]["g_blocks"], card["architecture"]["g_trial"]) == (2, 1, True)
     s, t = _paths()
     with torch.no_grad():
         torch.testing.assert_close(m2.rollout(s, t), m.rollout(s, t), rtol=0, atol=0)
     from fe2nn.surrogate.summary import report, summarize, table
     text, row = report(summarize(d)), table([summarize(d)])
-    assert "F 15-12-12-6 + 2 residual blocks, G 15-8-21 + 1 residual block" in text
+    assert "F 15-12-12-6 + 2 residual blocks, G 21-8-21 + 1 residual block (silu, increment form, " \
+        "G sees the trial stress)" in text
     assert "| 12×12 + 2 residual blocks / 8 + 1 residual block |" in row
     c = d / "card.json"
     bad = json.loads(c.read_text())

@@ -496,6 +496,51 @@ def test_residual_blocks_deepen_exactly_and_keep_the_tangent_exact(flags):
         RNOArch(f_blocks=-1).validate()
 
 
+@pytest.mark.parametrize("flags", [dict(g_increment=True, xi_bound=2.0), dict(odd=True, g_increment=True),
+                                   dict(g_rate=True), dict()])
+def test_trial_stress_input_of_g_grows_exactly_and_keeps_the_tangent_exact(flags):
+    """g_trial: G also sees the trial stress F(eps_n, rate_n, xi_{n-1}).  rno.grow turns it on with zero
+    weights: the same stresses, internal variables and tangent as before (to round-off, also with more
+    internal variables at once, which move the trial inputs); the loss has a gradient on the new
+    weights.  Once they are trained, G really depends on the trial stress, and the forward-mode tangent
+    (through F inside G, sub-steps included) matches central differences.  It is never removed."""
+    m = _model(k=3, **{k: v for k, v in flags.items() if k != "odd"})
+    if flags.get("odd"):
+        m = symmetrized(m)
+    torch.manual_seed(5)
+    tri = grow(m, RNOArch(**{**m.arch.__dict__, "g_trial": True}))
+    assert tri.G[0].in_features == m.G[0].in_features + 6
+    g = torch.Generator().manual_seed(3)
+    strain = torch.cumsum(2e-3 * torch.randn(4, 9, 6, generator=g, dtype=torch.float64), dim=1)
+    strain[:, 0] = 0.0
+    time = torch.cumsum(0.5 + torch.rand(4, 9, generator=g, dtype=torch.float64), dim=1)
+    eps, prev, dt, xi0 = _inputs(k=m.n_state)
+    with torch.no_grad():
+        ref, xi_ref = m.rollout(strain, time, return_xi=True)
+        out, xi = tri.rollout(strain, time, return_xi=True)
+        torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13 * float(ref.abs().max()))
+        torch.testing.assert_close(xi, xi_ref, rtol=1e-13, atol=1e-13)
+        for a, b in zip(tri.step_with_tangent(eps, prev, dt, xi0), m.step_with_tangent(eps, prev, dt, xi0)):
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13 * float(b.abs().max()))
+        # more internal variables as well, then the trial inputs again: xi's new columns go before them
+        big = grow(tri, RNOArch(**{**tri.arch.__dict__, "k": 5, "g_hidden": [20]}))
+        torch.testing.assert_close(big.rollout(strain, time), ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+    tri.train()
+    (tri.rollout(strain, time) / tri.stress_scale).pow(2).sum().backward()
+    assert float(tri.G[0].weight.grad[:, -6:].abs().max()) > 0
+    tri.eval()
+    with torch.no_grad():
+        tri.G[0].weight[:, -6:].normal_(0.0, 1.0, generator=g)
+        assert float((tri.rollout(strain, time) - ref).abs().max()) > 1e-3 * float(ref.abs().max())
+    _check_step_with_tangent(tri, eps, prev, dt, xi0)
+    tri.max_substep_strain = 1e-3  # increments of ~5e-3: several sub-steps, blends included
+    _check_step_with_tangent(tri, eps, prev, dt, xi0, tol=1e-5)
+    with pytest.raises(ValueError, match="cannot be removed"):
+        grow(tri, m.arch)
+    with pytest.raises(ValueError, match="g_trial needs"):
+        RNOArch(k=0, g_trial=True).validate()
+
+
 @pytest.mark.parametrize("flags", [dict(g_increment=True, xi_bound=2.0), dict(g_rate=True), dict()])
 def test_shrink_undoes_grow_and_keeps_a_model_at_its_own_widths(flags):
     """rno.shrink (prune + least-squares refit): cutting a grown model back to the widths it was grown

@@ -298,7 +298,7 @@ def test_card_paths_are_relative_to_the_surrogate(tmp_path, dataset):
 def test_init_from_warm_starts_and_checks_architecture(tmp_path, dataset):
     """training.init_from continues from an exported surrogate (fine-tuning): the first epoch
     starts at the exported model's validation error, not at a fresh model's, also when [model]
-    grows it (more internal variables, residual blocks); a smaller architecture is one clear error."""
+    grows it (more internal variables, residual blocks, G's trial-stress input); a smaller architecture is one clear error."""
     assert tr.main([str(_config(tmp_path, dataset, "base", epochs=10)), "--no-progress"]) == 0
     base = json.loads((tmp_path / "base" / "card.json").read_text())
     fine = _config(tmp_path, dataset, "fine", epochs=1, extra=f'init_from = "{tmp_path / "base"}"\nlr_min = 0\n')
@@ -311,14 +311,14 @@ def test_init_from_warm_starts_and_checks_architecture(tmp_path, dataset):
     assert card["training"]["config"]["training"]["init_from"] == "../base"  # portable, like the data path
     # a larger [model] grows the exported one (rno.grow): the same function at the start
     bigger = _config(tmp_path, dataset, "bigger", epochs=1, extra=f'init_from = "{tmp_path / "base"}"\nlr_min = 0\n')
-    # (more internal variables and a residual block in F and in G)
-    bigger.write_text(bigger.read_text().replace("k = 2", "k = 3\nf_blocks = 1\ng_blocks = 1")
+    # (more internal variables, a residual block in F and in G, and G fed the trial stress)
+    bigger.write_text(bigger.read_text().replace("k = 2", "k = 3\nf_blocks = 1\ng_blocks = 1\ng_trial = true")
                       .replace("lr = 1e-2", "lr = 1e-12"))
     assert tr.main([str(bigger), "--no-progress"]) == 0
     hist = json.loads((tmp_path / "bigger" / "history.json").read_text())
     assert hist[0]["val"] == pytest.approx(base["training"]["best_val_rel_l2"], rel=1e-9)
     arch = json.loads((tmp_path / "bigger" / "card.json").read_text())["architecture"]
-    assert (arch["k"], arch["f_blocks"], arch["g_blocks"]) == (3, 1, 1)
+    assert (arch["k"], arch["f_blocks"], arch["g_blocks"], arch["g_trial"]) == (3, 1, 1, True)
     other = _config(tmp_path, dataset, "other", epochs=1, extra=f'init_from = "{tmp_path / "base"}"')
     other.write_text(other.read_text().replace("k = 2", "k = 1"))
     with pytest.raises(UserError, match="init_from.*architecture.*cannot become.*can only grow"):

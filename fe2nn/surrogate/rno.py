@@ -7,6 +7,8 @@ With k internal variables xi (dimensionless), explicit-Euler time stepping:
     xi_n    = xi_{n-1} + (dt_n / t_s) * G(eps_n / e_s, xi_{n-1}),        xi_0 = 0
     sigma_n = s_s * F(eps_n / e_s, asinh((eps_n - eps_{n-1}) / (dt_n r_s)), xi_n)
 
+(with ``RNOArch.g_trial`` G also sees the trial stress F(eps_n / e_s, asinh q_n, xi_{n-1}), the elastic
+predictor of return mapping; with ``g_increment`` G is affine in the rate, see :class:`RNOArch`).
 F and G are MLPs with a smooth activation; F also has a linear skip (F = MLP + L x,
 L initialised by least squares on the training data) that carries the elastic-like part.  **F uses the updated xi_n** (as in the
 paper), so xi_n depends on eps_n and the consistent tangent contains the path
@@ -78,6 +80,12 @@ class RNOArch:
     #: can be deepened without changing what it computes (:func:`grow`).  0: a plain MLP
     f_blocks: int = 0
     g_blocks: int = 0
+    #: True: G also sees the trial stress F(eps, asinh q, xi_{n-1}) / s_s -- the stress the step would
+    #: give if the internal variables did not move (an elastic predictor) -- as the flow rule of
+    #: plasticity is driven by stress, not strain.  Costs one more evaluation of F per (sub-)step;
+    #: :func:`grow` turns it on with zero weights on the new inputs (the same function at the start).
+    #: False: off
+    g_trial: bool = False
 
     def validate(self) -> None:
         if self.k < 0:
@@ -90,6 +98,8 @@ class RNOArch:
             raise ValueError(f"elastic_split needs k >= 6 internal variables, got k = {self.k}")
         if self.g_increment and self.g_rate:
             raise ValueError("g_increment already feeds the strain rate to G: set g_rate = false")
+        if self.g_trial and (self.k == 0 or self.elastic_split):
+            raise ValueError("g_trial needs k > 0 internal variables and no elastic_split")
         if self.strain_dim != 6:
             raise ValueError(f"strain dimension must be 6 (Mandel), got {self.strain_dim}")
         if any(w <= 0 for w in list(self.f_hidden) + list(self.g_hidden)):
@@ -105,9 +115,10 @@ class RNOArch:
         return [2 * self.strain_dim + self.k, *self.f_hidden, self.strain_dim]
 
     def g_sizes(self) -> List[int]:
-        """Layer sizes of G: [6 (+6 with g_rate or g_increment) + k, hidden..., k (x7 with g_increment)]
-        (empty when k == 0)."""
-        n_in = self.strain_dim * (2 if (self.g_rate or self.g_increment) else 1) + self.k
+        """Layer sizes of G: [6 (+6 with g_rate or g_increment) + k (+6 with g_trial), hidden..., k (x7 with
+        g_increment)] (empty when k == 0)."""
+        n_in = self.strain_dim * (2 if (self.g_rate or self.g_increment) else 1) + self.k \
+            + (self.strain_dim if self.g_trial else 0)
         n_out = self.k * (1 + self.strain_dim) if self.g_increment else self.k
         return [n_in, *self.g_hidden, n_out] if self.k > 0 else []
 
@@ -348,26 +359,36 @@ class RNO(nn.Module):
             dxi[:, b] = dxl + w[b][:, None] * (dxi[:, b] - dxl)
         return xi, dxi, diff
 
+    def _g_parts(self, e, q, r, xb) -> list:
+        """G's inputs before the trial stress: [e, asinh q, xb] (increment form), [e, q, xb] (g_rate)
+        or [e, xb]."""
+        return [e, r, xb] if self.arch.g_increment else ([e, q, xb] if self.arch.g_rate else [e, xb])
+
     def _g(self, e, q, r, xb):
         """G's value (..., k) at normalized strain e, rate q (asinh r), bounded xi xb."""
+        x = self._g_parts(e, q, r, xb)
+        if self.arch.g_trial:  # the trial stress: F at this strain and rate with the old state
+            x.append(self._f(torch.cat([e, r, xb], dim=-1)))
+        out = self.G(torch.cat(x, dim=-1))
         if self.arch.g_increment:
-            out = self.G(torch.cat([e, r, xb], dim=-1))
             k = self.k
             return out[..., :k] + (out[..., k:].unflatten(-1, (k, 6)) @ q[..., None])[..., 0]
-        return self.G(torch.cat([e, q, xb] if self.arch.g_rate else [e, xb], dim=-1))
+        return out
 
     def _g_jvp(self, e, de, q, dq, r, dr, xb, dxb):
         """G's value (n, k) and directional derivatives (m, n, k) given input tangents (m, n, .)."""
-        if self.arch.g_increment:
-            k = self.k
-            out, dout = _mlp_jvp(self.G, torch.cat([e, r, xb], -1), torch.cat([de, dr, dxb], 2))
-            Bm, dBm = out[:, k:].unflatten(-1, (k, 6)), dout[..., k:].unflatten(-1, (k, 6))
-            g = out[:, :k] + (Bm @ q[..., None])[..., 0]
-            dg = dout[..., :k] + (dBm @ q[..., None])[..., 0] + torch.einsum("nkj,dnj->dnk", Bm, dq)
-            return g, dg
-        if self.arch.g_rate:
-            return _mlp_jvp(self.G, torch.cat([e, q, xb], -1), torch.cat([de, dq, dxb], 2))
-        return _mlp_jvp(self.G, torch.cat([e, xb], -1), torch.cat([de, dxb], 2))
+        x, dx = self._g_parts(e, q, r, xb), self._g_parts(de, dq, dr, dxb)
+        if self.arch.g_trial:
+            t, dt = self._f_jvp(torch.cat([e, r, xb], -1), torch.cat([de, dr, dxb], 2))
+            x, dx = x + [t], dx + [dt]
+        out, dout = _mlp_jvp(self.G, torch.cat(x, -1), torch.cat(dx, 2))
+        if not self.arch.g_increment:
+            return out, dout
+        k = self.k
+        Bm, dBm = out[:, k:].unflatten(-1, (k, 6)), dout[..., k:].unflatten(-1, (k, 6))
+        g = out[:, :k] + (Bm @ q[..., None])[..., 0]
+        dg = dout[..., :k] + (dBm @ q[..., None])[..., 0] + torch.einsum("nkj,dnj->dnk", Bm, dq)
+        return g, dg
 
     def _bound_jvp(self, xi, dxi):
         B = self.arch.xi_bound
@@ -438,8 +459,7 @@ class RNO(nn.Module):
                 xi = xi.reshape(*lead, k)
         else:
             xi = xi_prev
-        x = torch.cat([e, r, self._bound(xi)], dim=-1)
-        f = self.F(x) + self.F_linear(x)
+        f = self._f(torch.cat([e, r, self._bound(xi)], dim=-1))
         if self.C_el is not None:
             f = f + (e - xi[..., :6]) @ self.C_el.T
         return f * s[2], xi
@@ -533,6 +553,10 @@ class RNO(nn.Module):
         dx[:, :, 6:12] = torch.diag_embed(torch.rsqrt(1.0 + q * q)).permute(1, 0, 2)
         return self._f_jvp(x, dx, inplace=False)[1].permute(1, 2, 0)
 
+    def _f(self, x: torch.Tensor) -> torch.Tensor:
+        """F with its linear skip at inputs x (..., in) = [e, asinh q, bounded xi]: stress / s_s (..., 6)."""
+        return self.F(x) + self.F_linear(x)
+
     def _f_jvp(self, x: torch.Tensor, dx: torch.Tensor, inplace: bool = True):
         """F with its linear skip at inputs x (n, in), and its derivatives (m, n, 6) along dx (m, n, in)."""
         f, df = _mlp_jvp(self.F, x, dx, inplace)
@@ -560,18 +584,22 @@ class RNO(nn.Module):
         return stress
 
 
-def _copy_linear(new: nn.Linear, old: nn.Linear, rows: torch.Tensor, last: bool, keep_new_cols: bool):
-    """Embed ``old`` in ``new``: old output j -> new row rows[j], old input i -> new input i (inputs are a
-    prefix).  New inputs of old rows are zeroed unless ``keep_new_cols`` (first layer: new internal
-    variables, which are 0 until G moves them); new rows of the last layer are zeroed (so new outputs are 0)."""
-    cols = old.in_features
+def _copy_linear(new: nn.Linear, old: nn.Linear, rows: torch.Tensor, last: bool, keep_new_cols: bool,
+                 cols: torch.Tensor | None = None):
+    """Embed ``old`` in ``new``: old output j -> new row rows[j], old input i -> new input cols[i] (default:
+    the inputs are a prefix).  New inputs of old rows are zeroed unless ``keep_new_cols`` (first layer: new
+    internal variables, which are 0 until G moves them); new rows of the last layer are zeroed (so new
+    outputs are 0)."""
+    cols = torch.arange(old.in_features) if cols is None else cols
     with torch.no_grad():
         if last:
             new.weight.zero_()
             new.bias.zero_()
         if not keep_new_cols:
-            new.weight[rows, cols:] = 0.0
-        new.weight[rows, :cols] = old.weight.to(new.weight)
+            fresh = torch.ones(new.in_features, dtype=torch.bool)
+            fresh[cols] = False
+            new.weight[rows[:, None], torch.nonzero(fresh).squeeze(1)[None, :]] = 0.0
+        new.weight[rows[:, None], cols[None, :]] = old.weight.to(new.weight)
         new.bias[rows] = old.bias.to(new.bias)
 
 
@@ -583,14 +611,18 @@ def grow(model: "RNO", arch: RNOArch) -> "RNO":
     internal variables start at 0 and stay there until training moves G's new outputs (zero rows);
     F and G see them through fresh random input weights, so that the loss has a gradient towards them.
     New hidden units have fresh random inputs and zero weights to the next layer; new residual blocks
-    have fresh random inputs and zero output weights (existing ones keep their width).  The normalization
+    have fresh random inputs and zero output weights (existing ones keep their width); G's trial-stress
+    input (``g_trial``), when turned on, starts with zero weights.  The normalization
     and the integration setting are kept.  Raises ValueError when ``arch`` is not a superset.
     """
     old = model.arch
-    grown = ("k", "f_hidden", "g_hidden", "f_blocks", "g_blocks")
+    grown = ("k", "f_hidden", "g_hidden", "f_blocks", "g_blocks", "g_trial")
     diff = [f.name for f in fields(RNOArch) if f.name not in grown and getattr(old, f.name) != getattr(arch, f.name)]
     if diff:
-        raise ValueError(f"can only grow k, hidden widths and residual blocks; {', '.join(diff)} differ")
+        raise ValueError(f"can only grow k, hidden widths, residual blocks and G's trial-stress input; "
+                         f"{', '.join(diff)} differ")
+    if old.g_trial and not arch.g_trial:
+        raise ValueError("can only grow: G's trial-stress input (g_trial) cannot be removed")
     if arch.k < old.k or len(arch.f_hidden) != len(old.f_hidden) or len(arch.g_hidden) != len(old.g_hidden) \
             or any(a < b for a, b in zip(list(arch.f_hidden) + list(arch.g_hidden), list(old.f_hidden) + list(old.g_hidden))) \
             or arch.f_blocks < old.f_blocks or arch.g_blocks < old.g_blocks:
@@ -606,13 +638,16 @@ def grow(model: "RNO", arch: RNOArch) -> "RNO":
     new = RNO(arch, model.strain_scale, model.rate_scale, model.stress_scale).to(ref)
     new.max_substep_strain = model.max_substep_strain
 
-    def embed(dst: nn.Sequential, src: nn.Sequential, out_rows: torch.Tensor) -> None:
+    def embed(dst: nn.Sequential, src: nn.Sequential, out_rows: torch.Tensor, in_cols=None, zero_cols=None) -> None:
         lin_d = [m for m in dst if isinstance(m, nn.Linear)]
         lin_s = [m for m in src if isinstance(m, nn.Linear)]
         for i, (d, s) in enumerate(zip(lin_d, lin_s)):
             last = i == len(lin_s) - 1
             rows = out_rows if last else torch.arange(s.out_features)
-            _copy_linear(d, s, rows, last, keep_new_cols=(i == 0))
+            _copy_linear(d, s, rows, last, keep_new_cols=(i == 0), cols=in_cols if i == 0 else None)
+        if zero_cols is not None:  # new inputs that are not 0 at the start: no weight on them yet
+            with torch.no_grad():
+                lin_d[0].weight[:, zero_cols] = 0.0
         blk_d = [m for m in dst if isinstance(m, Residual)]
         blk_s = [m for m in src if isinstance(m, Residual)]
         with torch.no_grad():
@@ -630,7 +665,12 @@ def grow(model: "RNO", arch: RNOArch) -> "RNO":
             rows = torch.cat([torch.arange(k0), k1 + torch.arange(k0 * 6)])
         else:
             rows = torch.arange(old.k)
-        embed(new.G, model.G, rows)
+        # G's inputs: [strain (and rate) part, xi (k), trial stress (6, with g_trial)]; new xi go after
+        # the old ones, so the old trial-stress inputs move by the new k
+        n_old, n_trial = arch.g_sizes()[0] - arch.k - (6 if arch.g_trial else 0), 6 if old.g_trial else 0
+        cols = torch.cat([torch.arange(n_old + old.k), n_old + arch.k + torch.arange(n_trial)])
+        trial_new = n_old + arch.k + torch.arange(6) if arch.g_trial and not old.g_trial else None
+        embed(new.G, model.G, rows, cols, trial_new)
     with torch.no_grad():
         new.F_linear.weight.zero_()
         new.F_linear.weight[:, :model.F_linear.in_features] = model.F_linear.weight

@@ -42,6 +42,7 @@ def summarize(path: str | Path) -> Dict[str, Any]:
         "f_blocks": model.arch.f_blocks, "g_blocks": model.arch.g_blocks,
         "activation": arch.get("activation"), "g_increment": bool(arch.get("g_increment", False)),
         "xi_bound": float(arch.get("xi_bound", 0.0)), "odd": bool(arch.get("odd", False)),
+        "g_trial": model.arch.g_trial,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "weights_sha256": card["weights_sha256"],
         "normalization": card.get("normalization", {}),
@@ -94,6 +95,7 @@ def report(s: Dict[str, Any]) -> str:
     lines = [f"{s['surrogate']}: recurrent neural operator, k = {s['k']} internal variables, "
              f"F {_net(s, 'f')}, G {_net(s, 'g')} ({s['activation']}"
              + (", increment form" if s["g_increment"] else "")
+             + (", G sees the trial stress" if s.get("g_trial") else "")
              + (f", xi bound {s['xi_bound']:g}" if s["xi_bound"] else "")
              + (", odd: the path and its negative side by side, state 2k" if s.get("odd") else "")
              + f"), {s['parameters']:,} parameters; weights match the card (sha256 {s['weights_sha256'][:16]})"]

@@ -202,6 +202,12 @@ class DataConfig:
     max_samples: int = field(default=0, metadata=dict(check=non_negative, doc="0 = all"))
 
 
+def _arch_line(a: RNOArch) -> str:
+    """k, F and G's widths, residual blocks and G's trial-stress input, for a log line."""
+    blocks = f" + {a.f_blocks}/{a.g_blocks} residual blocks" if a.f_blocks or a.g_blocks else ""
+    return f"k = {a.k}, F {a.f_hidden}, G {a.g_hidden}{blocks}{' (G sees the trial stress)' if a.g_trial else ''}"
+
+
 @dataclass
 class ModelConfig:
     k: int = field(default=2, metadata=dict(check=non_negative, doc="number of internal variables"))
@@ -222,6 +228,9 @@ class ModelConfig:
         "residual blocks after F's last hidden layer (depth at its width); training.init_from a model with "
         "fewer adds them with zero outputs (the same function at the start)")))
     g_blocks: int = field(default=0, metadata=dict(check=non_negative, doc="the same for G"))
+    g_trial: bool = field(default=False, metadata=dict(doc=(
+        "G also sees the trial stress F(eps_n, rate_n, xi_{n-1}) (the elastic predictor; one more F per step); "
+        "training.init_from a model without it starts with zero weights on it (the same function)")))
 
     def arch(self) -> RNOArch:
         """The model architecture these keys describe."""
@@ -444,9 +453,7 @@ class Trainer:
             except ValueError as err:
                 raise UserError(f"training.init_from = {path}: its architecture {old.to_dict()} cannot "
                                 f"become [model] {arch.to_dict()}: {err}") from None
-            blocks = lambda a: f" + {a.f_blocks}/{a.g_blocks} residual blocks" if a.f_blocks or a.g_blocks else ""  # noqa: E731
-            print(f"training.init_from = {path}: k = {old.k}, F {old.f_hidden}, G {old.g_hidden}{blocks(old)} -> "
-                  f"k = {arch.k}, F {arch.f_hidden}, G {arch.g_hidden}{blocks(arch)} ({how})", flush=True)
+            print(f"training.init_from = {path}: {_arch_line(old)} -> {_arch_line(arch)} ({how})", flush=True)
         return model.to(device=self.device, dtype=self.dtype).train()
 
     def _init_linear_skip(self, strain: np.ndarray, stress: np.ndarray) -> None:
