@@ -60,6 +60,14 @@ def _check_step_with_tangent(m, eps, prev, dt, xi, fd_h=1e-8, tol=1e-6, rtol=1e-
     return sig, tan, xi_n
 
 
+def _check_tangent_whole_and_substepped(m, eps, prev, dt, xi):
+    """:func:`_check_step_with_tangent` with each increment taken whole, then in sub-steps of 1e-3
+    (the increments of :func:`_inputs`, ~5e-3, take several, blends included)."""
+    _check_step_with_tangent(m, eps, prev, dt, xi)
+    m.max_substep_strain = 1e-3
+    _check_step_with_tangent(m, eps, prev, dt, xi, tol=1e-5)
+
+
 @pytest.mark.parametrize("activation,g_rate,xi_bound", [("silu", False, 0.0), ("gelu", False, 0.0),
                                                         ("tanh", False, 0.0), ("softplus", False, 0.0),
                                                         ("silu", True, 0.0), ("silu", True, 0.7)])
@@ -483,9 +491,7 @@ def test_residual_blocks_deepen_exactly_and_keep_the_tangent_exact(flags):
             for blk in net:
                 if hasattr(blk, "inner"):
                     blk.inner[-1].weight.normal_(0.0, 0.5, generator=g)
-    _check_step_with_tangent(deep, eps, prev, dt, xi0)
-    deep.max_substep_strain = 1e-3  # increments of ~5e-3: several sub-steps, blends included
-    _check_step_with_tangent(deep, eps, prev, dt, xi0, tol=1e-5)
+    _check_tangent_whole_and_substepped(deep, eps, prev, dt, xi0)
     with pytest.raises(ValueError, match="can only grow"):
         grow(deep, m.arch)
     with pytest.raises(ValueError, match="residual blocks keep their width"):
@@ -532,9 +538,7 @@ def test_trial_stress_input_of_g_grows_exactly_and_keeps_the_tangent_exact(flags
     with torch.no_grad():
         tri.G[0].weight[:, -6:].normal_(0.0, 1.0, generator=g)
         assert float((tri.rollout(strain, time) - ref).abs().max()) > 1e-3 * float(ref.abs().max())
-    _check_step_with_tangent(tri, eps, prev, dt, xi0)
-    tri.max_substep_strain = 1e-3  # increments of ~5e-3: several sub-steps, blends included
-    _check_step_with_tangent(tri, eps, prev, dt, xi0, tol=1e-5)
+    _check_tangent_whole_and_substepped(tri, eps, prev, dt, xi0)
     with pytest.raises(ValueError, match="cannot be removed"):
         grow(tri, m.arch)
     with pytest.raises(ValueError, match="g_trial needs"):
