@@ -379,8 +379,8 @@ class RNO(nn.Module):
         """G's value (n, k) and directional derivatives (m, n, k) given input tangents (m, n, .)."""
         x, dx = self._g_parts(e, q, r, xb), self._g_parts(de, dq, dr, dxb)
         if self.arch.g_trial:
-            t, dt = self._f_jvp(torch.cat([e, r, xb], -1), torch.cat([de, dr, dxb], 2))
-            x, dx = x + [t], dx + [dt]
+            trial, dtrial = self._f_jvp(torch.cat([e, r, xb], -1), torch.cat([de, dr, dxb], 2))
+            x, dx = x + [trial], dx + [dtrial]
         out, dout = _mlp_jvp(self.G, torch.cat(x, -1), torch.cat(dx, 2))
         if not self.arch.g_increment:
             return out, dout
@@ -667,9 +667,9 @@ def grow(model: "RNO", arch: RNOArch) -> "RNO":
             rows = torch.arange(old.k)
         # G's inputs: [strain (and rate) part, xi (k), trial stress (6, with g_trial)]; new xi go after
         # the old ones, so the old trial-stress inputs move by the new k
-        n_old, n_trial = arch.g_sizes()[0] - arch.k - (6 if arch.g_trial else 0), 6 if old.g_trial else 0
-        cols = torch.cat([torch.arange(n_old + old.k), n_old + arch.k + torch.arange(n_trial)])
-        trial_new = n_old + arch.k + torch.arange(6) if arch.g_trial and not old.g_trial else None
+        n_e, n_trial = arch.g_sizes()[0] - arch.k - (6 if arch.g_trial else 0), 6 if old.g_trial else 0
+        cols = torch.cat([torch.arange(n_e + old.k), n_e + arch.k + torch.arange(n_trial)])
+        trial_new = n_e + arch.k + torch.arange(6) if arch.g_trial and not old.g_trial else None
         embed(new.G, model.G, rows, cols, trial_new)
     with torch.no_grad():
         new.F_linear.weight.zero_()
