@@ -32,17 +32,14 @@ def summarize(path: str | Path) -> Dict[str, Any]:
     (one line, naming the file) when it cannot be loaded."""
     directory, _ = card_paths(path)
     model, card = load_surrogate(directory)
-    arch, env, training = card["architecture"], card.get("envelope", {}), card.get("training", {})
+    arch, env, training = model.arch, card.get("envelope", {}), card.get("training", {})  # arch: the card's, checked
     cfg = training.get("config", {}).get("training", {})
     dataset = card.get("dataset", {})
     out: Dict[str, Any] = {
         "surrogate": str(directory),
-        "k": int(arch["k"]),
-        "f_layers": model.arch.f_sizes(), "g_layers": model.arch.g_sizes(),
-        "f_blocks": model.arch.f_blocks, "g_blocks": model.arch.g_blocks,
-        "activation": arch.get("activation"), "g_increment": bool(arch.get("g_increment", False)),
-        "xi_bound": float(arch.get("xi_bound", 0.0)), "odd": bool(arch.get("odd", False)),
-        "g_trial": model.arch.g_trial,
+        "k": arch.k, "f_layers": arch.f_sizes(), "g_layers": arch.g_sizes(),
+        "f_blocks": arch.f_blocks, "g_blocks": arch.g_blocks, "activation": arch.activation,
+        "g_increment": arch.g_increment, "xi_bound": arch.xi_bound, "odd": arch.odd, "g_trial": arch.g_trial,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "weights_sha256": card["weights_sha256"],
         "normalization": card.get("normalization", {}),
